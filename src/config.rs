@@ -1,0 +1,348 @@
+//! Daemon and client configuration: typed, with a default for every field, read from a TOML
+//! file, then the environment, then command-line flags, and validated once.
+
+use crate::error::{Code, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Android's shared-storage and scratch roots: the only places a payload may write to.
+pub const ANDROID_ROOTS: &[&str] = &["/sdcard", "/storage/emulated/0", "/data/local/tmp"];
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct Config {
+    /// Journal, API token, address file and unix socket live here.
+    pub state_dir: PathBuf,
+    /// Host folder standing in for the device's `/` (desktop use and tests); unset on a phone.
+    pub device_root: Option<PathBuf>,
+    /// Device paths under which payloads may write; everything else is refused.
+    pub allowed_roots: Vec<String>,
+    /// TCP address of the local API; loopback only. `None` disables TCP.
+    pub listen: Option<SocketAddr>,
+    /// Unix socket of the local API; defaults to `STATE_DIR/ferry.sock`.
+    pub socket: Option<PathBuf>,
+    /// How many transfers run at once; the rest wait as PENDING.
+    pub max_concurrent_tasks: usize,
+    /// Largest request body the API accepts, so a hostile client cannot exhaust memory.
+    pub max_request_bytes: usize,
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `ferry=debug`.
+    pub log_level: String,
+    pub http: HttpConfig,
+    pub retry: RetryConfig,
+    pub prune: PruneConfig,
+    /// Allow DOWNLOAD_URL hosts in link-local or cloud metadata ranges (169.254.0.0/16,
+    /// 100.100.100.200, fe80::/10). Off: those addresses expose instance credentials.
+    pub allow_link_local: bool,
+    /// The staging file is fsync'd and the journal checkpointed after this many bytes, bounding
+    /// what a power loss can cost on resume.
+    pub checkpoint_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub connect_timeout_secs: u64,
+    /// A body that delivers no byte for this long is treated as a dead connection and retried.
+    pub read_idle_timeout_secs: u64,
+    pub max_redirects: usize,
+    pub user_agent: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_retries: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Total time one transfer may spend retrying before it fails.
+    pub budget_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PruneConfig {
+    /// Finished task records older than this are deleted.
+    pub max_age_hours: u64,
+    /// At most this many finished records are kept (newest first).
+    pub max_finished: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: default_state_dir(&|k| std::env::var(k).ok()),
+            device_root: None,
+            allowed_roots: ANDROID_ROOTS.iter().map(|s| s.to_string()).collect(),
+            listen: Some(DEFAULT_LISTEN.parse().expect("valid default address")),
+            socket: None,
+            max_concurrent_tasks: 2,
+            max_request_bytes: 64 * 1024,
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+            http: HttpConfig::default(),
+            retry: RetryConfig::default(),
+            prune: PruneConfig::default(),
+            allow_link_local: false,
+            checkpoint_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout_secs: 10,
+            read_idle_timeout_secs: 30,
+            max_redirects: 10,
+            user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: 10,
+            initial_backoff_ms: 250,
+            max_backoff_ms: 30_000,
+            budget_secs: 600,
+        }
+    }
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        PruneConfig {
+            max_age_hours: 7 * 24,
+            max_finished: 1000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn read_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_idle_timeout_secs)
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub device_root: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub max_concurrent_tasks: Option<usize>,
+}
+
+/// Android keeps agent state under /data/local; elsewhere follow the XDG base directories.
+fn default_state_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if Path::new("/data/local").is_dir() && Path::new("/system").is_dir() {
+        return PathBuf::from("/data/local/ferry");
+    }
+    if let Some(dir) = env("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("ferry");
+    }
+    if let Some(home) = env("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/ferry");
+    }
+    PathBuf::from("/data/local/ferry")
+}
+
+impl Config {
+    /// File (if any), then `FERRY_*` environment variables, then flags; then validation.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Config> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io("reading config file", path, &e))?;
+                toml::from_str::<Config>(&text).map_err(|e| {
+                    Error::new(
+                        Code::InvalidConfig,
+                        format!("config file {}: {e}", path.display()),
+                    )
+                })?
+            }
+            None => Config {
+                state_dir: default_state_dir(env),
+                ..Config::default()
+            },
+        };
+        if let Some(v) = env("FERRY_STATE_DIR") {
+            config.state_dir = v.into();
+        }
+        if let Some(v) = env("FERRY_DEVICE_ROOT") {
+            config.device_root = Some(v.into());
+        }
+        if let Some(v) = env("FERRY_LISTEN") {
+            config.listen = parse_listen(&v)?;
+        }
+        if let Some(v) = env("FERRY_LOG") {
+            config.log_level = v;
+        }
+        if let Some(v) = &flags.state_dir {
+            config.state_dir = v.clone();
+        }
+        if let Some(v) = &flags.device_root {
+            config.device_root = Some(v.clone());
+        }
+        if let Some(v) = &flags.listen {
+            config.listen = parse_listen(v)?;
+        }
+        if let Some(v) = &flags.socket {
+            config.socket = Some(v.clone());
+        }
+        if let Some(v) = flags.log_format {
+            config.log_format = v;
+        }
+        if let Some(v) = &flags.log_level {
+            config.log_level = v.clone();
+        }
+        if let Some(v) = flags.max_concurrent_tasks {
+            config.max_concurrent_tasks = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::new(Code::InvalidConfig, msg));
+        if !self.state_dir.is_absolute() {
+            return bad(format!(
+                "state_dir {} must be an absolute path",
+                self.state_dir.display()
+            ));
+        }
+        if let Some(root) = &self.device_root {
+            if !root.is_absolute() {
+                return bad(format!(
+                    "device_root {} must be an absolute path",
+                    root.display()
+                ));
+            }
+        }
+        if self.allowed_roots.is_empty() {
+            return bad("allowed_roots is empty: ferry could write nowhere".into());
+        }
+        for root in &self.allowed_roots {
+            if !root.starts_with('/') || root.split('/').any(|c| c == ".." || c == ".") {
+                return bad(format!(
+                    "allowed root {root:?} must be an absolute path without . or .."
+                ));
+            }
+        }
+        if let Some(addr) = self.listen {
+            if !addr.ip().is_loopback() {
+                return bad(format!(
+                    "listen address {addr} is not loopback: the API must not be reachable from the network"
+                ));
+            }
+        }
+        if self.max_concurrent_tasks == 0 {
+            return bad("max_concurrent_tasks must be at least 1".into());
+        }
+        if self.http.max_redirects > 10 {
+            return bad("http.max_redirects may be at most 10".into());
+        }
+        if self.http.connect_timeout_secs == 0 || self.http.read_idle_timeout_secs == 0 {
+            return bad("http timeouts must be at least 1 second".into());
+        }
+        Ok(())
+    }
+
+    /// The unix socket path, defaulting into the state directory.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ferry.sock"))
+    }
+}
+
+/// `off` disables the TCP listener; anything else must be a loopback `IP:PORT`.
+fn parse_listen(value: &str) -> Result<Option<SocketAddr>> {
+    if value == "off" || value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        Error::new(
+            Code::InvalidConfig,
+            format!(
+                "listen address {value:?} is not IP:PORT (for example {DEFAULT_LISTEN}) or \"off\""
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::load(None, &no_env, &Overrides::default()).unwrap();
+        assert_eq!(c.allowed_roots.len(), 3);
+        assert_eq!(c.listen.unwrap().to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(
+            &file,
+            "state_dir = \"/a\"\nmax_concurrent_tasks = 5\n[retry]\nmax_retries = 3\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "FERRY_STATE_DIR").then(|| "/b".to_string());
+        let c = Config::load(Some(&file), &env, &Overrides::default()).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/b"));
+        assert_eq!(c.max_concurrent_tasks, 5);
+        assert_eq!(c.retry.max_retries, 3);
+        let flags = Overrides {
+            state_dir: Some("/c".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), &env, &flags).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/c"));
+    }
+
+    #[test]
+    fn refuses_public_listen_and_unknown_keys() {
+        let flags = Overrides {
+            listen: Some("0.0.0.0:7070".into()),
+            ..Default::default()
+        };
+        let err = Config::load(None, &no_env, &flags).unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(&file, "max_conccurent = 1\n").unwrap();
+        let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
+        assert!(err.message.contains("max_conccurent"), "{}", err.message);
+    }
+}

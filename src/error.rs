@@ -1,0 +1,247 @@
+//! The public error of ferry: one stable code per meaning plus a message a person can act on.
+//!
+//! Codes are part of the task API (the control plane matches on them), so a code, once
+//! shipped, never changes its spelling. Modules keep their own detailed errors and convert
+//! into this type at their edge.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A stable error code, serialised as its dotted string (`Storage.DiskFull`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Code {
+    InvalidPayload,
+    InvalidUnknownField,
+    InvalidTaskId,
+    InvalidClientToken,
+    InvalidUploadType,
+    InvalidSourceFilePath,
+    InvalidUploadUrl,
+    InvalidUploadEndpoint,
+    InvalidTargetFileName,
+    InvalidCredentials,
+    InvalidFileMd5,
+    InvalidAutoInstall,
+    InvalidConfig,
+    UnsupportedUploadType,
+    UnsupportedAutoInstall,
+    SourceNotFound,
+    SourceAccessDenied,
+    SourceHttp4xx,
+    SourceHttp5xx,
+    SourceTooManyRedirects,
+    SourceRangeNotSatisfiable,
+    NetworkDns,
+    NetworkConnect,
+    NetworkTimeout,
+    NetworkReset,
+    NetworkTls,
+    NetworkAddressNotAllowed,
+    StorageDiskFull,
+    StoragePathNotAllowed,
+    StoragePermissionDenied,
+    StorageIo,
+    IntegritySizeMismatch,
+    IntegritySourceChanged,
+    IntegrityMd5Mismatch,
+    Cancelled,
+    ApiUnauthorized,
+    ApiNotFound,
+    ApiBadRequest,
+    ApiPayloadTooLarge,
+    ApiShuttingDown,
+    ApiTaskIdConflict,
+    Internal,
+}
+
+impl Code {
+    /// Every code, for documentation tests and the README table.
+    pub const ALL: &'static [Code] = &[
+        Code::InvalidPayload,
+        Code::InvalidUnknownField,
+        Code::InvalidTaskId,
+        Code::InvalidClientToken,
+        Code::InvalidUploadType,
+        Code::InvalidSourceFilePath,
+        Code::InvalidUploadUrl,
+        Code::InvalidUploadEndpoint,
+        Code::InvalidTargetFileName,
+        Code::InvalidCredentials,
+        Code::InvalidFileMd5,
+        Code::InvalidAutoInstall,
+        Code::InvalidConfig,
+        Code::UnsupportedUploadType,
+        Code::UnsupportedAutoInstall,
+        Code::SourceNotFound,
+        Code::SourceAccessDenied,
+        Code::SourceHttp4xx,
+        Code::SourceHttp5xx,
+        Code::SourceTooManyRedirects,
+        Code::SourceRangeNotSatisfiable,
+        Code::NetworkDns,
+        Code::NetworkConnect,
+        Code::NetworkTimeout,
+        Code::NetworkReset,
+        Code::NetworkTls,
+        Code::NetworkAddressNotAllowed,
+        Code::StorageDiskFull,
+        Code::StoragePathNotAllowed,
+        Code::StoragePermissionDenied,
+        Code::StorageIo,
+        Code::IntegritySizeMismatch,
+        Code::IntegritySourceChanged,
+        Code::IntegrityMd5Mismatch,
+        Code::Cancelled,
+        Code::ApiUnauthorized,
+        Code::ApiNotFound,
+        Code::ApiBadRequest,
+        Code::ApiPayloadTooLarge,
+        Code::ApiShuttingDown,
+        Code::ApiTaskIdConflict,
+        Code::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidPayload => "InvalidParameter.Payload",
+            Code::InvalidUnknownField => "InvalidParameter.UnknownField",
+            Code::InvalidTaskId => "InvalidParameter.TaskId",
+            Code::InvalidClientToken => "InvalidParameter.ClientToken",
+            Code::InvalidUploadType => "InvalidParameter.UploadType",
+            Code::InvalidSourceFilePath => "InvalidParameter.SourceFilePath",
+            Code::InvalidUploadUrl => "InvalidParameter.UploadUrl",
+            Code::InvalidUploadEndpoint => "InvalidParameter.UploadEndpoint",
+            Code::InvalidTargetFileName => "InvalidParameter.TargetFileName",
+            Code::InvalidCredentials => "InvalidParameter.Credentials",
+            Code::InvalidFileMd5 => "InvalidParameter.FileMd5",
+            Code::InvalidAutoInstall => "InvalidParameter.AutoInstall",
+            Code::InvalidConfig => "InvalidConfig",
+            Code::UnsupportedUploadType => "Unsupported.UploadType",
+            Code::UnsupportedAutoInstall => "Unsupported.AutoInstall",
+            Code::SourceNotFound => "Source.NotFound",
+            Code::SourceAccessDenied => "Source.AccessDenied",
+            Code::SourceHttp4xx => "Source.Http4xx",
+            Code::SourceHttp5xx => "Source.Http5xx",
+            Code::SourceTooManyRedirects => "Source.TooManyRedirects",
+            Code::SourceRangeNotSatisfiable => "Source.RangeNotSatisfiable",
+            Code::NetworkDns => "Network.Dns",
+            Code::NetworkConnect => "Network.ConnectFailed",
+            Code::NetworkTimeout => "Network.Timeout",
+            Code::NetworkReset => "Network.ConnectionReset",
+            Code::NetworkTls => "Network.Tls",
+            Code::NetworkAddressNotAllowed => "Network.AddressNotAllowed",
+            Code::StorageDiskFull => "Storage.DiskFull",
+            Code::StoragePathNotAllowed => "Storage.PathNotAllowed",
+            Code::StoragePermissionDenied => "Storage.PermissionDenied",
+            Code::StorageIo => "Storage.Io",
+            Code::IntegritySizeMismatch => "Integrity.SizeMismatch",
+            Code::IntegritySourceChanged => "Integrity.SourceChanged",
+            Code::IntegrityMd5Mismatch => "Integrity.Md5Mismatch",
+            Code::Cancelled => "Cancelled",
+            Code::ApiUnauthorized => "Api.Unauthorized",
+            Code::ApiNotFound => "Api.TaskNotFound",
+            Code::ApiBadRequest => "Api.BadRequest",
+            Code::ApiPayloadTooLarge => "Api.PayloadTooLarge",
+            Code::ApiShuttingDown => "Api.ShuttingDown",
+            Code::ApiTaskIdConflict => "Api.TaskIdConflict",
+            Code::Internal => "Internal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// Whether partial data should be kept after a task fails with this code, so that
+    /// re-submitting the same TaskId resumes instead of starting over.
+    pub fn keeps_partial(self) -> bool {
+        matches!(
+            self,
+            Code::SourceHttp5xx
+                | Code::NetworkDns
+                | Code::NetworkConnect
+                | Code::NetworkTimeout
+                | Code::NetworkReset
+                | Code::NetworkTls
+                | Code::SourceAccessDenied
+                | Code::IntegritySizeMismatch
+        )
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Code {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // Codes from a newer journal that this build does not know degrade to Internal
+        // rather than making the whole record unreadable.
+        Ok(Code::parse(&s).unwrap_or(Code::Internal))
+    }
+}
+
+/// A failure with its stable code and a message naming what failed and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Error {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An I/O failure on a path, classified by errno so a full disk or a read-only
+    /// mount is reported as such rather than as a generic I/O error.
+    pub fn io(action: &str, path: &std::path::Path, err: &std::io::Error) -> Self {
+        let code = match err.raw_os_error() {
+            Some(e) if e == nix::libc::ENOSPC || e == nix::libc::EDQUOT => Code::StorageDiskFull,
+            Some(e) if e == nix::libc::EACCES || e == nix::libc::EPERM || e == nix::libc::EROFS => {
+                Code::StoragePermissionDenied
+            }
+            Some(e) if e == nix::libc::ELOOP => Code::StoragePathNotAllowed,
+            _ => Code::StorageIo,
+        };
+        Error::new(code, format!("{action} {}: {err}", path.display()))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert_eq!(Code::parse(code.as_str()), Some(*code));
+        }
+    }
+
+    #[test]
+    fn enospc_is_disk_full() {
+        let err = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        let e = Error::io("writing", std::path::Path::new("/x"), &err);
+        assert_eq!(e.code, Code::StorageDiskFull);
+        assert!(e.message.contains("/x"));
+    }
+}

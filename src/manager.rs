@@ -1,0 +1,612 @@
+//! The task manager: intake, the queue, bounded concurrency, cancel, and the journal.
+//!
+//! Every state change of a task is saved before it is acknowledged; on start, tasks that were
+//! RUNNING when the daemon died go back to the queue and resume from their partial data.
+
+use crate::config::Config;
+use crate::engine::Observer;
+use crate::error::{Code, Error, Result};
+use crate::journal::Journal;
+use crate::payload::{self, TaskPayload, ValidTask};
+use crate::runner::{self, RunContext};
+use crate::source::{net, SourceError};
+use crate::task::{Phase, ResumeState, TaskRecord, TaskView};
+use crate::timefmt::unix_millis_now;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long `cancel` waits for a running transfer to stop and clean up.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// How long `shutdown` waits for running transfers to checkpoint.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Submitted {
+    pub view: TaskView,
+    /// False when the TaskId or ClientToken was already known and nothing new started.
+    pub created: bool,
+}
+
+pub struct Metrics {
+    pub tasks_by_phase: Vec<(Phase, u64)>,
+    pub submitted_total: u64,
+    pub bytes_total: u64,
+    pub failures_by_code: Vec<(Code, u64)>,
+    pub retries_total: u64,
+}
+
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RwLock<Arc<Config>>,
+    client: RwLock<reqwest::Client>,
+    journal: Journal,
+    state: Mutex<State>,
+    wake: Notify,
+    shutdown: CancellationToken,
+    stopping: AtomicBool,
+    workers: TaskTracker,
+    submitted: AtomicU64,
+    bytes: AtomicU64,
+    retries: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<String, Slot>,
+    /// ClientToken → TaskId, for idempotent submits without a TaskId.
+    tokens: HashMap<String, String>,
+    running: usize,
+    failures: HashMap<Code, u64>,
+}
+
+struct Slot {
+    record: TaskRecord,
+    run: Option<Running>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    /// Set by `cancel`: the worker then discards the partial file instead of keeping it.
+    by_user: bool,
+}
+
+/// Runs blocking file I/O from sync code without stalling a multi-threaded runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn new_task_id() -> String {
+    let alphabet = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let suffix: String = (0..16)
+        .map(|_| alphabet[fastrand::usize(..alphabet.len())] as char)
+        .collect();
+    format!("t-{suffix}")
+}
+
+/// Two submissions are the same request when they differ at most in credentials (a retry
+/// may carry fresh STS tokens) and in whether the TaskId was spelled out.
+fn same_request(a: &TaskPayload, b: &TaskPayload) -> bool {
+    let strip = |p: &TaskPayload| TaskPayload {
+        task_id: None,
+        credentials: None,
+        ..p.clone()
+    };
+    strip(a) == strip(b)
+}
+
+impl Manager {
+    pub async fn start(config: Config) -> Result<Manager> {
+        let state_dir = config.state_dir.clone();
+        let (journal, records) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&state_dir)
+                .map_err(|e| Error::io("creating state folder", &state_dir, &e))?;
+            Journal::open(&state_dir)
+        })
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("opening the journal: {e}")))??;
+        let client = net::build_client(&config)?;
+        let mut state = State::default();
+        for mut record in records {
+            if matches!(record.phase, Phase::Running | Phase::Installing) {
+                // Interrupted by a crash or a stop: back to the queue, partial data kept.
+                record.phase = Phase::Pending;
+                record.updated_ms = unix_millis_now();
+                journal.save(&record)?;
+                tracing::info!(task = %record.task_id, bytes = record.bytes_done, "resuming interrupted task");
+            }
+            if let Some(token) = &record.payload.client_token {
+                state.tokens.insert(token.clone(), record.task_id.clone());
+            }
+            state
+                .tasks
+                .insert(record.task_id.clone(), Slot { record, run: None });
+        }
+        let inner = Arc::new(Inner {
+            config: RwLock::new(Arc::new(config)),
+            client: RwLock::new(client),
+            journal,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            workers: TaskTracker::new(),
+            submitted: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        blocking(|| inner.prune());
+        let scheduler = inner.clone();
+        tokio::spawn(async move { scheduler.schedule().await });
+        Ok(Manager { inner })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config()
+    }
+
+    pub fn submit(&self, json: &[u8]) -> Result<Submitted> {
+        let task = payload::validate(payload::parse(json)?)?;
+        self.inner.submit(task)
+    }
+
+    pub fn describe(&self, id: &str) -> Result<TaskView> {
+        let state = self.inner.lock();
+        state
+            .tasks
+            .get(id)
+            .map(|s| s.record.view())
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// All tasks, newest first.
+    pub fn list(&self) -> Vec<TaskView> {
+        let state = self.inner.lock();
+        let mut records: Vec<&TaskRecord> = state.tasks.values().map(|s| &s.record).collect();
+        records.sort_by(|a, b| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then(b.task_id.cmp(&a.task_id))
+        });
+        records.into_iter().map(TaskRecord::view).collect()
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<TaskView> {
+        let pending = {
+            let mut state = self.inner.lock();
+            let slot = state.tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+            match (&mut slot.run, slot.record.phase) {
+                (Some(run), _) => {
+                    run.by_user = true;
+                    run.cancel.cancel();
+                    None
+                }
+                (None, Phase::Pending) => {
+                    slot.record.fail(&cancelled());
+                    slot.record.resume = None;
+                    Some(slot.record.clone())
+                }
+                (None, _) => return Ok(slot.record.view()),
+            }
+        };
+        if let Some(record) = pending {
+            let inner = self.inner.clone();
+            let view = record.view();
+            tokio::task::spawn_blocking(move || {
+                inner.discard(&record);
+                inner.journal.save(&record)
+            })
+            .await
+            .map_err(|e| Error::new(Code::Internal, format!("saving the cancel: {e}")))??;
+            return Ok(view);
+        }
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        loop {
+            let view = self.describe(id)?;
+            if view.phase.is_finished() || tokio::time::Instant::now() >= deadline {
+                return Ok(view);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGHUP: new settings for every decision from now on. The state folder and the API
+    /// listeners are fixed for the life of the process.
+    pub fn reload(&self, mut config: Config) {
+        let old = self.inner.config();
+        if config.state_dir != old.state_dir {
+            tracing::warn!(
+                "state_dir cannot change while running; keeping {}",
+                old.state_dir.display()
+            );
+            config.state_dir = old.state_dir.clone();
+        }
+        match net::build_client(&config) {
+            Ok(client) => *self.inner.client.write().expect("client lock") = client,
+            Err(e) => tracing::warn!(error = %e, "keeping the old HTTP client"),
+        }
+        *self.inner.config.write().expect("config lock") = Arc::new(config);
+        self.inner.wake.notify_one();
+        tracing::info!("configuration reloaded");
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let state = self.inner.lock();
+        let phases = [
+            Phase::Pending,
+            Phase::Running,
+            Phase::Installing,
+            Phase::Success,
+            Phase::Failed,
+            Phase::Cancelled,
+        ];
+        let tasks_by_phase = phases
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    state
+                        .tasks
+                        .values()
+                        .filter(|s| s.record.phase == *p)
+                        .count() as u64,
+                )
+            })
+            .collect();
+        let mut failures_by_code: Vec<(Code, u64)> =
+            state.failures.iter().map(|(c, n)| (*c, *n)).collect();
+        failures_by_code.sort_by_key(|(c, _)| c.as_str());
+        Metrics {
+            tasks_by_phase,
+            submitted_total: self.inner.submitted.load(Ordering::Relaxed),
+            bytes_total: self.inner.bytes.load(Ordering::Relaxed),
+            failures_by_code,
+            retries_total: self.inner.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops intake, interrupts running transfers (they keep their partial data and resume
+    /// on the next start) and waits for them to checkpoint.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.shutdown.cancel();
+        self.inner.workers.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.inner.workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "transfers did not stop in time; their journal records still allow resume"
+            );
+        }
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::new(Code::ApiNotFound, format!("no task with TaskId {id:?}"))
+}
+
+fn cancelled() -> Error {
+    Error::new(
+        Code::Cancelled,
+        "the task was cancelled; its partial data was removed",
+    )
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("task state lock")
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    fn submit(&self, task: ValidTask) -> Result<Submitted> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Error::new(
+                Code::ApiShuttingDown,
+                "the daemon is shutting down; submit again once it is back",
+            ));
+        }
+        let mut state = self.lock();
+        let token_id = task
+            .payload
+            .client_token
+            .as_ref()
+            .and_then(|t| state.tokens.get(t).cloned());
+        let id = match (&task.payload.task_id, token_id) {
+            (Some(id), _) => id.clone(),
+            (None, Some(id)) => id,
+            (None, None) => new_task_id(),
+        };
+        let mut payload = task.payload.clone();
+        payload.task_id = Some(id.clone());
+        if let Some(slot) = state.tasks.get_mut(&id) {
+            if !same_request(&slot.record.payload, &payload) {
+                return Err(Error::new(
+                    Code::ApiTaskIdConflict,
+                    format!("TaskId {id:?} (or its ClientToken) already names a different task; use a new TaskId"),
+                ));
+            }
+            if !matches!(slot.record.phase, Phase::Failed | Phase::Cancelled) {
+                return Ok(Submitted {
+                    view: slot.record.view(),
+                    created: false,
+                });
+            }
+            // A failed task submitted again runs again, resuming from kept partial data.
+            let record = &mut slot.record;
+            record.payload = payload;
+            record.phase = Phase::Pending;
+            record.error_code = None;
+            record.error_msg = None;
+            record.result = None;
+            record.notes = task.notes;
+            record.started_ms = None;
+            record.finished_ms = None;
+            record.updated_ms = unix_millis_now();
+            let record = record.clone();
+            blocking(|| self.journal.save(&record))?;
+            drop(state);
+            self.submitted.fetch_add(1, Ordering::Relaxed);
+            self.wake.notify_one();
+            return Ok(Submitted {
+                view: record.view(),
+                created: true,
+            });
+        }
+        let record = TaskRecord::new(id.clone(), payload, task.notes);
+        // Saved under the lock so two submits of one TaskId cannot both create it.
+        blocking(|| self.journal.save(&record))?;
+        if let Some(token) = &record.payload.client_token {
+            state.tokens.insert(token.clone(), id.clone());
+        }
+        let view = record.view();
+        state.tasks.insert(id, Slot { record, run: None });
+        drop(state);
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        Ok(Submitted {
+            view,
+            created: true,
+        })
+    }
+
+    async fn schedule(self: Arc<Self>) {
+        loop {
+            self.start_ready();
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Starts the oldest pending tasks while there is room.
+    fn start_ready(self: &Arc<Self>) {
+        let max = self.config().max_concurrent_tasks;
+        let mut state = self.lock();
+        while state.running < max && !self.shutdown.is_cancelled() {
+            let next = state
+                .tasks
+                .values()
+                .filter(|s| s.record.phase == Phase::Pending && s.run.is_none())
+                .min_by(|a, b| {
+                    a.record
+                        .created_ms
+                        .cmp(&b.record.created_ms)
+                        .then(a.record.task_id.cmp(&b.record.task_id))
+                })
+                .map(|s| s.record.task_id.clone());
+            let Some(id) = next else { break };
+            let cancel = self.shutdown.child_token();
+            let slot = state.tasks.get_mut(&id).expect("picked from the map");
+            slot.run = Some(Running {
+                cancel: cancel.clone(),
+                by_user: false,
+            });
+            slot.record.phase = Phase::Running;
+            let now = unix_millis_now();
+            slot.record.started_ms = Some(now);
+            slot.record.updated_ms = now;
+            let record = slot.record.clone();
+            state.running += 1;
+            let inner = self.clone();
+            self.workers
+                .spawn(async move { inner.work(record, cancel).await });
+        }
+    }
+
+    async fn save(self: &Arc<Self>, record: TaskRecord) {
+        let inner = self.clone();
+        let id = record.task_id.clone();
+        let outcome = tokio::task::spawn_blocking(move || inner.journal.save(&record)).await;
+        if let Ok(Err(e)) | Err(e) = outcome.map_err(|e| Error::new(Code::Internal, e.to_string()))
+        {
+            tracing::error!(task = %id, error = %e, "cannot save task record");
+        }
+    }
+
+    async fn work(self: Arc<Self>, record: TaskRecord, cancel: CancellationToken) {
+        let id = record.task_id.clone();
+        self.save(record.clone()).await;
+        tracing::info!(task = %id, "transfer started");
+        let config = self.config();
+        let client = self.client.read().expect("client lock").clone();
+        let outcome = match payload::validate(record.payload.clone()) {
+            Ok(task) => {
+                let ctx = RunContext {
+                    config: &config,
+                    client,
+                    task_id: &id,
+                    resume: record.resume.clone(),
+                    cancel,
+                };
+                let observer = TaskObserver {
+                    inner: self.clone(),
+                    id: id.clone(),
+                    last: AtomicU64::new(record.bytes_done),
+                };
+                runner::run(ctx, &task, &observer).await
+            }
+            Err(e) => Err(e),
+        };
+        let (record, discard) = {
+            let mut state = self.lock();
+            state.running -= 1;
+            let slot = state
+                .tasks
+                .get_mut(&id)
+                .expect("running tasks stay in the map");
+            let by_user = slot.run.take().is_some_and(|r| r.by_user);
+            let record = &mut slot.record;
+            let mut discard = false;
+            match outcome {
+                Ok(result) => {
+                    record.phase = Phase::Success;
+                    record.bytes_done = result.files.iter().map(|f| f.size).sum();
+                    record.bytes_total = Some(record.bytes_done);
+                    record.result = Some(result);
+                    record.resume = None;
+                    record.finish_now();
+                }
+                Err(e) if e.code == Code::Cancelled && !by_user => {
+                    // Daemon stopping: stay RUNNING in the journal so the next start resumes.
+                    record.updated_ms = unix_millis_now();
+                }
+                Err(e) => {
+                    let e = if by_user { cancelled() } else { e };
+                    discard = by_user || !e.code.keeps_partial();
+                    if discard {
+                        record.resume = None;
+                    }
+                    record.fail(&e);
+                    *state.failures.entry(e.code).or_default() += 1;
+                }
+            }
+            let record = state.tasks[&id].record.clone();
+            (record, discard)
+        };
+        match (&record.error_code, record.phase) {
+            (Some(code), _) => {
+                tracing::warn!(task = %id, code = %code, error = record.error_msg.as_deref().unwrap_or(""), "task failed")
+            }
+            (None, Phase::Success) => tracing::info!(task = %id, "task succeeded"),
+            _ => tracing::info!(task = %id, "task interrupted; it resumes on the next start"),
+        }
+        if discard {
+            let inner = self.clone();
+            let r = record.clone();
+            let _ = tokio::task::spawn_blocking(move || inner.discard(&r)).await;
+        }
+        self.save(record).await;
+        let inner = self.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.prune()).await;
+        self.wake.notify_one();
+    }
+
+    /// Removes a task's staging data; failures are logged, the task outcome stands.
+    fn discard(&self, record: &TaskRecord) {
+        if let Ok(task) = payload::validate(record.payload.clone()) {
+            if let Err(e) = runner::discard_partial(&self.config(), &task, &record.task_id) {
+                tracing::warn!(task = %record.task_id, error = %e, "cannot remove partial data");
+            }
+        }
+    }
+
+    /// Deletes finished records beyond the configured age and count.
+    fn prune(&self) {
+        let config = self.config();
+        let max_age_ms = config.prune.max_age_hours.saturating_mul(3_600_000);
+        let now = unix_millis_now();
+        let doomed: Vec<TaskRecord> = {
+            let state = self.lock();
+            let mut finished: Vec<&TaskRecord> = state
+                .tasks
+                .values()
+                .filter(|s| s.run.is_none() && s.record.phase.is_finished())
+                .map(|s| &s.record)
+                .collect();
+            finished.sort_by_key(|r| std::cmp::Reverse(r.finished_ms.unwrap_or(r.updated_ms)));
+            finished
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| {
+                    *i >= config.prune.max_finished
+                        || now.saturating_sub(r.finished_ms.unwrap_or(r.updated_ms)) > max_age_ms
+                })
+                .map(|(_, r)| (*r).clone())
+                .collect()
+        };
+        for record in doomed {
+            if record.resume.is_some() {
+                self.discard(&record);
+            }
+            if let Err(e) = self.journal.remove(&record.task_id) {
+                tracing::warn!(task = %record.task_id, error = %e, "cannot prune task record");
+                continue;
+            }
+            let mut state = self.lock();
+            state.tasks.remove(&record.task_id);
+            if let Some(token) = &record.payload.client_token {
+                state.tokens.remove(token);
+            }
+        }
+    }
+}
+
+/// Feeds engine progress into the task record and checkpoints into the journal.
+struct TaskObserver {
+    inner: Arc<Inner>,
+    id: String,
+    last: AtomicU64,
+}
+
+impl Observer for TaskObserver {
+    fn progress(&self, done: u64, total: Option<u64>) {
+        let before = self.last.swap(done, Ordering::Relaxed);
+        self.inner
+            .bytes
+            .fetch_add(done.saturating_sub(before), Ordering::Relaxed);
+        let mut state = self.inner.lock();
+        if let Some(slot) = state.tasks.get_mut(&self.id) {
+            slot.record.bytes_done = done;
+            slot.record.bytes_total = total;
+        }
+    }
+
+    fn checkpoint(&self, resume: ResumeState) -> impl Future<Output = ()> + Send {
+        let record = {
+            let mut state = self.inner.lock();
+            state.tasks.get_mut(&self.id).map(|slot| {
+                slot.record.resume = Some(resume);
+                slot.record.updated_ms = unix_millis_now();
+                slot.record.clone()
+            })
+        };
+        let inner = self.inner.clone();
+        async move {
+            if let Some(record) = record {
+                inner.save(record).await;
+            }
+        }
+    }
+
+    fn retrying(&self, _err: &SourceError, _delay: Duration) {
+        self.inner.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,275 @@
+//! The task manager in-process: queue, idempotency, cancel, journal resume, pruning.
+
+mod common;
+
+use common::http_server::{Resource, TestServer};
+use ferry::config::Config;
+use ferry::error::Code;
+use ferry::manager::Manager;
+use ferry::task::{Phase, TaskView};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn config(tmp: &tempfile::TempDir) -> Config {
+    let mut config = Config {
+        state_dir: tmp.path().join("state"),
+        device_root: Some(tmp.path().join("dev")),
+        max_concurrent_tasks: 1,
+        ..Config::default()
+    };
+    config.retry.initial_backoff_ms = 10;
+    config.checkpoint_bytes = 64 * 1024;
+    config
+}
+
+fn payload(id: &str, url: &str, name: &str) -> Vec<u8> {
+    serde_json::json!({
+        "TaskId": id,
+        "SourceFilePath": format!("/sdcard/Download/{name}"),
+        "UploadType": "DOWNLOAD_URL",
+        "UploadUrl": url,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn sha(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> TaskView {
+    for _ in 0..1000 {
+        let view = m.describe(id).unwrap();
+        if what(&view) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "task {id} never reached the state: {:?}",
+        m.describe(id).unwrap()
+    );
+}
+
+fn staging(tmp: &tempfile::TempDir, id: &str) -> PathBuf {
+    tmp.path()
+        .join(format!("dev/sdcard/Download/.ferry-{id}.part"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_runs_and_resubmit_is_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let body = data(100_000);
+    server.put("/a.bin", Resource::new(body.clone()));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let first = m
+        .submit(&payload("t-a", &server.url("/a.bin"), "a.bin"))
+        .unwrap();
+    assert!(first.created);
+    let done = wait_for(&m, "t-a", |v| v.phase.is_finished()).await;
+    assert_eq!(done.phase, Phase::Success, "{done:?}");
+    assert_eq!(done.task_status, "Finished");
+    assert_eq!(done.progress, 100);
+    assert_eq!(done.result.as_ref().unwrap().files[0].sha256, sha(&body));
+    let again = m
+        .submit(&payload("t-a", &server.url("/a.bin"), "a.bin"))
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(server.hits("/a.bin"), 1, "idempotent: no second download");
+    let conflict = m
+        .submit(&payload("t-a", &server.url("/a.bin"), "other.bin"))
+        .err()
+        .unwrap();
+    assert_eq!(conflict.code, Code::ApiTaskIdConflict);
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_token_makes_submits_idempotent_without_task_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    server.put("/k.bin", Resource::new(data(10)));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let json = serde_json::json!({
+        "ClientToken": "token-1",
+        "SourceFilePath": "/sdcard/Download/k.bin",
+        "UploadType": "DOWNLOAD_URL",
+        "UploadUrl": server.url("/k.bin"),
+    })
+    .to_string();
+    let a = m.submit(json.as_bytes()).unwrap();
+    let b = m.submit(json.as_bytes()).unwrap();
+    assert!(a.view.task_id.starts_with("t-"));
+    assert_eq!(a.view.task_id, b.view.task_id);
+    assert!(!b.created);
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_bounded_and_cancel_removes_staging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    server.put("/slow.bin", Resource::new(data(2 << 20)));
+    server.set_rate("/slow.bin", Some(256 * 1024));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    m.submit(&payload("t-1", &server.url("/slow.bin"), "one.bin"))
+        .unwrap();
+    m.submit(&payload("t-2", &server.url("/slow.bin"), "two.bin"))
+        .unwrap();
+    wait_for(&m, "t-1", |v| v.bytes_done > 0).await;
+    assert_eq!(
+        m.describe("t-2").unwrap().phase,
+        Phase::Pending,
+        "max_concurrent_tasks = 1"
+    );
+    assert!(staging(&tmp, "t-1").exists());
+    let view = m.cancel("t-1").await.unwrap();
+    assert_eq!(view.phase, Phase::Cancelled);
+    assert_eq!(view.error_code, Some(Code::Cancelled));
+    assert!(
+        !staging(&tmp, "t-1").exists(),
+        "cancel removes staging data"
+    );
+    assert!(!tmp.path().join("dev/sdcard/Download/one.bin").exists());
+    wait_for(&m, "t-2", |v| v.phase == Phase::Running).await;
+    let view = m.cancel("t-2").await.unwrap();
+    assert_eq!(view.phase, Phase::Cancelled);
+    assert!(m.cancel("nope").await.is_err());
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_checkpoints_and_a_restart_resumes_from_the_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let body = data(3 << 20);
+    server.put("/r.bin", Resource::new(body.clone()));
+    server.set_rate("/r.bin", Some(1 << 20));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    m.submit(&payload("t-r", &server.url("/r.bin"), "r.bin"))
+        .unwrap();
+    wait_for(&m, "t-r", |v| v.bytes_done > 512 * 1024).await;
+    m.shutdown().await;
+    let journal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("state/tasks/t-r.json")).unwrap())
+            .unwrap();
+    assert_eq!(journal["Phase"], "RUNNING");
+    let kept = std::fs::metadata(staging(&tmp, "t-r")).unwrap().len();
+    assert!(kept > 0);
+    assert!(!tmp.path().join("dev/sdcard/Download/r.bin").exists());
+    server.set_rate("/r.bin", None);
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let done = wait_for(&m, "t-r", |v| v.phase.is_finished()).await;
+    assert_eq!(done.phase, Phase::Success, "{done:?}");
+    assert_eq!(done.result.unwrap().files[0].sha256, sha(&body));
+    let last = server.requests("/r.bin").pop().unwrap();
+    assert_eq!(
+        last.header("range"),
+        Some(format!("bytes={kept}-").as_str())
+    );
+    assert!(!staging(&tmp, "t-r").exists());
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oss_is_validated_then_fails_as_unsupported_and_auto_install_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    server.put("/app.apk", Resource::new(data(100)));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let oss = serde_json::json!({
+        "TaskId": "t-oss",
+        "SourceFilePath": "/sdcard/Download",
+        "UploadType": "OSS",
+        "UploadUrl": "oss://cloudphone-saved-bucket-example/send/a.txt",
+        "UploadEndpoint": "oss-cn-hangzhou-internal.aliyuncs.com",
+    });
+    m.submit(oss.to_string().as_bytes()).unwrap();
+    let view = wait_for(&m, "t-oss", |v| v.phase.is_finished()).await;
+    assert_eq!(view.error_code, Some(Code::UnsupportedUploadType));
+    assert_eq!(view.task_status, "Failed");
+    let apk = serde_json::json!({
+        "TaskId": "t-apk",
+        "SourceFilePath": "/sdcard/Download/app.apk",
+        "UploadType": "DOWNLOAD_URL",
+        "UploadUrl": server.url("/app.apk"),
+        "TargetFileName": "ignored.apk",
+        "AutoInstall": true,
+    });
+    m.submit(apk.to_string().as_bytes()).unwrap();
+    let view = wait_for(&m, "t-apk", |v| v.phase.is_finished()).await;
+    assert_eq!(view.phase, Phase::Success);
+    assert!(view
+        .notes
+        .iter()
+        .any(|n| n.contains("TargetFileName has no effect")));
+    let install = view.result.unwrap().install.unwrap();
+    assert_eq!(install.error_code, Some(Code::UnsupportedAutoInstall));
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_task_resubmitted_runs_again_and_finished_records_are_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let mut cfg = config(&tmp);
+    cfg.prune.max_finished = 2;
+    let m = Manager::start(cfg.clone()).await.unwrap();
+    m.submit(&payload("t-late", &server.url("/late.bin"), "late.bin"))
+        .unwrap();
+    let view = wait_for(&m, "t-late", |v| v.phase.is_finished()).await;
+    assert_eq!(view.error_code, Some(Code::SourceNotFound));
+    server.put("/late.bin", Resource::new(data(1000)));
+    let again = m
+        .submit(&payload("t-late", &server.url("/late.bin"), "late.bin"))
+        .unwrap();
+    assert!(again.created);
+    let view = wait_for(&m, "t-late", |v| v.phase.is_finished()).await;
+    assert_eq!(view.phase, Phase::Success);
+    for i in 0..3 {
+        let id = format!("t-p{i}");
+        m.submit(&payload(
+            &id,
+            &server.url("/late.bin"),
+            &format!("p{i}.bin"),
+        ))
+        .unwrap();
+        wait_for(&m, &id, |v| v.phase.is_finished()).await;
+    }
+    let left = m.list();
+    assert_eq!(
+        left.len(),
+        2,
+        "{:?}",
+        left.iter().map(|v| &v.task_id).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("state/tasks"))
+            .unwrap()
+            .count(),
+        2
+    );
+    m.shutdown().await;
+    let after = Manager::start(cfg).await.unwrap();
+    assert!(after
+        .submit(&payload("t-x", "http://127.0.0.1:9/x", "x"))
+        .is_ok());
+    after.shutdown().await;
+    assert_eq!(
+        after
+            .submit(&payload("t-y", "http://127.0.0.1:9/y", "y"))
+            .err()
+            .unwrap()
+            .code,
+        Code::ApiShuttingDown
+    );
+}
