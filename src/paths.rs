@@ -255,6 +255,17 @@ pub enum Entry {
 }
 
 impl Dir {
+    /// Every operation takes a single plain name: `a/b`, `..` or `/x` would walk past the
+    /// checks `open_dir` made.
+    fn plain<'a>(&self, name: &'a str) -> Result<&'a str> {
+        check_file_name(name).map(|()| name).map_err(|why| {
+            Error::new(
+                Code::StoragePathNotAllowed,
+                format!("{name:?} in {} is not a plain file name: {why}", self.device),
+            )
+        })
+    }
+
     pub fn device_path(&self) -> &DevicePath {
         &self.device
     }
@@ -265,6 +276,7 @@ impl Dir {
 
     /// Opens `name` for read and write, creating it when asked; never follows a symlink.
     pub fn open_file(&self, name: &str, create: bool) -> Result<Option<File>> {
+        let name = self.plain(name)?;
         let mut flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         if create {
             flags |= OFlag::O_CREAT;
@@ -290,6 +302,7 @@ impl Dir {
     }
 
     pub fn entry(&self, name: &str) -> Result<Entry> {
+        let name = self.plain(name)?;
         match fstatat(
             Some(self.fd.as_raw_fd()),
             name,
@@ -306,6 +319,7 @@ impl Dir {
 
     /// Atomically replaces `to` with `from` (both in this folder).
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (self.plain(from)?, self.plain(to)?);
         renameat(
             Some(self.fd.as_raw_fd()),
             from,
@@ -317,6 +331,7 @@ impl Dir {
 
     /// Removes a file; a missing file is not an error.
     pub fn remove(&self, name: &str) -> Result<()> {
+        let name = self.plain(name)?;
         match unlinkat(Some(self.fd.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(e) => Err(Error::io("removing", &self.host_path(name), &e.into())),

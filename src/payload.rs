@@ -76,6 +76,10 @@ impl TaskPayload {
             if url.password().is_some() {
                 let _ = url.set_password(Some("redacted"));
                 copy.upload_url = url.to_string();
+            } else if !url.username().is_empty() {
+                // A lone user part is often a token.
+                let _ = url.set_username("redacted");
+                copy.upload_url = url.to_string();
             }
         }
         copy
@@ -191,12 +195,20 @@ fn from_map(mut map: Map<String, Value>) -> Result<TaskPayload> {
     };
     let credentials = match map.remove("Credentials") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(serde_json::from_value::<Credentials>(v).map_err(|e| {
+        // Only an object: serde would also take a positional array, and its error text
+        // quotes the offending value, which may be the secret itself.
+        Some(v @ Value::Object(_)) => Some(serde_json::from_value::<Credentials>(v).map_err(|_| {
             invalid(
                 Code::InvalidCredentials,
-                format!("Credentials must be {{\"AccessKeyId\", \"AccessKeySecret\", \"SecurityToken\"}} strings: {e}"),
+                "Credentials must be an object with string fields AccessKeyId, AccessKeySecret and optionally SecurityToken",
             )
         })?),
+        Some(_) => {
+            return Err(invalid(
+                Code::InvalidCredentials,
+                "Credentials must be an object with string fields AccessKeyId, AccessKeySecret and optionally SecurityToken",
+            ))
+        }
     };
     let mut text = |name: &str, code: Code| -> Result<Option<String>> {
         match map.remove(name) {
@@ -381,7 +393,7 @@ fn parse_md5(hex: &str) -> Result<[u8; 16]> {
             format!("FileMd5 {hex:?} must be 32 hexadecimal digits"),
         )
     };
-    if hex.len() != 32 {
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut out = [0u8; 16];
@@ -470,7 +482,9 @@ fn parse_endpoint(endpoint: Option<&str>) -> Result<String> {
     if url.host_str().is_none_or(|h| h.is_empty())
         || url.path() != "/"
         || url.query().is_some()
+        || url.fragment().is_some()
         || !url.username().is_empty()
+        || url.password().is_some()
     {
         return Err(bad("must be a bare host name (with an optional port)"));
     }
