@@ -261,7 +261,10 @@ impl Dir {
         check_file_name(name).map(|()| name).map_err(|why| {
             Error::new(
                 Code::StoragePathNotAllowed,
-                format!("{name:?} in {} is not a plain file name: {why}", self.device),
+                format!(
+                    "{name:?} in {} is not a plain file name: {why}",
+                    self.device
+                ),
             )
         })
     }

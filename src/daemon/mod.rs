@@ -1,0 +1,280 @@
+//! `ferry daemon`: the local HTTP API in front of the task manager.
+//!
+//! Shaped like mini-redis: [`run`] serves the bound [`Listeners`] until the `shutdown` future
+//! completes (the CLI passes a signal future, tests a oneshot), then stops accepting, lets the
+//! manager checkpoint its transfers, and closes the open connections. [`serve_forever`] is
+//! the CLI's whole daemon: state directory, token, sockets, manager, signals, address file.
+
+pub mod auth;
+pub mod bind;
+pub mod metrics;
+pub mod routes;
+pub mod signals;
+
+pub use bind::{Listeners, Published};
+
+use crate::config::{Config, Overrides};
+use crate::error::{Code, Error, Result};
+use crate::manager::Manager;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use routes::Shared;
+use signals::Event;
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// A client gets this long to send its request headers (slow-loris guard).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections may take to finish their reply once the manager stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A daemon that is ready to serve: what [`start`] prepared for [`run`].
+pub struct Started {
+    /// The task manager, journal opened and interrupted tasks resumed.
+    pub manager: Manager,
+    /// The bound sockets, not yet accepting: [`run`] serves them.
+    pub listeners: Listeners,
+    /// Removes `api.json` when dropped, after `run` returned.
+    pub published: Published,
+}
+
+/// Creates the state directory and token, binds the sockets (refusing to start beside a
+/// live daemon), starts the manager, and publishes `api.json` once all of it worked.
+pub async fn start(config: Config) -> Result<Started> {
+    auth::create_state_dir(&config.state_dir)?;
+    let token = auth::load_or_create_token(&config.state_dir)?;
+    // Bind before the manager opens the journal: a second daemon on the same state
+    // directory must fail here, not after touching the first one's tasks.
+    let listeners = Listeners::bind(&config, token).await?;
+    let state_dir = config.state_dir.clone();
+    let manager = Manager::start(config).await?;
+    let published = listeners.publish(&state_dir)?;
+    Ok(Started {
+        manager,
+        listeners,
+        published,
+    })
+}
+
+/// Serves the API until `shutdown` completes, then shuts the manager down cleanly.
+pub async fn run(
+    manager: Manager,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let Listeners { tcp, unix, token } = listeners;
+    let shared = Arc::new(Shared {
+        manager: manager.clone(),
+        token,
+        stopping: AtomicBool::new(false),
+    });
+    let stop = CancellationToken::new();
+    // Each connection holds a sender; when all are dropped, every connection has ended.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let (unix, socket_file) = match unix {
+        Some((listener, file)) => (Some(listener), Some(file)),
+        None => (None, None),
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(TokioIo::new(stream), &shared, &stop, &done_tx);
+                }
+                Err(e) => accept_failed(e).await,
+            },
+            accepted = accept_unix(unix.as_ref()) => match accepted {
+                Ok(stream) => spawn_connection(TokioIo::new(stream), &shared, &stop, &done_tx),
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    }
+    shared.stopping.store(true, Ordering::SeqCst);
+    info!("shutting down: no new connections; checkpointing running transfers");
+    drop((tcp, unix, socket_file));
+    manager.shutdown().await;
+    stop.cancel();
+    drop(done_tx);
+    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
+        .await
+        .is_err()
+    {
+        warn!("some API connections did not close within {DRAIN_TIMEOUT:?}; leaving them");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Accept errors are mostly "too many open files": wait a little instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    error!("accepting an API connection failed: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn spawn_connection<I>(
+    io: I,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    done: &mpsc::Sender<()>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let shared = shared.clone();
+    let stop = stop.clone();
+    let done = done.clone();
+    tokio::spawn(async move {
+        let _done = done;
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(routes::handle(shared, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!("API connection ended: {e}");
+                }
+            }
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                if let Err(e) = conn.await {
+                    debug!("API connection ended during shutdown: {e}");
+                }
+            }
+        }
+    });
+}
+
+/// The whole `ferry daemon`: serve until SIGTERM/SIGINT, reload the configuration on SIGHUP
+/// from the same file, environment and flags it was first built from.
+pub async fn serve_forever(
+    config: Config,
+    config_file: Option<PathBuf>,
+    overrides: Overrides,
+) -> Result<()> {
+    // Watch signals first, so a SIGTERM during startup is not lost.
+    let events = signals::watch(true)?;
+    let Started {
+        manager,
+        listeners,
+        published,
+    } = start(config).await?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(follow_signals(
+        events,
+        manager.clone(),
+        config_file,
+        overrides,
+        stop_tx,
+    ));
+    let result = run(manager, listeners, async {
+        let _ = stop_rx.await;
+    })
+    .await;
+    drop(published);
+    result
+}
+
+async fn follow_signals(
+    mut events: mpsc::UnboundedReceiver<Event>,
+    manager: Manager,
+    config_file: Option<PathBuf>,
+    overrides: Overrides,
+    stop_tx: oneshot::Sender<()>,
+) {
+    let mut stop_tx = Some(stop_tx);
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Stop(name) => {
+                info!("{name} received: stopping cleanly (send it again to exit at once)");
+                if let Some(tx) = stop_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Event::Reload => reload(&manager, config_file.clone(), overrides.clone()).await,
+        }
+    }
+}
+
+/// SIGHUP: builds the configuration again; a bad file is reported and the old one kept.
+pub async fn reload(manager: &Manager, file: Option<PathBuf>, overrides: Overrides) {
+    let source = describe_source(file.as_deref());
+    let loaded = tokio::task::spawn_blocking(move || {
+        Config::load(file.as_deref(), &|k| std::env::var(k).ok(), &overrides)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Error::new(
+            Code::Internal,
+            format!("loading the configuration: {e}"),
+        ))
+    });
+    match loaded {
+        Ok(new) => {
+            let old = manager.config();
+            for field in restart_only_changes(&old, &new) {
+                warn!("SIGHUP: {field} changed in {source}; that takes a restart to apply");
+            }
+            manager.reload(new);
+            info!("SIGHUP: configuration reloaded from {source}");
+        }
+        Err(e) => {
+            error!("SIGHUP: keeping the running configuration; reloading {source} failed: {e}")
+        }
+    }
+}
+
+fn describe_source(file: Option<&Path>) -> String {
+    match file {
+        Some(f) => f.display().to_string(),
+        None => "the defaults, environment and flags".to_string(),
+    }
+}
+
+/// Settings read once at start (sockets, state, logging) that a reload cannot change.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.state_dir != new.state_dir {
+        changed.push("state_dir");
+    }
+    if old.listen != new.listen {
+        changed.push("listen");
+    }
+    if old.socket_path() != new.socket_path() {
+        changed.push("socket");
+    }
+    if old.log_format != new.log_format || old.log_level != new.log_level {
+        changed.push("logging");
+    }
+    changed
+}

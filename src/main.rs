@@ -1,0 +1,5 @@
+//! The `ferry` binary: everything lives in the library; see [`ferry::cli`].
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(ferry::cli::run(std::env::args_os()))
+}
