@@ -245,15 +245,7 @@ impl Manager {
 
     pub fn metrics(&self) -> Metrics {
         let state = self.inner.lock();
-        let phases = [
-            Phase::Pending,
-            Phase::Running,
-            Phase::Installing,
-            Phase::Success,
-            Phase::Failed,
-            Phase::Cancelled,
-        ];
-        let tasks_by_phase = phases
+        let tasks_by_phase = Phase::ALL
             .iter()
             .map(|p| {
                 (

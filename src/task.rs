@@ -23,6 +23,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Installing,
+        Phase::Success,
+        Phase::Failed,
+        Phase::Cancelled,
+    ];
+
     pub fn is_finished(self) -> bool {
         matches!(self, Phase::Success | Phase::Failed | Phase::Cancelled)
     }

@@ -3,26 +3,17 @@
 //! partial file. Set `FERRY_TEST_RUNNER` (e.g. `qemu-aarch64-static`) and `FERRY_TEST_BIN`
 //! to run the same test against a cross-built binary.
 
+mod cli_support;
 mod common;
 
+use cli_support::{exchange, ferry, request_bytes};
 use common::http_server::{Resource, TestServer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn ferry() -> Command {
-    let bin =
-        std::env::var("FERRY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ferry").into());
-    let runner = std::env::var("FERRY_TEST_RUNNER").unwrap_or_default();
-    let mut words: Vec<String> = runner.split_whitespace().map(str::to_string).collect();
-    words.push(bin);
-    let mut cmd = Command::new(&words[0]);
-    cmd.args(&words[1..]);
-    cmd
-}
 
 /// Kills the daemon if a test fails before stopping it.
 struct Daemon(Child);
@@ -54,47 +45,22 @@ fn start_daemon(state: &Path, dev: &Path) -> (Daemon, String, String) {
             let api: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             let listen = api["Listen"].as_str().unwrap().to_string();
             let token = std::fs::read_to_string(state.join("token")).unwrap();
-            return (daemon, format!("http://{listen}"), token.trim().to_string());
+            return (daemon, listen, token.trim().to_string());
         }
         assert!(Instant::now() < deadline, "daemon did not write api.json");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn describe(api: &str, token: &str, id: &str) -> serde_json::Value {
-    http::get_json(&format!("{api}/v1/tasks/{id}"), token)
+/// One API call over TCP; returns the status and the JSON body.
+fn call(addr: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let request = request_bytes(method, path, Some(token), Some(body.as_bytes()));
+    let (status, reply) = exchange(std::net::TcpStream::connect(addr).unwrap(), &request);
+    (status, serde_json::from_str(&reply).unwrap_or_default())
 }
 
-/// A tiny blocking JSON GET over std, so this test needs no async runtime of its own.
-mod http {
-    use std::io::{Read, Write};
-
-    pub fn request(url: &str, token: &str, method: &str, body: &str) -> (u16, serde_json::Value) {
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest.split_at(rest.find('/').unwrap());
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        let status = text[9..12].parse().unwrap();
-        let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        // The daemon may answer chunked; take the JSON object between the outer braces.
-        let start = json.find('{').unwrap_or(0);
-        let end = json.rfind('}').map_or(json.len(), |e| e + 1);
-        (
-            status,
-            serde_json::from_str(&json[start..end]).unwrap_or_default(),
-        )
-    }
-
-    pub fn get_json(url: &str, token: &str) -> serde_json::Value {
-        request(url, token, "GET", "").1
-    }
+fn describe(addr: &str, token: &str, id: &str) -> serde_json::Value {
+    call(addr, token, "GET", &format!("/v1/tasks/{id}"), "").1
 }
 
 fn sha(data: &[u8]) -> String {
@@ -145,7 +111,7 @@ fn kill_9_mid_transfer_resumes_after_restart() {
         "UploadUrl": server.url("/big.bin"),
     })
     .to_string();
-    let (status, view) = http::request(&format!("{api}/v1/tasks"), &token, "POST", &payload);
+    let (status, view) = call(&api, &token, "POST", "/v1/tasks", &payload);
     assert_eq!(status, 201, "{view}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while describe(&api, &token, "t-kill")["BytesDone"]

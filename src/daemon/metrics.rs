@@ -11,15 +11,6 @@ use std::fmt::Write;
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const PHASES: [Phase; 6] = [
-    Phase::Pending,
-    Phase::Running,
-    Phase::Installing,
-    Phase::Success,
-    Phase::Failed,
-    Phase::Cancelled,
-];
-
 fn phase_label(phase: Phase) -> &'static str {
     match phase {
         Phase::Pending => "pending",
@@ -52,7 +43,7 @@ pub fn render(m: &Metrics) -> String {
         "gauge",
         "Tasks the daemon knows, by phase.",
     );
-    for phase in PHASES {
+    for phase in Phase::ALL {
         let count: u64 = m
             .tasks_by_phase
             .iter()

@@ -3,6 +3,9 @@
 //! `FERRY_TEST_BIN`), a daemon child that is killed when the test ends, a tiny HTTP/1.1
 //! client over TCP or the unix socket that shows raw statuses, and the demo file server.
 
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
 use ferry::demo_server::DemoServer;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
