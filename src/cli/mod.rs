@@ -202,7 +202,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One async thread: transfers spend their CPU on their own writer and hash threads, the
+    // rest is socket I/O. Measured on 2 cores (1 GiB over loopback), the multi-threaded
+    // scheduler's work stealing cost ~15% wall time and 3 MiB RSS for nothing in return.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("ferry")
         .build()

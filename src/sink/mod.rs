@@ -8,12 +8,15 @@
 use crate::error::{Code, Error, Result};
 use crate::paths::{Dir, Entry};
 use bytes::Bytes;
-use md5::Md5;
-use sha2::{Digest, Sha256};
+mod hasher;
+mod writeback;
+
+use hasher::{Digests, Hasher};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use writeback::Writeback;
 
 /// Chunks queued between the network and the disk; bounds memory whatever the file size.
 /// hyper hands out body chunks of at most ~408 KiB, so at most ~2 MiB wait here; measured
@@ -128,8 +131,10 @@ struct Writer {
     name: String,
     file: File,
     len: u64,
-    sha256: Sha256,
-    md5: Option<Md5>,
+    /// Digests of the kept prefix while re-hashing at open; then moved to `hasher`.
+    digests: Option<Digests>,
+    hasher: Option<Hasher>,
+    writeback: Writeback,
 }
 
 impl Writer {
@@ -150,10 +155,16 @@ impl Writer {
             name,
             file,
             len: 0,
-            sha256: Sha256::new(),
-            md5: want_md5.then(Md5::new),
+            digests: Some(Digests::new(want_md5)),
+            hasher: None,
+            writeback: Writeback::new(keep),
         };
         writer.rehash(keep)?;
+        let digests = writer.digests.take().expect("set above");
+        writer.hasher =
+            Some(Hasher::spawn(digests).map_err(|e| {
+                Error::new(Code::Internal, format!("starting the hash thread: {e}"))
+            })?);
         Ok(writer)
     }
 
@@ -170,18 +181,13 @@ impl Writer {
             self.file
                 .read_exact(&mut buf[..want])
                 .map_err(|e| Error::io("reading back", &path, &e))?;
-            self.hash(&buf[..want]);
+            if let Some(d) = &mut self.digests {
+                d.update(&buf[..want]);
+            }
             left -= want as u64;
         }
         self.len = keep;
         Ok(())
-    }
-
-    fn hash(&mut self, data: &[u8]) {
-        self.sha256.update(data);
-        if let Some(md5) = &mut self.md5 {
-            md5.update(data);
-        }
     }
 
     fn path(&self) -> std::path::PathBuf {
@@ -191,7 +197,7 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>, failed: Arc<Mutex<Option<Error>>>) {
         while let Some(command) = rx.blocking_recv() {
             let outcome = match command {
-                Command::Data(chunk) => self.write(&chunk),
+                Command::Data(chunk) => self.write(chunk),
                 Command::Truncate(reply) => {
                     let _ = reply.send(self.truncate());
                     Ok(())
@@ -216,12 +222,15 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, chunk: &[u8]) -> Result<()> {
+    fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.file
-            .write_all(chunk)
+            .write_all(&chunk)
             .map_err(|e| Error::io("writing", &self.path(), &e))?;
-        self.hash(chunk);
         self.len += chunk.len() as u64;
+        self.writeback.advance(&self.file, self.len);
+        if let Some(h) = &self.hasher {
+            h.update(chunk);
+        }
         Ok(())
     }
 
@@ -231,9 +240,9 @@ impl Writer {
             .and_then(|()| self.file.seek(SeekFrom::Start(0)).map(drop))
             .map_err(|e| Error::io("truncating", &self.path(), &e))?;
         self.len = 0;
-        self.sha256 = Sha256::new();
-        if self.md5.is_some() {
-            self.md5 = Some(Md5::new());
+        self.writeback.reset();
+        if let Some(h) = &self.hasher {
+            h.reset();
         }
         Ok(())
     }
@@ -286,10 +295,12 @@ impl Writer {
         self.file
             .sync_all()
             .map_err(|e| Error::io("syncing", &self.path(), &e))?;
+        let hasher = self.hasher.take().expect("finish is the last command");
+        let (sha256, md5) = hasher.finish().finish();
         Ok(Written {
             len: self.len,
-            sha256: self.sha256.clone().finalize().into(),
-            md5: self.md5.clone().map(|m| m.finalize().into()),
+            sha256,
+            md5,
         })
     }
 }
