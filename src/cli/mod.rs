@@ -58,6 +58,9 @@ pub struct GlobalArgs {
     /// Host folder standing in for the device's / (desktop use and tests)
     #[arg(long, global = true, value_name = "DIR")]
     pub device_root: Option<PathBuf>,
+    /// Host folder standing in for the device's system files (/system, /etc, /dev/socket)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub system_root: Option<PathBuf>,
     /// Log format on stderr: human or json
     #[arg(long, global = true, value_name = "FORMAT", value_parser = parse_log_format)]
     pub log_format: Option<LogFormat>,
@@ -111,6 +114,7 @@ impl GlobalArgs {
         Overrides {
             state_dir: self.state_dir.clone(),
             device_root: self.device_root.clone(),
+            system_root: self.system_root.clone(),
             log_format: self.log_format,
             log_level: self.log_level.clone(),
             ..Overrides::default()

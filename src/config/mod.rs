@@ -1,6 +1,10 @@
 //! Daemon and client configuration: typed, with a default for every field, read from a TOML
 //! file, then the environment, then command-line flags, and validated once.
 
+mod android;
+
+pub use android::{DnsConfig, LogcatConfig, MediaScanConfig, MediaScanMode, RunAs, TlsConfig};
+
 use crate::error::{Code, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -19,6 +23,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Host folder standing in for the device's `/` (desktop use and tests); unset on a phone.
     pub device_root: Option<PathBuf>,
+    /// Host folder standing in for the device's system files (`/system`, `/apex`, `/etc`,
+    /// `/dev/socket`), for tests and desktop emulation; unset on a phone.
+    pub system_root: Option<PathBuf>,
     /// Device paths under which payloads may write; everything else is refused.
     pub allowed_roots: Vec<String>,
     /// TCP address of the local API; loopback only. `None` disables TCP.
@@ -41,6 +48,12 @@ pub struct Config {
     /// The staging file is fsync'd and the journal checkpointed after this many bytes, bounding
     /// what a power loss can cost on resume.
     pub checkpoint_bytes: u64,
+    pub dns: DnsConfig,
+    pub tls: TlsConfig,
+    pub logcat: LogcatConfig,
+    pub media_scan: MediaScanConfig,
+    /// Identity to switch to once sockets are bound; unset keeps the starting user.
+    pub run_as: Option<RunAs>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +109,12 @@ impl Default for Config {
             prune: PruneConfig::default(),
             allow_link_local: false,
             checkpoint_bytes: 64 << 20,
+            system_root: None,
+            dns: DnsConfig::default(),
+            tls: TlsConfig::default(),
+            logcat: LogcatConfig::default(),
+            media_scan: MediaScanConfig::default(),
+            run_as: None,
         }
     }
 }
@@ -145,6 +164,7 @@ impl HttpConfig {
 pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub device_root: Option<PathBuf>,
+    pub system_root: Option<PathBuf>,
     pub listen: Option<String>,
     pub socket: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -195,6 +215,9 @@ impl Config {
         if let Some(v) = env("FERRY_DEVICE_ROOT") {
             config.device_root = Some(v.into());
         }
+        if let Some(v) = env("FERRY_SYSTEM_ROOT") {
+            config.system_root = Some(v.into());
+        }
         if let Some(v) = env("FERRY_LISTEN") {
             config.listen = parse_listen(&v)?;
         }
@@ -206,6 +229,9 @@ impl Config {
         }
         if let Some(v) = &flags.device_root {
             config.device_root = Some(v.clone());
+        }
+        if let Some(v) = &flags.system_root {
+            config.system_root = Some(v.clone());
         }
         if let Some(v) = &flags.listen {
             config.listen = parse_listen(v)?;
@@ -269,6 +295,14 @@ impl Config {
             return bad("http timeouts must be at least 1 second".into());
         }
         Ok(())
+    }
+
+    /// Where a device system path (`/system/etc/hosts`) is on this machine.
+    pub fn system_path(&self, device_path: &str) -> PathBuf {
+        match &self.system_root {
+            Some(root) => root.join(device_path.trim_start_matches('/')),
+            None => PathBuf::from(device_path),
+        }
     }
 
     /// The unix socket path, defaulting into the state directory.
