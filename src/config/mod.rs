@@ -29,6 +29,7 @@ pub struct Config {
     /// Device paths under which payloads may write; everything else is refused.
     pub allowed_roots: Vec<String>,
     /// TCP address of the local API; loopback only. `None` disables TCP.
+    #[serde(deserialize_with = "deserialize_listen")]
     pub listen: Option<SocketAddr>,
     /// Unix socket of the local API; defaults to `STATE_DIR/ferry.sock`.
     pub socket: Option<PathBuf>,
@@ -313,6 +314,17 @@ impl Config {
     }
 }
 
+/// The file form of `listen`: the same words as the flag, `"off"` included.
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    match text {
+        None => Ok(None),
+        Some(t) => parse_listen(&t).map_err(|e| serde::de::Error::custom(e.message)),
+    }
+}
+
 /// `off` disables the TCP listener; anything else must be a loopback `IP:PORT`.
 fn parse_listen(value: &str) -> Result<Option<SocketAddr>> {
     if value == "off" || value.is_empty() {
@@ -363,6 +375,18 @@ mod tests {
         };
         let c = Config::load(Some(&file), &env, &flags).unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/c"));
+    }
+
+    #[test]
+    fn listen_off_works_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(&file, "listen = \"off\"\n").unwrap();
+        let c = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap();
+        assert_eq!(c.listen, None);
+        std::fs::write(&file, "listen = \"127.0.0.1:9\"\n").unwrap();
+        let c = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.unwrap().port(), 9);
     }
 
     #[test]
