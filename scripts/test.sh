@@ -3,7 +3,12 @@
 #
 #   scripts/test.sh [EXTRA CARGO TEST ARGS...]
 #
-# Steps: cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test.
+# Steps: cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test, then the
+# Android stage: scripts/build-android.sh (static aarch64 binary) and the end-to-end tests
+# (cli_api, daemon_kill, android_*) run on that binary under qemu in an Android-like chroot
+# (FERRY_TEST_CHROOT=1, see tests/cli_support/target.rs).  The chroot needs root; without
+# it the e2e step is SKIPPED loudly.  FERRY_SKIP_ANDROID=1 skips the whole stage (a quick
+# local run); CI never sets it.
 # Every step runs even when an earlier one failed (one run shows every
 # problem), except that the tests are skipped when the build failed.  Prints a
 # PASS/FAIL summary and exits non-zero if anything failed.
@@ -18,6 +23,8 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/android.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/android.sh"
 
 cd "$FERRY_ROOT"
 
@@ -25,8 +32,10 @@ group "setup"
 ensure_rust
 ensure_rust_tools
 # What the tests themselves use at run time: curl for end-to-end checks
-# against the daemon, procps (ps/pkill-by-pid helpers) and CA certificates.
-ensure_apt curl procps ca-certificates
+# against the daemon, procps (ps/pkill-by-pid helpers), CA certificates, and
+# dnsmasq (dnsmasq-base: the binary only, no system service) as the real DNS
+# server of tests/android_dns.rs.
+ensure_apt curl procps ca-certificates dnsmasq-base busybox-static
 
 # name -> result ("ok", "FAILED", "SKIPPED (why)"), in run order.
 STEP_NAMES=()
@@ -76,16 +85,50 @@ else
     skip_step clippy "cargo clippy unavailable"
 fi
 
+HOST_BUILD_OK=0
 if run_step build cargo build "${FERRY_LOCKED[@]}"; then
+    HOST_BUILD_OK=1
     # --no-fail-fast: run every test binary, so one run lists all failures.
     run_step test cargo test "${FERRY_LOCKED[@]}" --all-targets --no-fail-fast "$@" || true
 else
     skip_step test "build failed"
 fi
 
+# The end-to-end tests on the aarch64 binary.  The test programs are built for the host
+# (they are already, by the step above); only the binary under test is the Android build.
+android_e2e() {
+    local tests=(--test cli_api --test daemon_kill)
+    local file
+    for file in tests/android_*.rs; do
+        [[ -e "$file" ]] || continue
+        file="${file#tests/}"
+        tests+=(--test "${file%.rs}")
+    done
+    FERRY_TEST_CHROOT=1 FERRY_TEST_BIN="$(android_bin)" \
+        cargo test "${FERRY_LOCKED[@]}" --no-fail-fast "${tests[@]}"
+}
+
+if [[ "${FERRY_SKIP_ANDROID:-}" == 1 ]]; then
+    loud_warn "FERRY_SKIP_ANDROID=1: the Android build and e2e stage is SKIPPED"
+    skip_step android "FERRY_SKIP_ANDROID=1"
+elif run_step android scripts/build-android.sh; then
+    if [[ "$(id -u)" -ne 0 ]]; then
+        loud_warn "android-e2e SKIPPED: the Android-like chroot needs root (run as root or in CI)"
+        skip_step android-e2e "not root: chroot needs root"
+    elif [[ "$HOST_BUILD_OK" -ne 1 ]]; then
+        skip_step android-e2e "host build failed"
+    elif ! ensure_apt qemu-user-static; then
+        record android-e2e "FAILED (could not install qemu-user-static)"
+    else
+        run_step android-e2e android_e2e || true
+    fi
+else
+    skip_step android-e2e "android build failed"
+fi
+
 group "summary"
 for i in "${!STEP_NAMES[@]}"; do
-    printf '  %-8s %s\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}"
+    printf '  %-12s %s\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}"
 done
 if [[ "$FAILED" -ne 0 ]]; then
     printf 'test.sh: FAIL\n'

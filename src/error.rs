@@ -33,6 +33,7 @@ pub enum Code {
     SourceTooManyRedirects,
     SourceRangeNotSatisfiable,
     NetworkDns,
+    NetworkDnsUnavailable,
     NetworkConnect,
     NetworkTimeout,
     NetworkReset,
@@ -80,6 +81,7 @@ impl Code {
         Code::SourceTooManyRedirects,
         Code::SourceRangeNotSatisfiable,
         Code::NetworkDns,
+        Code::NetworkDnsUnavailable,
         Code::NetworkConnect,
         Code::NetworkTimeout,
         Code::NetworkReset,
@@ -126,6 +128,7 @@ impl Code {
             Code::SourceTooManyRedirects => "Source.TooManyRedirects",
             Code::SourceRangeNotSatisfiable => "Source.RangeNotSatisfiable",
             Code::NetworkDns => "Network.Dns",
+            Code::NetworkDnsUnavailable => "Network.DnsUnavailable",
             Code::NetworkConnect => "Network.ConnectFailed",
             Code::NetworkTimeout => "Network.Timeout",
             Code::NetworkReset => "Network.ConnectionReset",
@@ -160,6 +163,7 @@ impl Code {
             self,
             Code::SourceHttp5xx
                 | Code::NetworkDns
+                | Code::NetworkDnsUnavailable
                 | Code::NetworkConnect
                 | Code::NetworkTimeout
                 | Code::NetworkReset

@@ -1,31 +1,72 @@
 //! Log output: `tracing` events to stderr, human-readable or one JSON object per line,
-//! filtered by a level string such as `info` or `ferry=debug,hyper=warn`.
+//! filtered by a level string such as `info` or `ferry=debug,hyper=warn`; and, when logd's
+//! socket exists (on a phone), the same events to logcat as well ([`crate::logcat`]).
+//!
+//! Stderr stays on when logcat is used. Android's init sends a service's stdout and stderr to
+//! /dev/null unless told otherwise, so nothing is written twice anywhere that is kept, while a
+//! person who starts `ferry daemon` from `adb shell`, and every test and CI run, still sees
+//! the log where it always was.
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
+use crate::logcat::Logcat;
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter};
 
-/// Installs the global subscriber. A bad filter falls back to `info` (and says so); a second
-/// call keeps the first subscriber instead of panicking.
-pub fn init(format: LogFormat, level: &str) {
+/// Installs the global subscriber. `config` (when known) says where logd's socket is. A bad
+/// filter falls back to `info` (and says so); a second call keeps the first subscriber
+/// instead of panicking.
+pub fn init(format: LogFormat, level: &str, config: Option<&Config>) {
     let (filter, bad) = match EnvFilter::try_new(level) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false);
-    let installed = match format {
-        LogFormat::Human => builder
+    let human = (format == LogFormat::Human).then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(false)
+    });
+    let (logcat, logcat_error) = match config.and_then(Logcat::open) {
+        Some(Ok(logcat)) => (Some(logcat), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
     };
-    if installed.is_ok() {
-        if let Some(e) = bad {
-            tracing::warn!("log level {level:?} is not a valid filter ({e}); using info");
-        }
+    let logcat_path = logcat.as_ref().map(|l| l.path().to_path_buf());
+    // logcat adds its own time, priority and tag: the message is the rest of the human line.
+    let logcat_layer = logcat.map(|logcat| {
+        fmt::layer()
+            .with_writer(logcat)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(human)
+        .with(json)
+        .with(logcat_layer)
+        .try_init();
+    if installed.is_err() {
+        return;
+    }
+    if let Some(e) = bad {
+        tracing::warn!("log level {level:?} is not a valid filter ({e}); using info");
+    }
+    if let Some(e) = logcat_error {
+        tracing::warn!("not logging to logcat: {e}");
+    }
+    if let Some(path) = logcat_path {
+        tracing::debug!("logging to logcat through {} and to stderr", path.display());
     }
 }
 
@@ -35,7 +76,11 @@ mod tests {
 
     #[test]
     fn init_twice_does_not_panic() {
-        init(LogFormat::Human, "ferry=debug");
-        init(LogFormat::Json, "not a [valid filter");
+        init(LogFormat::Human, "ferry=debug", None);
+        init(
+            LogFormat::Json,
+            "not a [valid filter",
+            Some(&Config::default()),
+        );
     }
 }

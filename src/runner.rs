@@ -1,9 +1,11 @@
 //! Runs one validated task: resolves its target inside the allowed roots, picks the source,
-//! drives the engine, and reports the task result. Shared by the daemon and `ferry fetch`.
+//! drives the engine, tells the media store about a file in shared storage, and reports the
+//! task result. Shared by the daemon and `ferry fetch`.
 
 use crate::config::Config;
 use crate::engine::{self, Job, Observer};
 use crate::error::{Code, Error, Result};
+use crate::media_scan;
 use crate::paths::{DevicePath, Dir, Entry, Roots};
 use crate::payload::{Plan, ValidTask};
 use crate::sink;
@@ -84,19 +86,23 @@ pub async fn run<O: Observer>(
         md5: task.md5,
     };
     let outcome = engine::transfer(job, ctx.config, observer, &ctx.cancel).await?;
+    let landed = folder.join(&final_name);
     tracing::info!(
         task = ctx.task_id,
-        path = %folder.join(&final_name),
+        path = %landed,
         bytes = outcome.written.len,
         retries = outcome.retries,
         "file in place"
     );
+    // The file is committed: from here on nothing fails the task.
+    let notes = media_scan::announce(ctx.config, &landed).await;
     Ok(TaskResult {
         files: vec![FileResult {
-            path: folder.join(&final_name).to_string(),
+            path: landed.to_string(),
             size: outcome.written.len,
             sha256: sink::hex(&outcome.written.sha256),
         }],
+        notes: notes.into_iter().collect(),
         install: task.payload.auto_install.then(|| InstallResult {
             error_code: Some(Code::UnsupportedAutoInstall),
             message: "AutoInstall was requested but this build of ferry does not install packages yet; the file was transferred and not installed".into(),

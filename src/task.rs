@@ -70,6 +70,10 @@ pub struct TaskResult {
     pub files: Vec<FileResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<InstallResult>,
+    /// Steps after the transfer that did not work but do not fail the task, such as a media
+    /// scan whose command is missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a RUNNING task needs to pick up its partial data after a restart.

@@ -1,11 +1,12 @@
 //! The real `ferry` binary and its local API: routes, statuses and error codes, the token,
-//! the unix socket, `send`/`tasks`/`cancel`/`fetch`/`demo`, and signals. Set
-//! `FERRY_TEST_RUNNER` (e.g. `qemu-aarch64-static`) and `FERRY_TEST_BIN` to run the same
-//! tests against a cross-built binary.
+//! the unix socket, `send`/`tasks`/`cancel`/`fetch`/`demo`, and signals. Each test runs on
+//! its own Android-like [`Target`]; `FERRY_TEST_CHROOT=1 FERRY_TEST_BIN=AARCH64_FERRY` runs
+//! the same tests on the aarch64 build under qemu in a chroot (see `cli_support/target.rs`).
 
 mod cli_support;
 
-use cli_support::{ferry, request_bytes, run, text, unix_exchange, Daemon, Files};
+use cli_support::target::STATE_DIR;
+use cli_support::{request_bytes, run, text, unix_exchange, Daemon, Files, Target};
 use nix::sys::signal::Signal;
 use std::io::Write;
 use std::time::Duration;
@@ -35,10 +36,8 @@ fn health_needs_no_token_and_everything_else_does() {
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["ErrorCode"], "Api.Unauthorized");
         let msg = body["ErrorMsg"].as_str().unwrap();
-        assert!(
-            msg.contains(&d.state.join("token").display().to_string()),
-            "{msg}"
-        );
+        let token_file = d.target.arg(format!("{STATE_DIR}/token"));
+        assert!(msg.contains(&token_file.display().to_string()), "{msg}");
     }
     let (status, body) = d.get("/nowhere");
     assert_eq!(status, 404);
@@ -128,7 +127,7 @@ fn submit_describe_list_and_idempotent_resubmit() {
     assert_eq!(done["Phase"], "SUCCESS", "{done}");
     assert_eq!(done["TaskStatus"], "Finished");
     assert_eq!(done["Result"]["Files"][0]["Sha256"], files.server.sha256());
-    let host = d.dev.join("sdcard/Download/idem.bin");
+    let host = d.target.host("/sdcard/Download/idem.bin");
     assert_eq!(std::fs::metadata(&host).unwrap().len(), 256 * 1024);
 
     let (status, again) = d.request("POST", "/v1/tasks", Some(&d.token), Some(body.as_bytes()));
@@ -214,8 +213,7 @@ fn send_wait_follows_to_success_and_failure() {
 
 #[test]
 fn no_daemon_means_exit_3() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(ferry().arg("--state-dir").arg(dir.path()).arg("tasks"));
+    let out = run(Target::new().command().arg("tasks"));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("ferry daemon"),
@@ -244,7 +242,7 @@ fn cancel_stops_a_running_task() {
     let view = d.wait_phase(&id, &["CANCELLED", "FAILED", "SUCCESS"], TASK_TIMEOUT);
     assert_eq!(view["Phase"], "CANCELLED", "{view}");
     assert_eq!(view["ErrorCode"], "Cancelled");
-    assert!(!d.dev.join("sdcard/Download/slow.bin").exists());
+    assert!(!d.target.host("/sdcard/Download/slow.bin").exists());
 
     let (status, body) = d.request("DELETE", "/v1/tasks/t-nope", Some(&d.token), None);
     assert_eq!(status, 404, "{body}");
@@ -266,8 +264,8 @@ fn unix_socket_serves_the_same_api() {
     let (status, body) = unix_exchange(&d.socket, &req);
     assert_eq!(status, 200);
     assert_eq!(body.trim(), r#"{"Tasks":[]}"#);
-    let socket = d.socket.display().to_string();
-    let out = d.cli(&["tasks", "--socket", &socket, "--json"]);
+    let socket = d.target.arg(format!("{STATE_DIR}/ferry.sock"));
+    let out = d.cli(&["tasks", "--socket", &socket.display().to_string(), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // TCP through --addr works alike.
     let out = d.cli(&["tasks", "--addr", &d.addr]);
@@ -277,10 +275,7 @@ fn unix_socket_serves_the_same_api() {
 #[test]
 fn a_second_daemon_on_the_same_state_refuses_to_start() {
     let d = Daemon::start(&[]);
-    let out = run(ferry()
-        .arg("--state-dir")
-        .arg(&d.state)
-        .args(["daemon", "--listen", "off"]));
+    let out = d.cli(&["daemon", "--listen", "off"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         text(&out.stderr).contains("already running"),
@@ -313,11 +308,10 @@ fn sigterm_mid_transfer_exits_zero_and_cleans_up() {
 
 #[test]
 fn sighup_reloads_the_config_file_and_survives_a_bad_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(&config, "max_concurrent_tasks = 1\n").unwrap();
-    let config_arg = config.display().to_string();
-    let mut d = Daemon::start_in(dir, &["--config", &config_arg]);
+    let t = Target::new();
+    let config = t.write("/data/local/ferry.toml", "max_concurrent_tasks = 1\n");
+    let config_arg = t.arg("/data/local/ferry.toml").display().to_string();
+    let mut d = t.daemon(&["--config", &config_arg]);
     std::fs::write(&config, "max_concurrent_tasks = 3\n").unwrap();
     d.signal(Signal::SIGHUP);
     wait_for_log(&d, "configuration reloaded");
@@ -334,7 +328,7 @@ fn sighup_reloads_the_config_file_and_survives_a_bad_one() {
 }
 
 fn wait_for_log(d: &Daemon, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + d.target.timeout(Duration::from_secs(10));
     while !d.log_text().contains(needle) {
         assert!(
             std::time::Instant::now() < deadline,
@@ -348,13 +342,9 @@ fn wait_for_log(d: &Daemon, needle: &str) {
 #[test]
 fn fetch_runs_in_process_and_checks_input() {
     let files = Files::start(300_000);
-    let dir = tempfile::tempdir().unwrap();
-    let dev = dir.path().join("dev");
-    let out = run(ferry()
-        .arg("--device-root")
-        .arg(&dev)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
+    let t = Target::new();
+    let out = run(t
+        .command()
         .args([
             "fetch",
             "--url",
@@ -367,13 +357,13 @@ fn fetch_runs_in_process_and_checks_input() {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["Files"][0]["Sha256"], files.server.sha256());
     assert_eq!(
-        std::fs::metadata(dev.join("sdcard/Download/f.bin"))
+        std::fs::metadata(t.host("/sdcard/Download/f.bin"))
             .unwrap()
             .len(),
         300_000
     );
 
-    let out = run(ferry().args([
+    let out = run(t.command().args([
         "fetch",
         "--url",
         "gopher://x/",
@@ -390,14 +380,21 @@ fn fetch_runs_in_process_and_checks_input() {
 
 #[test]
 fn demo_sends_one_file_through_the_api_and_stops() {
-    let out = run(ferry().args(["demo", "--size-mib", "2"]));
+    let t = Target::new();
+    // `ferry demo` makes its folder under /var/tmp, else $TMPDIR; a phone has neither /var/tmp
+    // nor /tmp, and adb shell (mkshrc) sets TMPDIR=/data/local/tmp.
+    let out =
+        run(t
+            .command()
+            .env("TMPDIR", t.arg("/data/local/tmp"))
+            .args(["demo", "--size-mib", "2"]));
     let stdout = text(&out.stdout);
     let workdir = stdout
         .lines()
         .find_map(|l| l.strip_prefix("ferry demo: working in "))
         .map(str::to_string);
     if let Some(dir) = &workdir {
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(t.host_of_reported(dir));
     }
     assert_eq!(
         out.status.code(),

@@ -1,66 +1,22 @@
 //! The real binary under SIGKILL: a transfer interrupted by `kill -9` resumes after restart
 //! from its partial data, lands with the right sha256, and its final name never shows a
-//! partial file. Set `FERRY_TEST_RUNNER` (e.g. `qemu-aarch64-static`) and `FERRY_TEST_BIN`
-//! to run the same test against a cross-built binary.
+//! partial file. Runs on an Android-like [`Target`]; `FERRY_TEST_CHROOT=1
+//! FERRY_TEST_BIN=AARCH64_FERRY` runs it on the aarch64 build under qemu in a chroot.
 
 mod cli_support;
 mod common;
 
-use cli_support::{exchange, ferry, request_bytes};
+use cli_support::{Daemon, Target};
 use common::http_server::{Resource, TestServer};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Kills the daemon if a test fails before stopping it.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_daemon(state: &Path, dev: &Path) -> (Daemon, String, String) {
-    let _ = std::fs::remove_file(state.join("api.json"));
-    let child = ferry()
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--device-root")
-        .arg(dev)
-        .args(["daemon", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting ferry daemon");
-    let daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(bytes) = std::fs::read(state.join("api.json")) {
-            let api: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            let listen = api["Listen"].as_str().unwrap().to_string();
-            let token = std::fs::read_to_string(state.join("token")).unwrap();
-            return (daemon, listen, token.trim().to_string());
-        }
-        assert!(Instant::now() < deadline, "daemon did not write api.json");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// One API call over TCP; returns the status and the JSON body.
-fn call(addr: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let request = request_bytes(method, path, Some(token), Some(body.as_bytes()));
-    let (status, reply) = exchange(std::net::TcpStream::connect(addr).unwrap(), &request);
-    (status, serde_json::from_str(&reply).unwrap_or_default())
-}
-
-fn describe(addr: &str, token: &str, id: &str) -> serde_json::Value {
-    call(addr, token, "GET", &format!("/v1/tasks/{id}"), "").1
+fn describe(d: &Daemon, id: &str) -> serde_json::Value {
+    d.get(&format!("/v1/tasks/{id}")).1
 }
 
 fn sha(data: &[u8]) -> String {
@@ -90,20 +46,19 @@ fn watch(
 
 #[test]
 fn kill_9_mid_transfer_resumes_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (state, dev) = (tmp.path().join("state"), tmp.path().join("dev"));
+    let t = Target::new();
     let server = TestServer::start_blocking();
     let body: Vec<u8> = (0..6u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     server.put("/big.bin", Resource::new(body.clone()));
     server.set_rate("/big.bin", Some(1 << 20));
-    let final_path = dev.join("sdcard/Download/big.bin");
-    let staging = dev.join("sdcard/Download/.ferry-t-kill.part");
+    let final_path = t.host("/sdcard/Download/big.bin");
+    let staging = t.host("/sdcard/Download/.ferry-t-kill.part");
     let stop = Arc::new(AtomicBool::new(false));
     let (watcher, seen) = watch(final_path.clone(), stop.clone());
 
-    let (mut daemon, api, token) = start_daemon(&state, &dev);
+    let mut daemon = t.daemon(&[]);
     let payload = serde_json::json!({
         "TaskId": "t-kill",
         "SourceFilePath": "/sdcard/Download/big.bin",
@@ -111,10 +66,15 @@ fn kill_9_mid_transfer_resumes_after_restart() {
         "UploadUrl": server.url("/big.bin"),
     })
     .to_string();
-    let (status, view) = call(&api, &token, "POST", "/v1/tasks", &payload);
+    let (status, view) = daemon.request(
+        "POST",
+        "/v1/tasks",
+        Some(&daemon.token),
+        Some(payload.as_bytes()),
+    );
     assert_eq!(status, 201, "{view}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while describe(&api, &token, "t-kill")["BytesDone"]
+    let deadline = Instant::now() + t.timeout(Duration::from_secs(30));
+    while describe(&daemon, "t-kill")["BytesDone"]
         .as_u64()
         .unwrap_or(0)
         < 1 << 20
@@ -122,8 +82,9 @@ fn kill_9_mid_transfer_resumes_after_restart() {
         assert!(Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
-    daemon.0.kill().unwrap(); // SIGKILL
-    daemon.0.wait().unwrap();
+    daemon.child.kill().unwrap(); // SIGKILL
+    daemon.child.wait().unwrap();
+    let state = daemon.state.clone();
     drop(daemon);
 
     assert!(
@@ -139,11 +100,10 @@ fn kill_9_mid_transfer_resumes_after_restart() {
     assert_eq!(record["Phase"], "RUNNING");
 
     server.set_rate("/big.bin", Some(8 << 20));
-    let (_daemon, _api, _token) = start_daemon(&state, &dev);
+    let _daemon = t.daemon(&[]);
     // `ferry send --wait` on the same payload: idempotent, it follows the resumed task.
-    let out = ferry()
-        .arg("--state-dir")
-        .arg(&state)
+    let out = t
+        .command()
         .args(["send", "--wait", "--json", "--payload", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -84,7 +84,7 @@ _FERRY_APT_UPDATED=""
 _apt_update_once() {
     if [[ -z "$_FERRY_APT_UPDATED" ]]; then
         log "apt-get update"
-        _as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+        _as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=600 >&2
         _FERRY_APT_UPDATED=1
     fi
 }
@@ -104,8 +104,10 @@ ensure_apt() {
     log "apt-get install ${missing[*]}"
     # --no-install-recommends keeps CI installs small and fast; we name every
     # package we rely on explicitly.
+    # Lock timeout: another apt run (unattended upgrades, a parallel script) must not fail
+    # this one.
     _as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+        apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >&2
 }
 
 # True when a Debian package has an installable candidate version.

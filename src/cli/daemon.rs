@@ -29,7 +29,7 @@ pub async fn run(global: &GlobalArgs, args: DaemonArgs) -> u8 {
         Ok(c) => c,
         Err(e) => return report(&e),
     };
-    crate::logging::init(config.log_format, &config.log_level);
+    crate::logging::init(config.log_format, &config.log_level, Some(&config));
     tracing::info!(
         "ferry {} starting; state directory {}",
         crate::api::VERSION,

@@ -117,6 +117,9 @@ fn print_result(config: &Config, result: &TaskResult, json: bool) -> u8 {
             .unwrap_or_default();
         println!("{}{host} {} sha256 {}", f.path, f.size, f.sha256);
     }
+    for note in &result.notes {
+        eprintln!("note: {note}");
+    }
     if let Some(install) = &result.install {
         let code = install
             .error_code

@@ -135,7 +135,7 @@ impl GlobalArgs {
             .log_format
             .or(config.map(|c| c.log_format))
             .unwrap_or(LogFormat::Human);
-        crate::logging::init(format, self.log_level.as_deref().unwrap_or("warn"));
+        crate::logging::init(format, self.log_level.as_deref().unwrap_or("warn"), config);
     }
 
     /// A client for the daemon of the configured state directory.

@@ -167,7 +167,8 @@ pub fn detail(v: &TaskView) -> String {
             field("Install:", format!("{code}: {}", install.message));
         }
     }
-    for note in &v.notes {
+    let result_notes = v.result.iter().flat_map(|r| &r.notes);
+    for note in v.notes.iter().chain(result_notes) {
         field("Note:", note.clone());
     }
     let mut text = out.join("\n");

@@ -55,7 +55,8 @@ impl Default for TlsConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogcatConfig {
-    /// logd's datagram socket; logs go there when it exists, else to stderr.
+    /// logd's datagram socket; when it exists, logs go there as well as to stderr. Empty
+    /// disables logcat.
     pub socket: String,
     pub tag: String,
 }
@@ -75,7 +76,8 @@ impl Default for LogcatConfig {
 pub enum MediaScanMode {
     /// `am broadcast -a android.intent.action.MEDIA_SCANNER_SCAN_FILE -d file://PATH`
     Broadcast,
-    /// `content call --uri content://media/none --method scan_volume`-style call (Android 10+)
+    /// `content call --uri content://media/external/file --method scan_file --arg PATH`
+    /// (MediaProvider's `MediaStore.SCAN_FILE_CALL`; Android 11+)
     Content,
     Off,
 }

@@ -48,13 +48,26 @@ pub struct Started {
 }
 
 /// Creates the state directory and token, binds the sockets (refusing to start beside a
-/// live daemon), starts the manager, and publishes `api.json` once all of it worked.
+/// live daemon), switches to the `run_as` identity if one is set, starts the manager, and
+/// publishes `api.json` once all of it worked.
 pub async fn start(config: Config) -> Result<Started> {
     auth::create_state_dir(&config.state_dir)?;
     let token = auth::load_or_create_token(&config.state_dir)?;
     // Bind before the manager opens the journal: a second daemon on the same state
     // directory must fail here, not after touching the first one's tasks.
     let listeners = Listeners::bind(&config, token).await?;
+    // Root is needed for nothing after this: drop it before the journal's tasks resume.
+    if let Some(run_as) = config.run_as.clone().filter(crate::privileges::needed) {
+        let (state_dir, socket) = (config.state_dir.clone(), config.socket_path());
+        let who = run_as.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::privileges::hand_over(&who, &state_dir, &socket)
+        })
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("handing over the state: {e}")))??;
+        // On this thread, which runs the tasks (see `privileges::switch`).
+        crate::privileges::switch(&run_as)?;
+    }
     let state_dir = config.state_dir.clone();
     let manager = Manager::start(config).await?;
     let published = listeners.publish(&state_dir)?;
@@ -261,7 +274,7 @@ fn describe_source(file: Option<&Path>) -> String {
     }
 }
 
-/// Settings read once at start (sockets, state, logging) that a reload cannot change.
+/// Settings read once at start (sockets, state, logging, identity) that a reload cannot change.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.state_dir != new.state_dir {
@@ -273,8 +286,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.socket_path() != new.socket_path() {
         changed.push("socket");
     }
-    if old.log_format != new.log_format || old.log_level != new.log_level {
+    if old.log_format != new.log_format
+        || old.log_level != new.log_level
+        || old.logcat != new.logcat
+    {
         changed.push("logging");
+    }
+    if old.run_as != new.run_as {
+        changed.push("run_as");
     }
     changed
 }

@@ -229,6 +229,13 @@ fn classify(err: &reqwest::Error, url: &str) -> SourceError {
         if let Some(denied) = e.downcast_ref::<super::net::AddressNotAllowed>() {
             return SourceError::permanent(Code::NetworkAddressNotAllowed, denied.to_string());
         }
+        if let Some(dns) = e.downcast_ref::<super::dns::DnsError>() {
+            let message = format!("{url}: {dns}");
+            return match dns.transient {
+                true => SourceError::transient(dns.code(), message),
+                false => SourceError::permanent(dns.code(), message),
+            };
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.kind(),

@@ -4,9 +4,11 @@
 //! version it expects; the engine owns retries, resume and the sink, so a new kind of source
 //! (OSS) only has to say how to ask for bytes and how its failures classify.
 
+pub mod dns;
 pub mod http;
 pub mod net;
 pub mod retry;
+pub mod tls;
 
 use crate::error::{Code, Error};
 use bytes::Bytes;

@@ -1,9 +1,10 @@
-//! The HTTP client every HTTP transfer shares: rustls with bundled webpki roots (no OpenSSL,
-//! no system store to find on Android), timeouts, a redirect limit, and a resolver that
+//! The HTTP client every HTTP transfer shares: rustls with bundled webpki roots plus Android's CA
+//! folders ([`super::tls`]; no OpenSSL), timeouts, a redirect limit, and a resolver that
 //! refuses link-local and cloud-metadata addresses, which would expose instance credentials.
 
 use crate::config::{Config, HttpConfig};
 use crate::error::{Code, Error, Result};
+use crate::source::dns::AndroidResolver;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -34,18 +35,25 @@ pub struct AddressNotAllowed {
     pub ip: IpAddr,
 }
 
-/// getaddrinfo through tokio, then the address policy.
+/// Android's resolution order ([`super::dns`]; libc's resolver finds nothing there), then
+/// the address policy on every answer.
 struct FilteringResolver {
     allow_link_local: bool,
+    dns: Arc<AndroidResolver>,
 }
 
 impl Resolve for FilteringResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow = self.allow_link_local;
         let host = name.as_str().to_string();
+        let dns = self.dns.clone();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = dns
+                .resolve(&host)
+                .await?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
             if !allow {
                 if let Some(bad) = addrs.iter().find(|a| is_link_local_or_metadata(a.ip())) {
                     return Err(Box::new(AddressNotAllowed { host, ip: bad.ip() })
@@ -91,7 +99,7 @@ pub fn build_client(config: &Config) -> Result<reqwest::Client> {
         }
         attempt.follow()
     });
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .user_agent(http.user_agent.clone())
         .connect_timeout(http.connect_timeout())
         .read_timeout(http.read_idle_timeout())
@@ -99,7 +107,10 @@ pub fn build_client(config: &Config) -> Result<reqwest::Client> {
         .tcp_nodelay(true)
         .dns_resolver(Arc::new(FilteringResolver {
             allow_link_local: allow,
-        }))
+            dns: Arc::new(AndroidResolver::new(config, &|k| std::env::var(k).ok())),
+        }));
+    // Android's CA folders beside the bundled webpki roots.
+    super::tls::with_android_roots(builder, config)
         .build()
         .map_err(|e| Error::new(Code::Internal, format!("building the HTTP client: {e}")))
 }

@@ -1,10 +1,27 @@
-//! Helpers for `tests/cli_api.rs`: the real `ferry` binary (optionally through a runner such
-//! as `qemu-aarch64-static` from `FERRY_TEST_RUNNER`, and another build from
-//! `FERRY_TEST_BIN`), a daemon child that is killed when the test ends, a tiny HTTP/1.1
-//! client over TCP or the unix socket that shows raw statuses, and the demo file server.
+//! Helpers for the tests that drive the real `ferry` binary (`tests/cli_api.rs`,
+//! `tests/daemon_kill.rs`, `tests/android_*.rs`): [`Target`], a fresh Android-like root and
+//! the binary set up to run against it, natively or as the aarch64 build under qemu in a
+//! chroot (see `target.rs`); [`Daemon`], a daemon child on a target that is killed when the
+//! test ends; a tiny HTTP/1.1 client over TCP or the unix socket that shows raw statuses;
+//! and the demo file server.
+//!
+//! ```ignore
+//! mod cli_support;
+//! use cli_support::Target;
+//!
+//! let t = Target::new();
+//! t.write("/system/etc/security/cacerts/abcd1234.0", pem);
+//! let d = t.daemon(&[]);
+//! let out = d.cli(&["send", "--url", &url, "--source-path", "/sdcard/Download/a", "--wait"]);
+//! assert_eq!(std::fs::read(t.host("/sdcard/Download/a")).unwrap(), body);
+//! ```
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
+
+pub mod target;
+
+pub use target::Target;
 
 use ferry::demo_server::DemoServer;
 use std::io::{Read, Write};
@@ -13,26 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Startup under qemu is slow; a native daemon is ready in milliseconds.
+/// Startup of a native daemon takes milliseconds; see [`Target::timeout`] for emulation.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The binary under test, with the runner prefix, and no `FERRY_*` settings inherited.
-pub fn ferry() -> Command {
-    let bin =
-        std::env::var("FERRY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ferry").into());
-    let runner = std::env::var("FERRY_TEST_RUNNER").unwrap_or_default();
-    let mut words: Vec<String> = runner.split_whitespace().map(str::to_string).collect();
-    words.push(bin);
-    let mut cmd = Command::new(&words[0]);
-    cmd.args(&words[1..]);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FERRY_") && key != "FERRY_TEST_RUNNER" && key != "FERRY_TEST_BIN" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
 
 /// Runs a finished command and returns its output, for `send`, `tasks`, `cancel`, `fetch`.
 pub fn run(cmd: &mut Command) -> Output {
@@ -43,35 +42,36 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A `ferry daemon` child in its own temporary folder; killed on drop.
+/// A `ferry daemon` child on a [`Target`]; killed on drop.
 pub struct Daemon {
     pub child: Child,
+    /// Host path of the state folder ([`target::STATE_DIR`] on the device).
     pub state: PathBuf,
-    pub dev: PathBuf,
     /// `127.0.0.1:PORT` from api.json.
     pub addr: String,
+    /// Host path of the unix socket.
     pub socket: PathBuf,
     pub token: String,
+    /// The daemon's stderr (outside the root).
     pub log: PathBuf,
-    /// Kept last so the folder outlives the child.
-    pub _dir: tempfile::TempDir,
+    /// Kept last so the root outlives the child.
+    pub target: Target,
 }
 
 impl Daemon {
+    /// A daemon on a fresh [`Target`].
     pub fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        Daemon::start_in(dir, extra)
+        Target::new().daemon(extra)
     }
 
-    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
-        let state = dir.path().join("state");
-        let dev = dir.path().join("dev");
-        let log = dir.path().join("daemon.log");
-        let child = ferry()
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--device-root")
-            .arg(&dev)
+    /// `ferry [EXTRA] daemon --listen 127.0.0.1:0` on `target`; a stale api.json is removed
+    /// first so a restart waits for the new daemon.
+    pub fn start_on(target: Target, extra: &[&str]) -> Daemon {
+        let state = target.host(target::STATE_DIR);
+        let _ = std::fs::remove_file(state.join("api.json"));
+        let log = target.log_path("daemon");
+        let child = target
+            .command()
             .args(extra)
             .args(["daemon", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
@@ -81,25 +81,27 @@ impl Daemon {
         let mut daemon = Daemon {
             child,
             state,
-            dev,
             addr: String::new(),
             socket: PathBuf::new(),
             token: String::new(),
             log,
-            _dir: dir,
+            target,
         };
         daemon.wait_ready();
         daemon
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + self.target.timeout(START_TIMEOUT);
         let api = self.state.join("api.json");
         loop {
+            // The daemon writes api.json atomically once both listeners are bound.
             if let Ok(bytes) = std::fs::read(&api) {
                 let info: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                 self.addr = info["Listen"].as_str().unwrap().to_string();
-                self.socket = PathBuf::from(info["Socket"].as_str().unwrap());
+                self.socket = self
+                    .target
+                    .host_of_reported(info["Socket"].as_str().unwrap());
                 self.token = std::fs::read_to_string(self.state.join("token"))
                     .unwrap()
                     .trim()
@@ -122,9 +124,9 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `ferry --state-dir STATE ARGS...` against this daemon.
+    /// `ferry ARGS...` on this daemon's target (same state folder).
     pub fn cli(&self, args: &[&str]) -> Output {
-        run(ferry().arg("--state-dir").arg(&self.state).args(args))
+        run(self.target.command().args(args))
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -132,9 +134,10 @@ impl Daemon {
         nix::sys::signal::kill(pid, signal).unwrap();
     }
 
-    /// Waits for the child to exit on its own.
+    /// Waits for the child to exit on its own; `timeout` is for a native binary and is
+    /// stretched under emulation ([`Target::timeout`]).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + self.target.timeout(timeout);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
@@ -163,9 +166,9 @@ impl Daemon {
         )
     }
 
-    /// Polls a task until its phase is one of `phases`.
+    /// Polls a task until its phase is one of `phases`; `timeout` as in [`Daemon::wait_exit`].
     pub fn wait_phase(&self, id: &str, phases: &[&str], timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + self.target.timeout(timeout);
         loop {
             let (status, view) = self.get(&format!("/v1/tasks/{id}"));
             assert_eq!(status, 200, "{view}");
