@@ -205,14 +205,19 @@ async fn next_stop(events: &mut mpsc::UnboundedReceiver<signals::Event>) {
     std::future::pending::<()>().await
 }
 
-/// A fresh private folder `ferry-demo-XXXXXXXX` under /var/tmp (else the system temp dir).
+/// A fresh private folder `ferry-demo-XXXXXXXX` under /var/tmp, else `$TMPDIR`, else
+/// /data/local/tmp: a phone has neither /var/tmp nor /tmp.
 fn make_work_dir() -> Result<PathBuf> {
-    let base = Path::new("/var/tmp");
-    let base = if base.is_dir() {
-        base.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
+    let tmpdir = std::env::var_os("TMPDIR").map(PathBuf::from);
+    let base = [
+        Some(PathBuf::from("/var/tmp")),
+        tmpdir,
+        Some(PathBuf::from("/data/local/tmp")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|d| d.is_dir())
+    .unwrap_or_else(std::env::temp_dir);
     for _ in 0..8 {
         let dir = base.join(format!("ferry-demo-{}", auth::random_hex(4)?));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
