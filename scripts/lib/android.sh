@@ -28,7 +28,8 @@ FERRY_ZIGBUILD_VERSION="${FERRY_ZIGBUILD_VERSION:-0.24.1}"
 # The venv lives at a fixed path outside the clone, like the build folder.  Not in the clone:
 # cargo-zigbuild's linker wrapper embeds the venv's path, cargo fingerprints the linker, and
 # so every clone at a new path (CI's fresh clone) would rebuild std and all ~140 crates
-# (measured: 12 min instead of about 1).  FERRY_VENV=.venv (git-ignored) also works.
+# (measured: 12 min under load, instead of about 2 min for ferry alone).  FERRY_VENV="$PWD/.venv"
+# (git-ignored) also works for one clone.
 FERRY_VENV="${FERRY_VENV:-/var/tmp/ferry-android-venv}"
 export FERRY_ANDROID_TARGET_DIR FERRY_ANDROID_PROFILE
 
