@@ -4,6 +4,7 @@
 //! with exactly these servers: its defaults (public servers, the host's own resolv.conf and
 //! hosts file) are never used.
 
+use super::Answer;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts,
 };
@@ -15,18 +16,6 @@ use std::time::Duration;
 
 /// The DNS port, for `nameserver` lines and config entries without one.
 const DNS_PORT: u16 = 53;
-
-/// What asking a set of servers established.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
-    Addrs(Vec<IpAddr>),
-    /// A server answered that the name does not exist or has no A/AAAA record.
-    NoSuchHost(String),
-    Failed {
-        detail: String,
-        transient: bool,
-    },
-}
 
 /// The `nameserver` addresses of a resolv.conf, in order (port 53; an IPv6 zone is dropped).
 pub fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {

@@ -19,6 +19,7 @@
 //! netd keeps the connection open after answering, so the answer is read field by field, never
 //! to EOF.
 
+use super::Answer;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
@@ -42,19 +43,6 @@ const NETD_RESOLV_TIMEOUT: i32 = 255;
 const MAX_RESULTS: usize = 256;
 const MAX_SOCKADDR: usize = 128;
 const MAX_CANONNAME: usize = 1025;
-
-/// What one exchange with netd established.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
-    Addrs(Vec<IpAddr>),
-    /// netd's resolver says the name has no address (NXDOMAIN or no A/AAAA).
-    NoSuchHost(String),
-    /// netd could not answer now (its servers timed out, no network, ...).
-    Failed {
-        detail: String,
-        transient: bool,
-    },
-}
 
 /// The command bionic would send for `getaddrinfo(host, NULL, {SOCK_STREAM}, ..)`.
 pub fn encode_request(host: &str) -> Option<Vec<u8>> {

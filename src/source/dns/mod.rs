@@ -29,6 +29,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What one resolution step established; shared by netd's proxy and the DNS servers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    Addrs(Vec<IpAddr>),
+    /// The resolver says the name does not exist or has no A/AAAA record.
+    NoSuchHost(String),
+    /// No answer now (timeouts, refused connections, netd down, ...).
+    Failed {
+        detail: String,
+        transient: bool,
+    },
+}
+
 /// The resolver's failure; `source::http` finds it in reqwest's error chain to pick the code.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", self.describe())]
@@ -138,12 +151,10 @@ impl AndroidResolver {
                     note(what, Miss::Absent("absent".into()));
                 } else {
                     match dnsproxyd::query(path, host, self.timeout).await {
-                        dnsproxyd::Answer::Addrs(ips) if !ips.is_empty() => return Ok(ips),
-                        dnsproxyd::Answer::Addrs(_) => {
-                            note(what, Miss::NoSuchHost("an empty answer".into()))
-                        }
-                        dnsproxyd::Answer::NoSuchHost(d) => note(what, Miss::NoSuchHost(d)),
-                        dnsproxyd::Answer::Failed { detail, transient } => {
+                        Answer::Addrs(ips) if !ips.is_empty() => return Ok(ips),
+                        Answer::Addrs(_) => note(what, Miss::NoSuchHost("an empty answer".into())),
+                        Answer::NoSuchHost(d) => note(what, Miss::NoSuchHost(d)),
+                        Answer::Failed { detail, transient } => {
                             note(what, Miss::Failed(detail, transient))
                         }
                     }
@@ -198,9 +209,9 @@ impl AndroidResolver {
 
     async fn ask(&self, servers: &[SocketAddr], host: &str) -> Result<Vec<IpAddr>, Miss> {
         match conf::query(servers, host, self.timeout).await {
-            conf::Answer::Addrs(ips) => Ok(ips),
-            conf::Answer::NoSuchHost(d) => Err(Miss::NoSuchHost(d)),
-            conf::Answer::Failed { detail, transient } => Err(Miss::Failed(detail, transient)),
+            Answer::Addrs(ips) => Ok(ips),
+            Answer::NoSuchHost(d) => Err(Miss::NoSuchHost(d)),
+            Answer::Failed { detail, transient } => Err(Miss::Failed(detail, transient)),
         }
     }
 
