@@ -118,7 +118,15 @@ impl Manager {
         })
         .await
         .map_err(|e| Error::new(Code::Internal, format!("opening the journal: {e}")))??;
-        let client = net::build_client(&config)?;
+        // Building the client reads the CA folders: keep that file I/O off the async thread.
+        let client = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || net::build_client(&config))
+                .await
+                .map_err(|e| {
+                    Error::new(Code::Internal, format!("building the HTTP client: {e}"))
+                })??
+        };
         let mut state = State::default();
         for mut record in records {
             if matches!(record.phase, Phase::Running | Phase::Installing) {
