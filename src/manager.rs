@@ -10,7 +10,7 @@ use crate::journal::Journal;
 use crate::payload::{self, TaskPayload, ValidTask};
 use crate::runner::{self, RunContext};
 use crate::source::{net, SourceError};
-use crate::task::{Phase, ResumeState, TaskRecord, TaskView};
+use crate::task::{Phase, ResumeState, TaskRecord, TaskResult, TaskView};
 use crate::timefmt::unix_millis_now;
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,7 +48,9 @@ pub struct Manager {
 struct Inner {
     config: RwLock<Arc<Config>>,
     client: RwLock<reqwest::Client>,
-    journal: Journal,
+    /// Lock order: `journal` before `state`. Every journal write happens under this lock and
+    /// saves the record as it is at that moment, so disk never goes back to an older state.
+    journal: Mutex<Journal>,
     state: Mutex<State>,
     wake: Notify,
     shutdown: CancellationToken,
@@ -146,7 +148,7 @@ impl Manager {
         let inner = Arc::new(Inner {
             config: RwLock::new(Arc::new(config)),
             client: RwLock::new(client),
-            journal,
+            journal: Mutex::new(journal),
             state: Mutex::new(state),
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -193,32 +195,13 @@ impl Manager {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<TaskView> {
-        let pending = {
-            let mut state = self.inner.lock();
-            let slot = state.tasks.get_mut(id).ok_or_else(|| not_found(id))?;
-            match (&mut slot.run, slot.record.phase) {
-                (Some(run), _) => {
-                    run.by_user = true;
-                    run.cancel.cancel();
-                    None
-                }
-                (None, Phase::Pending) => {
-                    slot.record.fail(&cancelled());
-                    slot.record.resume = None;
-                    Some(slot.record.clone())
-                }
-                (None, _) => return Ok(slot.record.view()),
-            }
-        };
-        if let Some(record) = pending {
-            let inner = self.inner.clone();
-            let view = record.view();
-            tokio::task::spawn_blocking(move || {
-                inner.discard(&record);
-                inner.journal.save(&record)
-            })
+        let inner = self.inner.clone();
+        let owned = id.to_string();
+        // A pending task is cancelled here; a running one is told to stop (`None`).
+        let done = tokio::task::spawn_blocking(move || inner.cancel(&owned))
             .await
-            .map_err(|e| Error::new(Code::Internal, format!("saving the cancel: {e}")))??;
+            .map_err(|e| Error::new(Code::Internal, format!("cancelling: {e}")))??;
+        if let Some(view) = done {
             return Ok(view);
         }
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
@@ -315,6 +298,44 @@ impl Inner {
         self.config.read().expect("config lock").clone()
     }
 
+    fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().expect("journal lock")
+    }
+
+    /// Saves the task's current record (nothing once it has been pruned).
+    fn persist(&self, id: &str) -> Result<()> {
+        let journal = self.journal();
+        let record = self.lock().tasks.get(id).map(|s| s.record.clone());
+        record.map_or(Ok(()), |r| journal.save(&r))
+    }
+
+    /// Cancels a pending task at once, or signals a running one to stop (`Ok(None)`).
+    /// The journal lock is held until the partial data is gone, so a re-submit of the same
+    /// TaskId cannot start a new transfer that this cleanup would then delete.
+    fn cancel(&self, id: &str) -> Result<Option<TaskView>> {
+        let journal = self.journal();
+        let record = {
+            let mut state = self.lock();
+            let slot = state.tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+            match (&mut slot.run, slot.record.phase) {
+                (Some(run), _) => {
+                    run.by_user = true;
+                    run.cancel.cancel();
+                    return Ok(None);
+                }
+                (None, Phase::Pending) => {
+                    slot.record.fail(&cancelled());
+                    slot.record.resume = None;
+                    slot.record.clone()
+                }
+                (None, _) => return Ok(Some(slot.record.view())),
+            }
+        };
+        self.discard(&record);
+        journal.save(&record)?;
+        Ok(Some(record.view()))
+    }
+
     fn submit(&self, task: ValidTask) -> Result<Submitted> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(Error::new(
@@ -322,6 +343,7 @@ impl Inner {
                 "the daemon is shutting down; submit again once it is back",
             ));
         }
+        let journal = self.journal();
         let mut state = self.lock();
         let token_id = task
             .payload
@@ -360,7 +382,7 @@ impl Inner {
             record.finished_ms = None;
             record.updated_ms = unix_millis_now();
             let record = record.clone();
-            blocking(|| self.journal.save(&record))?;
+            blocking(|| journal.save(&record))?;
             drop(state);
             self.submitted.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
@@ -371,7 +393,7 @@ impl Inner {
         }
         let record = TaskRecord::new(id.clone(), payload, task.notes);
         // Saved under the lock so two submits of one TaskId cannot both create it.
-        blocking(|| self.journal.save(&record))?;
+        blocking(|| journal.save(&record))?;
         if let Some(token) = &record.payload.client_token {
             state.tokens.insert(token.clone(), id.clone());
         }
@@ -431,10 +453,11 @@ impl Inner {
         }
     }
 
-    async fn save(self: &Arc<Self>, record: TaskRecord) {
+    /// `persist` off the async thread; a failure is logged, the task carries on.
+    async fn save(self: &Arc<Self>, id: &str) {
         let inner = self.clone();
-        let id = record.task_id.clone();
-        let outcome = tokio::task::spawn_blocking(move || inner.journal.save(&record)).await;
+        let owned = id.to_string();
+        let outcome = tokio::task::spawn_blocking(move || inner.persist(&owned)).await;
         if let Ok(Err(e)) | Err(e) = outcome.map_err(|e| Error::new(Code::Internal, e.to_string()))
         {
             tracing::error!(task = %id, error = %e, "cannot save task record");
@@ -443,7 +466,7 @@ impl Inner {
 
     async fn work(self: Arc<Self>, record: TaskRecord, cancel: CancellationToken) {
         let id = record.task_id.clone();
-        self.save(record.clone()).await;
+        self.save(&id).await;
         tracing::info!(task = %id, "transfer started");
         let config = self.config();
         let client = self.client.read().expect("client lock").clone();
@@ -465,16 +488,35 @@ impl Inner {
             }
             Err(e) => Err(e),
         };
+        let inner = self.clone();
+        let owned = id.clone();
+        let finished = tokio::task::spawn_blocking(move || inner.finish(&owned, outcome)).await;
+        match finished {
+            Ok(Err(e)) => tracing::error!(task = %id, error = %e, "cannot save task record"),
+            Err(e) => tracing::error!(task = %id, error = %e, "finishing the task"),
+            Ok(Ok(())) => {}
+        }
+        let inner = self.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.prune()).await;
+        self.wake.notify_one();
+    }
+
+    /// Records a transfer's outcome. The journal lock is held from the phase change until the
+    /// record is saved (and the partial data removed, when the outcome calls for it), so a
+    /// re-submit of this TaskId waits for that and never races the cleanup or the write.
+    fn finish(&self, id: &str, outcome: Result<TaskResult>) -> Result<()> {
+        let journal = self.journal();
         let (record, discard) = {
             let mut state = self.lock();
             state.running -= 1;
             let slot = state
                 .tasks
-                .get_mut(&id)
+                .get_mut(id)
                 .expect("running tasks stay in the map");
             let by_user = slot.run.take().is_some_and(|r| r.by_user);
             let record = &mut slot.record;
             let mut discard = false;
+            let mut failure = None;
             match outcome {
                 Ok(result) => {
                     record.phase = Phase::Success;
@@ -495,10 +537,13 @@ impl Inner {
                         record.resume = None;
                     }
                     record.fail(&e);
-                    *state.failures.entry(e.code).or_default() += 1;
+                    failure = Some(e.code);
                 }
             }
-            let record = state.tasks[&id].record.clone();
+            let record = record.clone();
+            if let Some(code) = failure {
+                *state.failures.entry(code).or_default() += 1;
+            }
             (record, discard)
         };
         match (&record.error_code, record.phase) {
@@ -509,14 +554,9 @@ impl Inner {
             _ => tracing::info!(task = %id, "task interrupted; it resumes on the next start"),
         }
         if discard {
-            let inner = self.clone();
-            let r = record.clone();
-            let _ = tokio::task::spawn_blocking(move || inner.discard(&r)).await;
+            self.discard(&record);
         }
-        self.save(record).await;
-        let inner = self.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.prune()).await;
-        self.wake.notify_one();
+        journal.save(&record)
     }
 
     /// Removes a task's staging data; failures are logged, the task outcome stands.
@@ -533,8 +573,10 @@ impl Inner {
         let config = self.config();
         let max_age_ms = config.prune.max_age_hours.saturating_mul(3_600_000);
         let now = unix_millis_now();
+        // Held throughout: a re-submit of a doomed TaskId waits, then finds it gone.
+        let journal = self.journal();
         let doomed: Vec<TaskRecord> = {
-            let state = self.lock();
+            let mut state = self.lock();
             let mut finished: Vec<&TaskRecord> = state
                 .tasks
                 .values()
@@ -542,7 +584,7 @@ impl Inner {
                 .map(|s| &s.record)
                 .collect();
             finished.sort_by_key(|r| std::cmp::Reverse(r.finished_ms.unwrap_or(r.updated_ms)));
-            finished
+            let doomed: Vec<TaskRecord> = finished
                 .iter()
                 .enumerate()
                 .filter(|(i, r)| {
@@ -550,20 +592,21 @@ impl Inner {
                         || now.saturating_sub(r.finished_ms.unwrap_or(r.updated_ms)) > max_age_ms
                 })
                 .map(|(_, r)| (*r).clone())
-                .collect()
+                .collect();
+            for record in &doomed {
+                state.tasks.remove(&record.task_id);
+                if let Some(token) = &record.payload.client_token {
+                    state.tokens.remove(token);
+                }
+            }
+            doomed
         };
         for record in doomed {
             if record.resume.is_some() {
                 self.discard(&record);
             }
-            if let Err(e) = self.journal.remove(&record.task_id) {
+            if let Err(e) = journal.remove(&record.task_id) {
                 tracing::warn!(task = %record.task_id, error = %e, "cannot prune task record");
-                continue;
-            }
-            let mut state = self.lock();
-            state.tasks.remove(&record.task_id);
-            if let Some(token) = &record.payload.client_token {
-                state.tokens.remove(token);
             }
         }
     }
@@ -590,20 +633,13 @@ impl Observer for TaskObserver {
     }
 
     fn checkpoint(&self, resume: ResumeState) -> impl Future<Output = ()> + Send {
-        let record = {
-            let mut state = self.inner.lock();
-            state.tasks.get_mut(&self.id).map(|slot| {
-                slot.record.resume = Some(resume);
-                slot.record.updated_ms = unix_millis_now();
-                slot.record.clone()
-            })
-        };
-        let inner = self.inner.clone();
-        async move {
-            if let Some(record) = record {
-                inner.save(record).await;
-            }
+        if let Some(slot) = self.inner.lock().tasks.get_mut(&self.id) {
+            slot.record.resume = Some(resume);
+            slot.record.updated_ms = unix_millis_now();
         }
+        let inner = self.inner.clone();
+        let id = self.id.clone();
+        async move { inner.save(&id).await }
     }
 
     fn retrying(&self, _err: &SourceError, _delay: Duration) {

@@ -281,3 +281,36 @@ async fn failed_task_resubmitted_runs_again_and_finished_records_are_pruned() {
         Code::ApiShuttingDown
     );
 }
+
+/// A failed task re-submitted the moment it shows FAILED must not race the worker still
+/// saving that outcome (it once lost the record: two writers shared one temporary file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmitting_right_as_a_task_fails_keeps_the_journal_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let body = payload("t-race", &server.url("/missing.bin"), "missing.bin");
+    for round in 0..40 {
+        let submitted = m
+            .submit(&body)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(submitted.created, "round {round}");
+        loop {
+            if m.describe("t-race").unwrap().phase.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    m.shutdown().await;
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("state/tasks/t-race.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["Phase"], "FAILED", "{saved}");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("state/tasks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "t-race.json")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
