@@ -31,6 +31,8 @@ pub struct Job {
     pub source: Arc<dyn Source>,
     pub dir: Arc<Dir>,
     pub final_name: String,
+    /// Where `final_name` goes when it is not `dir` (files in sub-folders of a folder send).
+    pub final_dir: Option<Arc<Dir>>,
     pub staging: String,
     /// State from an earlier, interrupted run of the same task.
     pub resume: Option<ResumeState>,
@@ -102,7 +104,7 @@ pub async fn transfer<O: Observer>(
     while total != Some(have) || expect.is_none() {
         let response = tokio::select! {
             _ = cancel.cancelled() => return Err(stop(&sink).await),
-            r = job.source.get(GetOptions { offset: have, expect: expect.clone() }) => r,
+            r = job.source.get(GetOptions { offset: have, end: None, expect: expect.clone() }) => r,
         };
         let mut result = match response {
             Ok(r) => r,
@@ -247,7 +249,8 @@ pub async fn transfer<O: Observer>(
             ));
         }
     }
-    sink::commit(&job.dir, &job.staging, &job.final_name)?;
+    let target = job.final_dir.as_ref().unwrap_or(&job.dir);
+    sink::commit_into(&job.dir, &job.staging, target, &job.final_name)?;
     Ok(Outcome {
         written,
         retries: backoff.retries(),

@@ -32,6 +32,12 @@ pub enum Code {
     SourceHttp5xx,
     SourceTooManyRedirects,
     SourceRangeNotSatisfiable,
+    SourceNoSuchBucket,
+    SourceSignatureDoesNotMatch,
+    SourceInvalidAccessKeyId,
+    SourceCredentialsExpired,
+    SourceUnsafeObjectKey,
+    SourceS3Error,
     NetworkDns,
     NetworkDnsUnavailable,
     NetworkConnect,
@@ -80,6 +86,12 @@ impl Code {
         Code::SourceHttp5xx,
         Code::SourceTooManyRedirects,
         Code::SourceRangeNotSatisfiable,
+        Code::SourceNoSuchBucket,
+        Code::SourceSignatureDoesNotMatch,
+        Code::SourceInvalidAccessKeyId,
+        Code::SourceCredentialsExpired,
+        Code::SourceUnsafeObjectKey,
+        Code::SourceS3Error,
         Code::NetworkDns,
         Code::NetworkDnsUnavailable,
         Code::NetworkConnect,
@@ -127,6 +139,12 @@ impl Code {
             Code::SourceHttp5xx => "Source.Http5xx",
             Code::SourceTooManyRedirects => "Source.TooManyRedirects",
             Code::SourceRangeNotSatisfiable => "Source.RangeNotSatisfiable",
+            Code::SourceNoSuchBucket => "Source.NoSuchBucket",
+            Code::SourceSignatureDoesNotMatch => "Source.SignatureDoesNotMatch",
+            Code::SourceInvalidAccessKeyId => "Source.InvalidAccessKeyId",
+            Code::SourceCredentialsExpired => "Source.CredentialsExpired",
+            Code::SourceUnsafeObjectKey => "Source.UnsafeObjectKey",
+            Code::SourceS3Error => "Source.S3Error",
             Code::NetworkDns => "Network.Dns",
             Code::NetworkDnsUnavailable => "Network.DnsUnavailable",
             Code::NetworkConnect => "Network.ConnectFailed",
@@ -169,6 +187,9 @@ impl Code {
                 | Code::NetworkReset
                 | Code::NetworkTls
                 | Code::SourceAccessDenied
+                | Code::SourceSignatureDoesNotMatch
+                | Code::SourceInvalidAccessKeyId
+                | Code::SourceCredentialsExpired
                 | Code::IntegritySizeMismatch
         )
     }

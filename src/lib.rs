@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo_server;
 pub mod engine;
 pub mod error;
+pub mod folder;
 pub mod journal;
 pub mod logcat;
 pub mod logging;

@@ -322,14 +322,19 @@ impl Dir {
 
     /// Atomically replaces `to` with `from` (both in this folder).
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let (from, to) = (self.plain(from)?, self.plain(to)?);
+        self.rename_into(from, self, to)
+    }
+
+    /// Atomically replaces `to` in `target` with `from` of this folder (same filesystem).
+    pub fn rename_into(&self, from: &str, target: &Dir, to: &str) -> Result<()> {
+        let (from, to) = (self.plain(from)?, target.plain(to)?);
         renameat(
             Some(self.fd.as_raw_fd()),
             from,
-            Some(self.fd.as_raw_fd()),
+            Some(target.fd.as_raw_fd()),
             to,
         )
-        .map_err(|e| Error::io("renaming into place", &self.host_path(to), &e.into()))
+        .map_err(|e| Error::io("renaming into place", &target.host_path(to), &e.into()))
     }
 
     /// Removes a file; a missing file is not an error.

@@ -102,6 +102,12 @@ pub struct OssObject {
     pub key: String,
 }
 
+impl OssObject {
+    pub fn is_folder(&self) -> bool {
+        self.key.ends_with('/')
+    }
+}
+
 /// What the payload asks for, after every rule was checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {

@@ -1,46 +1,55 @@
-//! Runs one validated task: resolves its target inside the allowed roots, picks the source,
-//! drives the engine, tells the media store about a file in shared storage, and reports the
-//! task result. Shared by the daemon and `ferry fetch`.
+//! Runs one validated task: resolves its target inside the allowed roots, picks the source
+//! (HTTP link, OSS object, OSS folder, or a bridged link's OSS copy), drives the engine for
+//! each file, tells the media store about files in shared storage, and reports the task
+//! result. Shared by the daemon and `ferry fetch`.
 
-use crate::config::Config;
+use crate::config::{Config, MediaScanMode};
 use crate::engine::{self, Job, Observer};
 use crate::error::{Code, Error, Result};
+use crate::folder::{self, FolderEntry};
 use crate::media_scan;
-use crate::paths::{DevicePath, Dir, Entry, Roots};
-use crate::payload::{Plan, ValidTask};
+use crate::paths::{check_file_name, DevicePath, Dir, Entry, Roots};
+use crate::payload::{OssObject, Plan, ValidTask};
 use crate::sink;
 use crate::source::http::HttpSource;
 use crate::source::net;
-use crate::task::{FileResult, InstallResult, ResumeState, TaskResult};
+use crate::source::oss::{OssClient, OssEndpoint};
+use crate::source::{Source, SourceError};
+use crate::task::{DoneObject, FileResult, InstallResult, ResumeState, TaskResult};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
+
+/// Files of one folder send announced to the media store one by one; past this, a note says
+/// how many were left to the next periodic scan (each announcement starts a process).
+const MAX_MEDIA_SCANS: usize = 100;
 
 /// The hidden staging name of a task's file: unique per task, short whatever the final name.
 pub fn staging_name(task_id: &str) -> String {
     format!(".ferry-{task_id}.part")
 }
 
-/// Where a plan writes: the folder and the final file name.
-fn destination(plan: &Plan) -> Result<(DevicePath, String)> {
+/// The folder holding a task's staging file (and, except for folder sends, its final file).
+fn staging_folder(plan: &Plan) -> DevicePath {
     match plan {
-        Plan::Download { target, .. } => {
-            let name = target.file_name().ok_or_else(|| {
-                Error::new(Code::InvalidSourceFilePath, "SourceFilePath names no file")
-            })?;
-            Ok((target.parent(), name.to_string()))
-        }
-        Plan::Oss { .. } | Plan::OssBridged { .. } => Err(Error::new(
-            Code::UnsupportedUploadType,
-            "UploadType OSS and OSS_BRIDGED are accepted and validated, but this build of ferry cannot transfer from OSS yet; use DOWNLOAD_URL",
-        )),
+        Plan::Download { target, .. } => target.parent(),
+        Plan::Oss {
+            object,
+            folder,
+            rename: Some(rename),
+            ..
+        } if object.is_folder() => folder.join(rename),
+        Plan::Oss { folder, .. } | Plan::OssBridged { folder, .. } => folder.clone(),
     }
 }
 
-/// Opens the destination folder off the async threads.
-async fn open_folder(roots: Roots, folder: DevicePath) -> Result<Arc<Dir>> {
+/// Opens a folder (creating it inside its root) off the async threads.
+async fn open_folder(roots: &Roots, folder: DevicePath) -> Result<Arc<Dir>> {
+    let roots = roots.clone();
     tokio::task::spawn_blocking(move || roots.open_dir(&folder, true).map(Arc::new))
         .await
         .map_err(|e| Error::new(Code::Internal, format!("opening the target folder: {e}")))?
@@ -55,54 +64,158 @@ pub struct RunContext<'a> {
     pub cancel: CancellationToken,
 }
 
+/// One file to land: its source, the staging folder, and where it ends up.
+struct Landing {
+    source: Arc<dyn Source>,
+    staging_dir: Arc<Dir>,
+    final_dir: Arc<Dir>,
+    final_name: String,
+    resume: Option<ResumeState>,
+    md5: Option<[u8; 16]>,
+}
+
+impl RunContext<'_> {
+    async fn land<O: Observer>(&self, landing: Landing, observer: &O) -> Result<FileResult> {
+        let folder = landing.final_dir.device_path().clone();
+        if landing.final_dir.entry(&landing.final_name)? == Entry::Other {
+            return Err(Error::new(
+                Code::InvalidSourceFilePath,
+                format!(
+                    "{} exists and is a folder or a link; ferry will not replace it",
+                    folder.join(&landing.final_name)
+                ),
+            ));
+        }
+        let final_dir = Arc::ptr_eq(&landing.staging_dir, &landing.final_dir)
+            .then_some(())
+            .map_or(Some(landing.final_dir.clone()), |()| None);
+        let job = Job {
+            source: landing.source,
+            dir: landing.staging_dir,
+            final_name: landing.final_name.clone(),
+            final_dir,
+            staging: staging_name(self.task_id),
+            resume: landing.resume,
+            md5: landing.md5,
+        };
+        let outcome = engine::transfer(job, self.config, observer, &self.cancel).await?;
+        let landed = folder.join(&landing.final_name);
+        tracing::info!(
+            task = self.task_id,
+            path = %landed,
+            bytes = outcome.written.len,
+            retries = outcome.retries,
+            "file in place"
+        );
+        Ok(FileResult {
+            path: landed.to_string(),
+            size: outcome.written.len,
+            sha256: sink::hex(&outcome.written.sha256),
+        })
+    }
+
+    fn oss_client(&self, endpoint: &str, task: &ValidTask) -> Result<OssClient> {
+        let endpoint = OssEndpoint::new(endpoint, &self.config.oss);
+        let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
+            Error::new(
+                Code::InvalidUploadEndpoint,
+                format!("UploadEndpoint {}: {e}", endpoint.url),
+            )
+        })?;
+        net::check_literal_host(&url, self.config.allow_link_local)?;
+        Ok(OssClient::new(
+            self.client.clone(),
+            &endpoint,
+            task.payload.credentials.as_ref(),
+            &self.config.oss,
+        ))
+    }
+}
+
 pub async fn run<O: Observer>(
     ctx: RunContext<'_>,
     task: &ValidTask,
     observer: &O,
 ) -> Result<TaskResult> {
     let roots = Roots::new(ctx.config.device_root.clone(), &ctx.config.allowed_roots)?;
-    let (folder, final_name) = destination(&task.plan)?;
-    roots.root_of(&folder)?;
-    let Plan::Download { url, .. } = &task.plan else {
-        unreachable!("destination() refuses every other plan");
+    roots.root_of(&staging_folder(&task.plan))?;
+    let mut notes = Vec::new();
+    let files = match &task.plan {
+        Plan::Download { url, target } => {
+            net::check_literal_host(url, ctx.config.allow_link_local)?;
+            let dir = open_folder(&roots, target.parent()).await?;
+            let name = target.file_name().ok_or_else(|| {
+                Error::new(Code::InvalidSourceFilePath, "SourceFilePath names no file")
+            })?;
+            let landing = Landing {
+                source: Arc::new(HttpSource::new(ctx.client.clone(), url.clone())),
+                staging_dir: dir.clone(),
+                final_dir: dir,
+                final_name: name.to_string(),
+                resume: ctx.resume.clone(),
+                md5: task.md5,
+            };
+            vec![ctx.land(landing, observer).await?]
+        }
+        Plan::Oss {
+            object,
+            endpoint,
+            folder,
+            rename,
+        } => {
+            let client = ctx.oss_client(endpoint, task)?;
+            if object.is_folder() {
+                if task.md5.is_some() {
+                    notes.push("FileMd5 applies to a single file and was not checked for a folder send (each object is checked against its size and sha256 is reported per file)".to_string());
+                }
+                send_folder(&ctx, &roots, &client, object, folder, rename, observer).await?
+            } else {
+                let name = match rename {
+                    Some(name) => name.clone(),
+                    None => object_file_name(object)?,
+                };
+                let dir = open_folder(&roots, folder.clone()).await?;
+                let landing = Landing {
+                    source: Arc::new(client.object(&object.bucket, &object.key)),
+                    staging_dir: dir.clone(),
+                    final_dir: dir,
+                    final_name: name,
+                    resume: ctx.resume.clone(),
+                    md5: task.md5,
+                };
+                vec![ctx.land(landing, observer).await?]
+            }
+        }
+        Plan::OssBridged {
+            public_url,
+            object,
+            endpoint,
+            folder,
+            rename,
+        } => {
+            let (file, note) = bridged(
+                &ctx, &roots, task, public_url, object, endpoint, folder, rename, observer,
+            )
+            .await?;
+            notes.extend(note);
+            vec![file]
+        }
     };
-    net::check_literal_host(url, ctx.config.allow_link_local)?;
-    let dir = open_folder(roots, folder.clone()).await?;
-    if dir.entry(&final_name)? == Entry::Other {
-        return Err(Error::new(
-            Code::InvalidSourceFilePath,
-            format!(
-                "{} exists and is a folder or a link; SourceFilePath must name a file",
-                folder.join(&final_name)
-            ),
+    // The files are committed: from here on nothing fails the task.
+    for file in files.iter().take(MAX_MEDIA_SCANS) {
+        if let Ok(path) = DevicePath::parse(&file.path) {
+            notes.extend(media_scan::announce(ctx.config, &path).await);
+        }
+    }
+    if files.len() > MAX_MEDIA_SCANS && ctx.config.media_scan.mode != MediaScanMode::Off {
+        notes.push(format!(
+            "the media store was told about the first {MAX_MEDIA_SCANS} of {} files; the rest appear at its next scan",
+            files.len()
         ));
     }
-    let job = Job {
-        source: Arc::new(HttpSource::new(ctx.client.clone(), url.clone())),
-        dir,
-        final_name: final_name.clone(),
-        staging: staging_name(ctx.task_id),
-        resume: ctx.resume,
-        md5: task.md5,
-    };
-    let outcome = engine::transfer(job, ctx.config, observer, &ctx.cancel).await?;
-    let landed = folder.join(&final_name);
-    tracing::info!(
-        task = ctx.task_id,
-        path = %landed,
-        bytes = outcome.written.len,
-        retries = outcome.retries,
-        "file in place"
-    );
-    // The file is committed: from here on nothing fails the task.
-    let notes = media_scan::announce(ctx.config, &landed).await;
     Ok(TaskResult {
-        files: vec![FileResult {
-            path: landed.to_string(),
-            size: outcome.written.len,
-            sha256: sink::hex(&outcome.written.sha256),
-        }],
-        notes: notes.into_iter().collect(),
+        files,
+        notes,
         install: task.payload.auto_install.then(|| InstallResult {
             error_code: Some(Code::UnsupportedAutoInstall),
             message: "AutoInstall was requested but this build of ferry does not install packages yet; the file was transferred and not installed".into(),
@@ -110,13 +223,278 @@ pub async fn run<O: Observer>(
     })
 }
 
+/// The last segment of an object key, which names the file when TargetFileName does not.
+fn object_file_name(object: &OssObject) -> Result<String> {
+    let name = object.key.rsplit('/').next().unwrap_or_default();
+    check_file_name(name).map_err(|why| {
+        Error::new(
+            Code::SourceUnsafeObjectKey,
+            format!(
+                "object key {:?} does not end in a usable file name ({why}); set TargetFileName",
+                object.key
+            ),
+        )
+    })?;
+    Ok(name.to_string())
+}
+
+/// Sends every object under a prefix; see `folder` for why keys are all checked first.
+async fn send_folder<O: Observer>(
+    ctx: &RunContext<'_>,
+    roots: &Roots,
+    client: &OssClient,
+    object: &OssObject,
+    folder: &DevicePath,
+    rename: &Option<String>,
+    observer: &O,
+) -> Result<Vec<FileResult>> {
+    let shown = format!("oss://{}/{}", object.bucket, object.key);
+    let listed = tokio::select! {
+        _ = ctx.cancel.cancelled() => return Err(Error::new(Code::Cancelled, "the task was stopped")),
+        r = client.list(
+            &object.bucket,
+            &object.key,
+            ctx.config.oss.list_page_size,
+            ctx.config.oss.max_folder_objects,
+        ) => r.map_err(Error::from)?,
+    };
+    let entries = folder::plan(&object.key, listed, &shown)?;
+    let base = match rename {
+        Some(name) => folder.join(name),
+        None => folder.clone(),
+    };
+    let base_dir = open_folder(roots, base.clone()).await?;
+    let mut resume = ctx.resume.clone();
+    let done_before = resume
+        .as_mut()
+        .map(|r| std::mem::take(&mut r.folder_done))
+        .unwrap_or_default();
+    let total = entries.iter().map(|e| e.size).sum();
+    let folder_observer = FolderObserver {
+        outer: observer,
+        base: AtomicU64::new(0),
+        total,
+        done: Mutex::new(Vec::new()),
+    };
+    let mut files = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let final_dir = entry_dir(roots, &base, &base_dir, entry).await?;
+        if let Some(done) = still_done(&done_before, entry, &final_dir)? {
+            files.push(done.file.clone());
+            folder_observer.finished(done.clone());
+            continue;
+        }
+        let landing = Landing {
+            source: Arc::new(client.object(&object.bucket, &entry.key)),
+            staging_dir: base_dir.clone(),
+            final_dir,
+            final_name: entry.name.clone(),
+            resume: resume.take(),
+            md5: None,
+        };
+        let file = ctx
+            .land(landing, &folder_observer)
+            .await
+            .map_err(|e| {
+                let landed = files.len();
+                Error::new(
+                    e.code,
+                    format!(
+                        "{} (object {} of {}: {}); {landed} files of the folder are in place and a re-submit skips them",
+                        e.message,
+                        landed + 1,
+                        entries.len(),
+                        entry.key
+                    ),
+                )
+            })?;
+        folder_observer.finished(DoneObject {
+            key: entry.key.clone(),
+            etag: entry.etag.clone().unwrap_or_default(),
+            file: file.clone(),
+        });
+        // Remember the landed object even if no checkpoint comes before the next one ends.
+        folder_observer.checkpoint(ResumeState::default()).await;
+        files.push(file);
+    }
+    Ok(files)
+}
+
+/// Opens (creating) the sub-folder an entry lands in.
+async fn entry_dir(
+    roots: &Roots,
+    base: &DevicePath,
+    base_dir: &Arc<Dir>,
+    entry: &FolderEntry,
+) -> Result<Arc<Dir>> {
+    if entry.dirs.is_empty() {
+        return Ok(base_dir.clone());
+    }
+    let path = entry.dirs.iter().fold(base.clone(), |p, d| p.join(d));
+    open_folder(roots, path).await
+}
+
+/// An object landed by an earlier run of this task, unchanged since and still in place.
+fn still_done<'a>(
+    done: &'a [DoneObject],
+    entry: &FolderEntry,
+    final_dir: &Dir,
+) -> Result<Option<&'a DoneObject>> {
+    let Some(etag) = entry.etag.as_deref() else {
+        return Ok(None);
+    };
+    let Some(done) = done.iter().find(|d| d.key == entry.key && d.etag == etag) else {
+        return Ok(None);
+    };
+    Ok(
+        (final_dir.entry(&entry.name)? == Entry::File && done.file.size == entry.size)
+            .then_some(done),
+    )
+}
+
+/// Progress over the whole folder, and the landed objects in every checkpoint.
+struct FolderObserver<'a, O: Observer> {
+    outer: &'a O,
+    /// Bytes of the objects already landed.
+    base: AtomicU64,
+    total: u64,
+    done: Mutex<Vec<DoneObject>>,
+}
+
+impl<O: Observer> FolderObserver<'_, O> {
+    fn finished(&self, done: DoneObject) {
+        let now = self.base.fetch_add(done.file.size, Ordering::Relaxed) + done.file.size;
+        self.done.lock().expect("folder progress lock").push(done);
+        self.outer.progress(now, Some(self.total));
+    }
+}
+
+impl<O: Observer> Observer for FolderObserver<'_, O> {
+    fn progress(&self, done: u64, _total: Option<u64>) {
+        let base = self.base.load(Ordering::Relaxed);
+        self.outer.progress(base + done, Some(self.total));
+    }
+
+    fn checkpoint(&self, mut state: ResumeState) -> impl Future<Output = ()> + Send {
+        state.folder_done = self.done.lock().expect("folder progress lock").clone();
+        self.outer.checkpoint(state)
+    }
+
+    fn retrying(&self, err: &SourceError, delay: Duration) {
+        self.outer.retrying(err, delay)
+    }
+}
+
+/// OSS_BRIDGED: the control plane's OSS copy of a public link, over the internal endpoint;
+/// the public link itself only when the copy is missing and `oss.bridged_fallback` allows.
+#[allow(clippy::too_many_arguments)]
+async fn bridged<O: Observer>(
+    ctx: &RunContext<'_>,
+    roots: &Roots,
+    task: &ValidTask,
+    public_url: &reqwest::Url,
+    object: &Option<OssObject>,
+    endpoint: &str,
+    folder: &DevicePath,
+    rename: &Option<String>,
+    observer: &O,
+) -> Result<(FileResult, Option<String>)> {
+    let name = match rename {
+        Some(name) => name.clone(),
+        None => link_file_name(public_url)
+            .map(Ok)
+            .or_else(|| object.as_ref().map(object_file_name))
+            .unwrap_or_else(|| {
+                Err(Error::new(
+                    Code::InvalidTargetFileName,
+                    "neither the link nor BridgedObject ends in a file name; set TargetFileName",
+                ))
+            })?,
+    };
+    let dir = open_folder(roots, folder.clone()).await?;
+    let landing = |source: Arc<dyn Source>| Landing {
+        source,
+        staging_dir: dir.clone(),
+        final_dir: dir.clone(),
+        final_name: name.clone(),
+        resume: ctx.resume.clone(),
+        md5: task.md5,
+    };
+    let fallback = ctx.config.oss.bridged_fallback;
+    let missing = match object {
+        Some(object) if object.is_folder() => {
+            return Err(Error::new(
+                Code::InvalidUploadUrl,
+                format!(
+                    "BridgedObject oss://{}/{} names a folder; it must name the OSS copy of the link",
+                    object.bucket, object.key
+                ),
+            ))
+        }
+        Some(object) => {
+            let client = ctx.oss_client(endpoint, task)?;
+            let source = Arc::new(client.object(&object.bucket, &object.key));
+            match ctx.land(landing(source), observer).await {
+                Err(e)
+                    if fallback
+                        && matches!(e.code, Code::SourceNotFound | Code::SourceNoSuchBucket) =>
+                {
+                    format!("the OSS copy was missing ({}: {})", e.code, e.message)
+                }
+                other => return other.map(|f| (f, None)),
+            }
+        }
+        None if fallback => "the payload names no OSS copy (BridgedObject)".to_string(),
+        None => {
+            return Err(Error::new(
+                Code::SourceNotFound,
+                "OSS_BRIDGED needs BridgedObject (oss://BUCKET/KEY of the control plane's copy); fetching the public link instead is off (oss.bridged_fallback)",
+            ))
+        }
+    };
+    net::check_literal_host(public_url, ctx.config.allow_link_local)?;
+    let source = Arc::new(HttpSource::new(ctx.client.clone(), public_url.clone()));
+    let file = ctx.land(landing(source), observer).await?;
+    tracing::warn!(
+        task = ctx.task_id,
+        "{missing}; fetched the public link instead"
+    );
+    Ok((
+        file,
+        Some(format!(
+            "{missing}; the public link was fetched instead (oss.bridged_fallback)"
+        )),
+    ))
+}
+
+/// The decoded last path segment of a link, when it is a usable file name.
+fn link_file_name(url: &reqwest::Url) -> Option<String> {
+    let segment = url.path_segments()?.next_back()?;
+    let decoded = percent_decode(segment)?;
+    check_file_name(&decoded).ok().map(|()| decoded)
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Removes the staging data of a task that will not resume (cancelled or failed for good).
 pub fn discard_partial(config: &Config, task: &ValidTask, task_id: &str) -> Result<()> {
-    let Ok((folder, _)) = destination(&task.plan) else {
-        return Ok(());
-    };
     let roots = Roots::new(config.device_root.clone(), &config.allowed_roots)?;
-    match roots.open_dir(&folder, false) {
+    match roots.open_dir(&staging_folder(&task.plan), false) {
         Ok(dir) => sink::discard(&dir, &staging_name(task_id)),
         // No folder, no staging file.
         Err(_) => Ok(()),
@@ -160,4 +538,22 @@ pub async fn fetch_once(
         let _ = discard_partial(config, &task, &task_id);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_are_decoded_and_checked() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert_eq!(
+            link_file_name(&url("https://cdn.example.com/apps/My%20App.apk?sig=1")).as_deref(),
+            Some("My App.apk")
+        );
+        assert_eq!(link_file_name(&url("https://cdn.example.com/")), None);
+        assert_eq!(link_file_name(&url("https://x/a/%2e%2e")), None);
+        assert_eq!(link_file_name(&url("https://x/a%2Fb")), None);
+        assert_eq!(link_file_name(&url("https://x/%zz")), None);
+    }
 }

@@ -90,6 +90,18 @@ pub struct ResumeState {
     /// Kernel boot id when `durable_bytes` was written: same boot means the page cache
     /// survived a process kill and the whole staging file can be trusted.
     pub boot_id: String,
+    /// Folder sends: objects already in place, skipped on resume while their ETag holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folder_done: Vec<DoneObject>,
+}
+
+/// One object of a folder send that landed, as remembered for resume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DoneObject {
+    pub key: String,
+    pub etag: String,
+    pub file: FileResult,
 }
 
 /// The durable record of one task, as kept in the journal.

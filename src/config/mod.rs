@@ -2,8 +2,10 @@
 //! file, then the environment, then command-line flags, and validated once.
 
 mod android;
+mod oss;
 
 pub use android::{DnsConfig, LogcatConfig, MediaScanConfig, MediaScanMode, RunAs, TlsConfig};
+pub use oss::OssConfig;
 
 use crate::error::{Code, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -53,6 +55,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub logcat: LogcatConfig,
     pub media_scan: MediaScanConfig,
+    pub oss: OssConfig,
     /// Identity to switch to once sockets are bound; unset keeps the starting user.
     pub run_as: Option<RunAs>,
 }
@@ -115,6 +118,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             logcat: LogcatConfig::default(),
             media_scan: MediaScanConfig::default(),
+            oss: OssConfig::default(),
             run_as: None,
         }
     }
@@ -288,6 +292,12 @@ impl Config {
         }
         if self.max_concurrent_tasks == 0 {
             return bad("max_concurrent_tasks must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.oss.list_page_size) {
+            return bad("oss.list_page_size must be between 1 and 1000".into());
+        }
+        if self.oss.access_key_id.is_some() != self.oss.access_key_secret.is_some() {
+            return bad("oss.access_key_id and oss.access_key_secret go together".into());
         }
         if self.http.max_redirects > 10 {
             return bad("http.max_redirects may be at most 10".into());

@@ -307,20 +307,25 @@ impl Writer {
 
 /// Moves a finished staging file onto its final name, atomically and durably.
 pub fn commit(dir: &Dir, staging: &str, final_name: &str) -> Result<()> {
-    if dir.entry(final_name)? == Entry::Other {
+    commit_into(dir, staging, dir, final_name)
+}
+
+/// `commit` into another folder of the same filesystem (a folder send stages every file in
+/// the target folder and moves each into its sub-folder).
+pub fn commit_into(dir: &Dir, staging: &str, target: &Dir, final_name: &str) -> Result<()> {
+    if target.entry(final_name)? == Entry::Other {
         return Err(Error::new(
             Code::StoragePathNotAllowed,
             format!(
                 "{} exists and is not a regular file (a folder or a link); ferry will not replace it",
-                dir.device_path().join(final_name)
+                target.device_path().join(final_name)
             ),
         ));
     }
-    dir.rename(staging, final_name)?;
-    dir.sync()
+    dir.rename_into(staging, target, final_name)?;
+    target.sync()
 }
 
-/// Removes a staging file that will not be resumed.
 pub fn discard(dir: &Dir, staging: &str) -> Result<()> {
     dir.remove(staging)?;
     dir.sync()

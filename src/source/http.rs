@@ -208,7 +208,7 @@ fn status_error(status: StatusCode, headers: &HeaderMap, url: &str) -> SourceErr
 }
 
 /// hyper reports a body cut short of its Content-Length as an incomplete message.
-fn is_incomplete_body(err: &reqwest::Error) -> bool {
+pub(super) fn is_incomplete_body(err: &reqwest::Error) -> bool {
     let mut source = err.source();
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
@@ -222,7 +222,7 @@ fn is_incomplete_body(err: &reqwest::Error) -> bool {
 }
 
 /// Maps a reqwest failure to a code, deciding once whether it is worth retrying.
-fn classify(err: &reqwest::Error, url: &str) -> SourceError {
+pub(super) fn classify(err: &reqwest::Error, url: &str) -> SourceError {
     let mut chain = Vec::new();
     let mut source = err.source();
     while let Some(e) = source {

@@ -7,6 +7,7 @@
 pub mod dns;
 pub mod http;
 pub mod net;
+pub mod oss;
 pub mod retry;
 pub mod tls;
 
@@ -58,6 +59,8 @@ pub struct ObjectMeta {
 #[derive(Clone, Debug, Default)]
 pub struct GetOptions {
     pub offset: u64,
+    /// Exclusive end of the wanted range; `None` reads to the end of the object.
+    pub end: Option<u64>,
     pub expect: Option<Validators>,
 }
 
