@@ -34,6 +34,11 @@ fn payload(id: &str, url: &str, name: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -181,21 +186,24 @@ async fn shutdown_checkpoints_and_a_restart_resumes_from_the_partial_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oss_is_validated_then_fails_as_unsupported_and_auto_install_is_reported() {
+async fn oss_failures_name_the_endpoint_and_auto_install_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start().await;
     server.put("/app.apk", Resource::new(data(100)));
-    let m = Manager::start(config(&tmp)).await.unwrap();
+    let mut cfg = config(&tmp);
+    cfg.retry.max_retries = 2;
+    let m = Manager::start(cfg).await.unwrap();
     let oss = serde_json::json!({
         "TaskId": "t-oss",
         "SourceFilePath": "/sdcard/Download",
         "UploadType": "OSS",
         "UploadUrl": "oss://cloudphone-saved-bucket-example/send/a.txt",
-        "UploadEndpoint": "oss-cn-hangzhou-internal.aliyuncs.com",
+        // A closed port on loopback: refused at once, retried, then reported.
+        "UploadEndpoint": format!("http://127.0.0.1:{}", closed_port()),
     });
     m.submit(oss.to_string().as_bytes()).unwrap();
     let view = wait_for(&m, "t-oss", |v| v.phase.is_finished()).await;
-    assert_eq!(view.error_code, Some(Code::UnsupportedUploadType));
+    assert_eq!(view.error_code, Some(Code::NetworkConnect), "{view:?}");
     assert_eq!(view.task_status, "Failed");
     let apk = serde_json::json!({
         "TaskId": "t-apk",
