@@ -14,12 +14,32 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// The AWS SDK's debug and trace events carry whole requests — aws-sigv4's canonical request
+/// includes the STS token header — so they stay at info unless a filter names them.
+const SDK_TARGETS: &[&str] = &[
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http",
+    "aws_runtime",
+    "aws_sdk_s3",
+];
+
+fn quiet_sdk(mut filter: EnvFilter, level: &str) -> EnvFilter {
+    for target in SDK_TARGETS.iter().filter(|t| !level.contains(*t)) {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 /// Installs the global subscriber. `config` (when known) says where logd's socket is. A bad
 /// filter falls back to `info` (and says so); a second call keeps the first subscriber
 /// instead of panicking.
 pub fn init(format: LogFormat, level: &str, config: Option<&Config>) {
     let (filter, bad) = match EnvFilter::try_new(level) {
-        Ok(f) => (f, None),
+        Ok(f) => (quiet_sdk(f, level), None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
     let human = (format == LogFormat::Human).then(|| {
@@ -73,6 +93,17 @@ pub fn init(format: LogFormat, level: &str, config: Option<&Config>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sdk_request_dumps_stay_quiet_unless_named() {
+        let filter = quiet_sdk(EnvFilter::new("trace"), "trace").to_string();
+        assert!(filter.contains("aws_sigv4=info"), "{filter}");
+        let named = quiet_sdk(
+            EnvFilter::new("trace,aws_sigv4=debug"),
+            "trace,aws_sigv4=debug",
+        );
+        assert!(!named.to_string().contains("aws_sigv4=info"));
+    }
 
     #[test]
     fn init_twice_does_not_panic() {
