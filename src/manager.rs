@@ -325,7 +325,8 @@ impl Inner {
                 }
                 (None, Phase::Pending) => {
                     slot.record.fail(&cancelled());
-                    slot.record.resume = None;
+                    slot.record.resume =
+                        slot.record.resume.take().and_then(ResumeState::landed_only);
                     slot.record.clone()
                 }
                 (None, _) => return Ok(Some(slot.record.view())),
@@ -534,7 +535,7 @@ impl Inner {
                     let e = if by_user { cancelled() } else { e };
                     discard = by_user || !e.code.keeps_partial();
                     if discard {
-                        record.resume = None;
+                        record.resume = record.resume.take().and_then(ResumeState::landed_only);
                     }
                     record.fail(&e);
                     failure = Some(e.code);

@@ -300,7 +300,7 @@ async fn send_folder<O: Observer>(
                 Error::new(
                     e.code,
                     format!(
-                        "{} (object {} of {}: {}); {landed} files of the folder are in place and a re-submit skips them",
+                        "{} (object {} of {}: {}); {landed} files of the folder are in place and a re-submit of this TaskId skips them",
                         e.message,
                         landed + 1,
                         entries.len(),

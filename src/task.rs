@@ -95,6 +95,17 @@ pub struct ResumeState {
     pub folder_done: Vec<DoneObject>,
 }
 
+impl ResumeState {
+    /// What survives when the partial file is dropped: the folder objects already in place,
+    /// which a re-submit still skips (they are complete, verified files).
+    pub fn landed_only(self) -> Option<ResumeState> {
+        (!self.folder_done.is_empty()).then(|| ResumeState {
+            folder_done: self.folder_done,
+            ..ResumeState::default()
+        })
+    }
+}
+
 /// One object of a folder send that landed, as remembered for resume.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
