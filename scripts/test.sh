@@ -5,8 +5,8 @@
 #
 # Steps: cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test, then the
 # Android stage: scripts/build-android.sh (static aarch64 binary) and the end-to-end tests
-# (cli_api, daemon_kill, android_*) run on that binary under qemu in an Android-like chroot
-# (FERRY_TEST_CHROOT=1, see tests/cli_support/target.rs).  The chroot needs root; without
+# (cli_api, daemon_kill, oss_*, android_*) run on that binary under qemu in an Android-like
+# chroot (FERRY_TEST_CHROOT=1, see tests/cli_support/target.rs).  The chroot needs root; without
 # it the e2e step is SKIPPED loudly.  FERRY_SKIP_ANDROID=1 skips the whole stage (a quick
 # local run); CI never sets it.
 # Every step runs even when an earlier one failed (one run shows every
@@ -36,6 +36,9 @@ ensure_rust_tools
 # dnsmasq (dnsmasq-base: the binary only, no system service) as the real DNS
 # server of tests/android_dns.rs.
 ensure_apt curl procps ca-certificates dnsmasq-base busybox-static
+# s3s-fs, the real S3 server of tests/oss_*.rs (built once into /var/tmp/ferry-tools);
+# exports FERRY_S3S_FS.  Without it those tests fail saying so, they never skip.
+ensure_s3s_fs || loud_warn "s3s-fs could not be installed: the OSS tests will FAIL"
 
 # name -> result ("ok", "FAILED", "SKIPPED (why)"), in run order.
 STEP_NAMES=()
@@ -97,7 +100,10 @@ fi
 # The end-to-end tests on the aarch64 binary.  The test programs are built for the host
 # (they are already, by the step above); only the binary under test is the Android build.
 android_e2e() {
-    local tests=(--test cli_api --test daemon_kill)
+    # oss_*: against s3s-fs on the host's 127.0.0.1 (oss_s3_server_selftest does not run
+    # ferry, so it is not repeated here).
+    local tests=(--test cli_api --test daemon_kill --test oss_transfer --test oss_stand_in
+        --test oss_conformance)
     local file
     for file in tests/android_*.rs; do
         [[ -e "$file" ]] || continue

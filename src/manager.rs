@@ -533,7 +533,8 @@ impl Inner {
                 }
                 Err(e) => {
                     let e = if by_user { cancelled() } else { e };
-                    discard = by_user || !e.code.keeps_partial();
+                    // Keep partial data only when there is some and the failure may pass.
+                    discard = by_user || !e.code.keeps_partial() || record.bytes_done == 0;
                     if discard {
                         record.resume = record.resume.take().and_then(ResumeState::landed_only);
                     }

@@ -207,3 +207,37 @@ ferry_bin() {
         printf '%s/%s/ferry\n' "$CARGO_TARGET_DIR" "$profile"
     fi
 }
+
+# --- s3s-fs: the real S3 server of the OSS tests ----------------------------------------------
+# s3s-fs (crates.io, the `binary` feature) serves a folder over S3 with SigV4 and
+# virtual-hosted-style addressing; tests/common/s3_server.rs runs it on 127.0.0.1.  0.14.1:
+# 0.15+ need rustc 1.96, which rustup's toolchain here is not.  Built once into
+# FERRY_TOOLS_DIR (default /var/tmp/ferry-tools, outside the clone, kept between runs)
+# with whatever cargo ensure_rust found.
+FERRY_TOOLS_DIR="${FERRY_TOOLS_DIR:-/var/tmp/ferry-tools}"
+FERRY_S3S_FS_VERSION=0.14.1
+
+# ensure_s3s_fs: install s3s-fs $FERRY_S3S_FS_VERSION into $FERRY_TOOLS_DIR/bin unless the
+# binary there already reports that version; export FERRY_S3S_FS (its path) for the tests.
+# A clean build takes about 3 minutes on 2 cores.  Call after ensure_rust.
+ensure_s3s_fs() {
+    local bin="$FERRY_TOOLS_DIR/bin/s3s-fs"
+    if [[ "$("$bin" --version 2>/dev/null || true)" != "s3s-fs $FERRY_S3S_FS_VERSION" ]]; then
+        mkdir -p "$FERRY_TOOLS_DIR"
+        log "installing s3s-fs $FERRY_S3S_FS_VERSION into $FERRY_TOOLS_DIR (once; ~3 min)"
+        # flock: two scripts (or CI and a developer) must not build into the same root at
+        # once; the second waits and then finds the binary.  CARGO_TARGET_DIR unset: cargo
+        # install then builds in a temporary folder instead of ferry's target folder.
+        (
+            flock 9
+            if [[ "$("$bin" --version 2>/dev/null || true)" != "s3s-fs $FERRY_S3S_FS_VERSION" ]]; then
+                env -u CARGO_TARGET_DIR cargo install s3s-fs --version "$FERRY_S3S_FS_VERSION" \
+                    --features binary --locked --force --root "$FERRY_TOOLS_DIR" >&2
+            fi
+        ) 9>"$FERRY_TOOLS_DIR/.install.lock" || return 1
+        [[ "$("$bin" --version 2>/dev/null || true)" == "s3s-fs $FERRY_S3S_FS_VERSION" ]] ||
+            { warn "s3s-fs at $bin does not report version $FERRY_S3S_FS_VERSION"; return 1; }
+    fi
+    export FERRY_S3S_FS="$bin"
+    log "using $("$bin" --version) at $bin"
+}

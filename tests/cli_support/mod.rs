@@ -4,6 +4,7 @@
 //! chroot (see `target.rs`); [`Daemon`], a daemon child on a target that is killed when the
 //! test ends; a tiny HTTP/1.1 client over TCP or the unix socket that shows raw statuses;
 //! and the demo file server.
+//! [`results`]: what the transfer tests check after a task (`Result.Files`, files on disk).
 //!
 //! ```ignore
 //! mod cli_support;
@@ -19,6 +20,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod results;
 pub mod target;
 
 pub use target::Target;
@@ -122,6 +124,38 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `POST /v1/tasks` with this payload.
+    pub fn submit(&self, payload: &serde_json::Value) -> (u16, serde_json::Value) {
+        let body = payload.to_string();
+        self.request(
+            "POST",
+            "/v1/tasks",
+            Some(&self.token),
+            Some(body.as_bytes()),
+        )
+    }
+
+    /// Submits a payload (expecting 201) and waits until the task is SUCCESS, FAILED or
+    /// CANCELLED; returns the task view.
+    pub fn run_task(&self, payload: &serde_json::Value, timeout: Duration) -> serde_json::Value {
+        let (status, view) = self.submit(payload);
+        assert_eq!(status, 201, "{payload} -> {view}");
+        let id = view["TaskId"].as_str().unwrap();
+        self.wait_phase(id, &["SUCCESS", "FAILED", "CANCELLED"], timeout)
+    }
+
+    /// The daemon's peak resident set (`VmHWM` of /proc/PID/status) in KiB. Meaningful for
+    /// a native binary only: under emulation the process is qemu (or unshare).
+    pub fn vm_hwm_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading the daemon's /proc/PID/status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM in /proc/PID/status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// `ferry ARGS...` on this daemon's target (same state folder).

@@ -165,6 +165,30 @@ impl Target {
         host
     }
 
+    /// Appends lines (`"127.0.0.1 bucket.oss.test\n"`) to the phone's `/system/etc/hosts`, the
+    /// file ferry's resolver reads in both modes (`/etc` links to it): how a test makes its own
+    /// names resolve without touching the machine's `/etc/hosts`.
+    pub fn add_hosts(&self, lines: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.host("/system/etc/hosts"))
+            .unwrap();
+        file.write_all(lines.as_bytes()).unwrap();
+        if !lines.ends_with('\n') {
+            file.write_all(b"\n").unwrap();
+        }
+    }
+
+    /// Writes a config file at `device_path` and returns the `--config` flag pair for it.
+    pub fn config(&self, device_path: &str, toml: &str) -> [String; 2] {
+        self.write(device_path, toml);
+        [
+            "--config".into(),
+            self.arg(device_path).display().to_string(),
+        ]
+    }
+
     /// `--state-dir` for [`STATE_DIR`] natively; nothing in the chroot, where the binary's
     /// own default is `/data/local/ferry` (as on a phone).
     pub fn state_args(&self) -> Vec<OsString> {

@@ -21,6 +21,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     StalledStreamProtectionConfig,
 };
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::retry::RetryConfig;
@@ -164,8 +165,20 @@ impl OssSource {
             .key(&self.key)
             .set_range(range_header(options.offset, options.end))
             .send()
-            .await
-            .map_err(|e| errors::classify(&e, &self.shown))?;
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let err = errors::classify(&e, &self.shown);
+                if err.code == Code::SourceNotFound && self.bucket_missing().await {
+                    return Err(SourceError::permanent(
+                        Code::SourceNoSuchBucket,
+                        format!("{}: bucket {} does not exist at this endpoint; check the bucket name in UploadUrl and that UploadEndpoint is the bucket's region", self.shown, self.bucket),
+                    ));
+                }
+                return Err(err);
+            }
+        };
         let (offset, size, ranges) = match response.content_range() {
             Some(value) => {
                 let (start, total) = parse_content_range(value).ok_or_else(|| {
@@ -200,6 +213,18 @@ impl OssSource {
                 received: 0,
             }),
         })
+    }
+}
+
+impl OssSource {
+    /// Whether a 404 was about the bucket rather than the key. OSS says NoSuchBucket itself;
+    /// some S3-compatible stores answer NoSuchKey for both, so ask HeadBucket (a 403 there —
+    /// an STS policy scoped to objects — proves nothing and keeps the NotFound).
+    async fn bucket_missing(&self) -> bool {
+        match self.s3.head_bucket().bucket(&self.bucket).send().await {
+            Err(SdkError::ServiceError(ctx)) => ctx.raw().status().as_u16() == 404,
+            _ => false,
+        }
     }
 }
 

@@ -1,0 +1,258 @@
+//! OSS through stand-in servers, for what no real store (s3s-fs included) can show: a
+//! listing with keys that would escape the folder (`..`, `a//b`, absolute), the zero-byte
+//! `dir/` folder markers the OSS console makes, and error replies carrying OSS's request id.
+//! The stand-ins answer on 127.0.0.1 under the bucket's virtual host (a line in the phone's
+//! `/system/etc/hosts`) and check no signature. Runs natively and, with
+//! `FERRY_TEST_CHROOT=1 FERRY_TEST_BIN=AARCH64_FERRY`, on the aarch64 build in the chroot.
+
+mod cli_support;
+mod common;
+#[path = "common/s3_server.rs"]
+mod s3_server;
+
+use cli_support::results::{
+    assert_failed, assert_success, files_under, pattern, result_files, sha256_hex,
+};
+use cli_support::Target;
+use common::http_server::{Resource, TestServer};
+use s3_server::{ACCESS_KEY_ID, ACCESS_KEY_SECRET, BUCKET, DOMAIN, SECURITY_TOKEN};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TASK_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn credentials() -> Value {
+    json!({
+        "AccessKeyId": ACCESS_KEY_ID,
+        "AccessKeySecret": ACCESS_KEY_SECRET,
+        "SecurityToken": SECURITY_TOKEN,
+    })
+}
+
+/// A phone whose hosts file sends the test bucket's virtual host to 127.0.0.1.
+fn phone() -> Target {
+    let t = Target::new();
+    t.add_hosts(&format!("127.0.0.1 {BUCKET}.{DOMAIN}\n"));
+    t
+}
+
+/// A server that answers every request with one fixed response and closes; stops on drop.
+struct FixedReply {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FixedReply {
+    fn start(response: String) -> FixedReply {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        FixedReply {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FixedReply {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// OSS puts a request id in every error (`x-oss-request-id`, `<RequestId>`; S3:
+/// `x-amz-request-id`); support needs it, so the task's message must carry it. s3s-fs sends
+/// none, hence a stand-in that refuses everything the way OSS does.
+#[test]
+fn oss_error_messages_carry_the_request_id() {
+    let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>\
+               <Message>You have no right to access this object.</Message>\
+               <RequestId>5F1A2B3C4D5E6F7081920A1B</RequestId><HostId>oss.test</HostId></Error>";
+    let reply = format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n\
+         x-oss-request-id: 5F1A2B3C4D5E6F7081920A1B\r\nx-amz-request-id: 5F1A2B3C4D5E6F7081920A1B\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+        xml.len()
+    );
+    let server = FixedReply::start(reply);
+    let t = phone();
+    let d = t.daemon(&[]);
+    let mut payload = json!({
+        "TaskId": "t-rid",
+        "UploadType": "OSS",
+        "SourceFilePath": "/sdcard/Download",
+        "UploadUrl": format!("oss://{BUCKET}/send/a.bin"),
+        "UploadEndpoint": format!("http://{}:{}", DOMAIN, server.port),
+        "Credentials": credentials(),
+    });
+    let view = d.run_task(&payload, TASK_TIMEOUT);
+    assert_eq!(view["Phase"], "FAILED", "{view}");
+    assert_eq!(view["ErrorCode"], "Source.AccessDenied", "{view}");
+    let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("5F1A2B3C4D5E6F7081920A1B"),
+        "no request id in {msg:?}"
+    );
+    // A folder send fails on its listing the same way.
+    payload["TaskId"] = json!("t-rid-dir");
+    payload["UploadUrl"] = json!(format!("oss://{BUCKET}/send/dir/"));
+    let view = d.run_task(&payload, TASK_TIMEOUT);
+    assert_eq!(view["ErrorCode"], "Source.AccessDenied", "{view}");
+    let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("5F1A2B3C4D5E6F7081920A1B"),
+        "no request id in {msg:?}"
+    );
+}
+
+/// A ListObjectsV2 reply as S3/OSS send it, for a stand-in server that must list keys no
+/// real store can hold (`a/../b`, `a//b`, `/abs`): `(key, size)` pairs, not truncated.
+pub fn list_objects_v2_xml(bucket: &str, prefix: &str, objects: &[(&str, u64)]) -> String {
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+         <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+    );
+    xml += &format!(
+        "<Name>{}</Name><Prefix>{}</Prefix><MaxKeys>1000</MaxKeys><KeyCount>{}</KeyCount>\
+         <IsTruncated>false</IsTruncated>",
+        xml_escape(bucket),
+        xml_escape(prefix),
+        objects.len()
+    );
+    for (key, size) in objects {
+        xml += &format!(
+            "<Contents><Key>{}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>\
+             <ETag>\"{}\"</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass>\
+             </Contents>",
+            xml_escape(key),
+            s3_server::md5_hex(key.as_bytes())
+        );
+    }
+    xml + "</ListBucketResult>"
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A stand-in for the bucket that lists `keys` (no real store can hold unsafe keys) and
+/// serves the safe ones. It checks no signature.
+fn stand_in(prefix: &str, keys: &[(&str, &[u8])]) -> TestServer {
+    let http = TestServer::start_blocking();
+    let listed: Vec<(&str, u64)> = keys.iter().map(|(k, b)| (*k, b.len() as u64)).collect();
+    let xml = list_objects_v2_xml(BUCKET, prefix, &listed);
+    http.put("/", Resource::new(xml.into_bytes()));
+    for (key, data) in keys {
+        http.put(&format!("/{key}"), Resource::new(data.to_vec()));
+    }
+    http
+}
+
+fn stand_in_payload(id: &str, http: &TestServer, prefix: &str, folder: &str) -> Value {
+    json!({
+        "TaskId": id,
+        "UploadType": "OSS",
+        "SourceFilePath": folder,
+        "UploadUrl": format!("oss://{BUCKET}/{prefix}"),
+        "UploadEndpoint": format!("http://{}:{}", DOMAIN, http.addr().port()),
+        "Credentials": credentials(),
+    })
+}
+
+#[test]
+fn oss_unsafe_object_keys_fail_the_whole_folder_and_write_nothing() {
+    let t = phone();
+    let d = t.daemon(&[]);
+    let ok: &[u8] = b"a safe object listed first";
+    let cases = [
+        ("dotdot", "send/f/../escape.bin"),
+        ("dotdot-deep", "send/f/sub/../../escape.bin"),
+        ("empty-segment", "send/f/a//b.bin"),
+        ("absolute", "send/f//abs.bin"),
+    ];
+    for (name, bad_key) in cases {
+        let http = stand_in("send/f/", &[("send/f/ok.bin", ok), (bad_key, b"evil")]);
+        let folder = format!("/sdcard/Download/{name}/inner");
+        let view = d.run_task(
+            &stand_in_payload(&format!("t-{name}"), &http, "send/f/", &folder),
+            TASK_TIMEOUT,
+        );
+        assert_failed(&view, "Source.UnsafeObjectKey");
+        let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(bad_key),
+            "{name}: message names the key: {msg}"
+        );
+        let written = files_under(&t.host(format!("/sdcard/Download/{name}")));
+        assert!(written.is_empty(), "{name}: wrote {written:?}");
+    }
+    // Nothing escaped, and no staging file was left anywhere.
+    let everything = files_under(&t.host("/sdcard"));
+    assert!(everything.is_empty(), "{everything:?}");
+    assert!(!t.host("/sdcard/Download/escape.bin").exists());
+    assert!(!t.host("/abs.bin").exists());
+}
+
+/// Beyond the written contract, but what real buckets hold: the OSS console's "create
+/// folder" makes zero-byte objects named `FOLDER/`. They are folders, not files, and must not
+/// count as keys with an empty last segment.
+#[test]
+fn oss_folder_marker_objects_are_not_files() {
+    let t = phone();
+    let d = t.daemon(&[]);
+    let (a, b) = (pattern(1000, 7), pattern(2000, 8));
+    let http = stand_in(
+        "send/f/",
+        &[
+            ("send/f/", b""),
+            ("send/f/a.bin", &a),
+            ("send/f/sub/", b""),
+            ("send/f/sub/b.bin", &b),
+        ],
+    );
+    let view = d.run_task(
+        &stand_in_payload("t-markers", &http, "send/f/", "/sdcard/Download/m"),
+        TASK_TIMEOUT,
+    );
+    assert_success(&view);
+    assert_eq!(
+        result_files(&view),
+        [
+            ("/sdcard/Download/m/a.bin".into(), 1000, sha256_hex(&a)),
+            ("/sdcard/Download/m/sub/b.bin".into(), 2000, sha256_hex(&b)),
+        ]
+    );
+    assert_eq!(
+        files_under(&t.host("/sdcard/Download/m")),
+        ["a.bin", "sub/b.bin"]
+    );
+}
