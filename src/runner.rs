@@ -10,6 +10,7 @@ use crate::paths::{DevicePath, Dir, Entry, Roots};
 use crate::payload::{Plan, ValidTask};
 use crate::sink;
 use crate::source::http::HttpSource;
+use crate::source::limit::Bandwidth;
 use crate::source::net;
 use crate::task::{FileResult, InstallResult, ResumeState, TaskResult};
 use std::future::Future;
@@ -53,6 +54,8 @@ pub struct RunContext<'a> {
     pub task_id: &'a str,
     pub resume: Option<ResumeState>,
     pub cancel: CancellationToken,
+    /// The bandwidth cap shared by every transfer of the daemon (or of one `ferry fetch`).
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 pub async fn run<O: Observer>(
@@ -84,6 +87,7 @@ pub async fn run<O: Observer>(
         staging: staging_name(ctx.task_id),
         resume: ctx.resume,
         md5: task.md5,
+        bandwidth: ctx.bandwidth,
     };
     let outcome = engine::transfer(job, ctx.config, observer, &ctx.cancel).await?;
     let landed = folder.join(&final_name);
@@ -154,6 +158,7 @@ pub async fn fetch_once(
         task_id: &task_id,
         resume: None,
         cancel,
+        bandwidth: Bandwidth::from_config(config),
     };
     let result = run(ctx, &task, &CallbackObserver(on_progress)).await;
     if result.is_err() {
