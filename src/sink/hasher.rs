@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Read-back buffer of a [`Follower`].
-const HASH_BUFFER: usize = 256 * 1024;
+const HASH_BUFFER: usize = 128 * 1024;
 
 /// Chunks waiting to be hashed; they are shared with the writer, so this costs no copies.
 const QUEUE_CHUNKS: usize = 4;
