@@ -6,7 +6,7 @@ mod common;
 
 use common::http_server::{Fault, Recorded, Resource, TestServer};
 use ferry::config::Config;
-use ferry::error::Error;
+use ferry::error::{Code, Error};
 use ferry::manager::Manager;
 use ferry::payload;
 use ferry::runner::{fetch_once, ProgressFn};
@@ -331,6 +331,34 @@ async fn empty_object_one_part_and_two_parts() {
     );
 }
 
+#[tokio::test]
+async fn file_md5_is_checked_over_the_parts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(&tmp);
+    let server = TestServer::start().await;
+    let data = body(3 * MIB + 7, 13);
+    server.put("/m.bin", Resource::new(data.clone()));
+    let md5: String = md5::Md5::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for (name, md5, ok) in [
+        ("good.bin", md5.as_str(), true),
+        ("bad.bin", "00000000000000000000000000000000", false),
+    ] {
+        let mut json = payload_json(&server.url("/m.bin"), name);
+        json["FileMd5"] = md5.into();
+        let task = payload::validate(payload::parse(json.to_string().as_bytes()).unwrap()).unwrap();
+        let result = fetch_once(&config, task, no_progress(), CancellationToken::new()).await;
+        match ok {
+            true => assert_eq!(result.unwrap().files[0].sha256, sha(&data)),
+            false => assert_eq!(result.unwrap_err().code, Code::IntegrityMd5Mismatch),
+        }
+    }
+    assert_eq!(download_dir_names(&tmp), ["good.bin"]);
+    assert_eq!(server.hits("/m.bin"), 8, "both went in 4 parts");
+}
+
 fn manager_config(tmp: &tempfile::TempDir) -> Config {
     let mut config = config(tmp);
     config.max_concurrent_tasks = 2;
@@ -414,6 +442,24 @@ async fn a_restarted_daemon_fetches_only_the_missing_bytes_of_each_part() {
         again, missing,
         "only the missing bytes, each part from its own end"
     );
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parallel_transfer_removes_its_staging_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    server.put("/x.bin", Resource::new(body(8 * MIB, 14)));
+    server.set_rate("/x.bin", Some(MIB));
+    let m = Manager::start(manager_config(&tmp)).await.unwrap();
+    m.submit(&submit_json("t-x", &server.url("/x.bin"), "x.bin"))
+        .unwrap();
+    wait_for(&m, "t-x", |v| v.bytes_done > MIB).await;
+    assert!(server.max_in_flight("/x.bin") > 1);
+    let view = m.cancel("t-x").await.unwrap();
+    assert_eq!(view.phase, Phase::Cancelled);
+    assert!(!staging(&tmp, "t-x").exists());
+    assert_eq!(download_dir_names(&tmp), Vec::<String>::new());
     m.shutdown().await;
 }
 
