@@ -132,7 +132,7 @@ pub async fn transfer<O: Observer>(
             Start::Parts(plan) => parallel::run(&ctx, plan, None).await?,
             Start::Resume(r) => single::run(&ctx, Some(r), None, &mut restarts).await?,
             Start::Fresh => match probe(&ctx, &mut retries).await? {
-                Probed::Parallel(plan, first) => parallel::run(&ctx, plan, Some(first)).await?,
+                Probed::Parallel(plan, first) => parallel::run(&ctx, plan, first).await?,
                 Probed::Single(first) => single::run(&ctx, None, first, &mut restarts).await?,
             },
         };
@@ -164,7 +164,8 @@ pub async fn transfer<O: Observer>(
 }
 
 enum Probed {
-    Parallel(parallel::Plan, GetResult),
+    /// The probe's body is the start of part 0 unless parts had to be larger.
+    Parallel(parallel::Plan, Option<GetResult>),
     Single(Option<First>),
 }
 
@@ -197,7 +198,8 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
                     && meta.size.is_some_and(|t| transfer.goes_parallel(t));
                 if let (true, Some(total)) = (parallel, meta.size) {
                     let plan = parallel::Plan::new(total, transfer, meta.validators.clone());
-                    return Ok(Probed::Parallel(plan, result));
+                    let first = (plan.part_size() == end).then_some(result);
+                    return Ok(Probed::Parallel(plan, first));
                 }
                 return Ok(Probed::Single(Some(First { result, end })));
             }

@@ -31,7 +31,8 @@ use tokio::sync::{Notify, Semaphore};
 /// worse (22-23 MiB).
 const IN_FLIGHT_BYTES: u64 = 1 << 20;
 
-/// Parts per object at most; larger objects get larger parts (bounds the journal record).
+/// Parts per object at most; larger objects get larger parts (bounds the journal record and
+/// the per-part state).
 const MAX_PARTS: u64 = 4096;
 
 /// What a parallel transfer fetches: the object's parts and the version they must all be of.
@@ -50,6 +51,10 @@ impl Plan {
             validators,
             kept: None,
         }
+    }
+
+    pub fn part_size(&self) -> u64 {
+        self.layout.part_size
     }
 
     /// The plan of an interrupted parallel transfer; `None` when the record is unusable.
@@ -382,4 +387,43 @@ async fn stream<O: Observer>(
         ctx.job.bandwidth.take(n).await;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validators() -> Validators {
+        Validators {
+            etag: Some("\"e\"".into()),
+            last_modified: None,
+        }
+    }
+
+    #[test]
+    fn huge_objects_get_larger_parts_and_plans_resume_only_when_consistent() {
+        let config = TransferConfig::default();
+        let plan = Plan::new(100 << 20, &config, validators());
+        assert_eq!((plan.part_size(), plan.layout.count()), (8 << 20, 13));
+        let huge = Plan::new(MAX_PARTS * (16 << 20), &config, validators());
+        assert_eq!(huge.part_size(), 16 << 20);
+        assert_eq!(huge.layout.count() as u64, MAX_PARTS);
+        let mut state = ResumeState {
+            etag: Some("\"e\"".into()),
+            total: Some(100 << 20),
+            part_size: 8 << 20,
+            parts: vec![0; 13],
+            ..ResumeState::default()
+        };
+        let resumed = Plan::resumed(&state).unwrap();
+        assert_eq!(resumed.kept.as_deref(), Some(&[0; 13][..]));
+        state.parts.pop();
+        assert!(
+            Plan::resumed(&state).is_none(),
+            "parts do not match the size"
+        );
+        state.parts.push(0);
+        state.etag = None;
+        assert!(Plan::resumed(&state).is_none(), "no validator, no resume");
+    }
 }
