@@ -2,14 +2,24 @@
 //!
 //! It owns what every source shares: resume from partial data (only of the same version),
 //! retries with backoff on transient failures, idle-read timeouts, size and digest checks,
-//! and checkpoints that let a killed daemon pick up where it stopped.
+//! the daemon's bandwidth cap, and checkpoints that let a killed daemon pick up where it
+//! stopped.
+//!
+//! A fresh transfer first asks for the first part only (`Range: bytes=0-(PART-1)`, as aria2
+//! does): a 206 for a large object with a validator goes on in parallel parts
+//! ([`parallel`]); anything else (a 200, a small object, no validator) is a single stream that
+//! goes on with that very body.
+
+mod parallel;
+mod single;
 
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
 use crate::paths::Dir;
-use crate::sink::{self, Sink, Written};
+use crate::sink::{self, Written};
+use crate::source::limit::Bandwidth;
 use crate::source::retry::Backoff;
-use crate::source::{GetOptions, Source, SourceError, Validators};
+use crate::source::{GetOptions, GetResult, Source, SourceError};
 use crate::task::ResumeState;
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +47,8 @@ pub struct Job {
     /// State from an earlier, interrupted run of the same task.
     pub resume: Option<ResumeState>,
     pub md5: Option<[u8; 16]>,
+    /// The daemon's bandwidth cap, shared by all its transfers.
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 /// How a transfer ended, beyond the file itself.
@@ -66,175 +78,75 @@ fn trusted_len(resume: &ResumeState, boot: &str) -> u64 {
     }
 }
 
+/// What every mode of one transfer shares.
+struct Ctx<'a, O> {
+    job: &'a Job,
+    config: &'a Config,
+    observer: &'a O,
+    cancel: &'a CancellationToken,
+    boot: String,
+}
+
+/// How one attempt ended: the file, or `None` when the source changed under a parallel
+/// transfer and everything starts over.
+struct Ended {
+    written: Option<Written>,
+    retries: u32,
+}
+
+/// The answer to the probing request, handed to the single stream.
+struct First {
+    result: GetResult,
+    /// The end the request asked for: a body ending there is not a failure.
+    end: u64,
+}
+
+enum Start {
+    Fresh,
+    Resume(ResumeState),
+    Parts(parallel::Plan),
+}
+
 pub async fn transfer<O: Observer>(
-    job: Job,
+    mut job: Job,
     config: &Config,
     observer: &O,
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
-    let boot = boot_id();
-    let trusted = job.resume.as_ref().map(|r| trusted_len(r, &boot));
-    let (sink, mut have) = Sink::open(
-        job.dir.clone(),
-        job.staging.clone(),
-        trusted,
-        job.md5.is_some(),
-    )
-    .await?;
-    let mut expect: Option<Validators> = None;
-    let mut total = None;
-    if let Some(r) = job.resume.as_ref().filter(|_| have > 0) {
-        expect = Some(Validators {
-            etag: r.etag.clone(),
-            last_modified: r.last_modified.clone(),
-        });
-        total = r.total;
-    }
-    let mut state = ResumeState {
-        staging_name: job.staging.clone(),
-        boot_id: boot,
-        ..ResumeState::default()
+    let mut start = match job.resume.take() {
+        Some(r) if r.is_parallel() => {
+            parallel::Plan::resumed(&r).map_or(Start::Fresh, Start::Parts)
+        }
+        Some(r) => Start::Resume(r),
+        None => Start::Fresh,
     };
-    let mut backoff = Backoff::new(&config.retry);
+    let ctx = Ctx {
+        job: &job,
+        config,
+        observer,
+        cancel,
+        boot: boot_id(),
+    };
     let mut restarts = 0;
-    let idle = config.http.read_idle_timeout();
-    observer.progress(have, total);
-
-    // Loop until the body has delivered every byte (or the staging file already holds them).
-    while total != Some(have) || expect.is_none() {
-        let response = tokio::select! {
-            _ = cancel.cancelled() => return Err(stop(&sink).await),
-            r = job.source.get(GetOptions { offset: have, end: None, expect: expect.clone() }) => r,
+    let mut retries = 0;
+    let written = loop {
+        let ended = match start {
+            Start::Parts(plan) => parallel::run(&ctx, plan, None).await?,
+            Start::Resume(r) => single::run(&ctx, Some(r), None, &mut restarts).await?,
+            Start::Fresh => match probe(&ctx, &mut retries).await? {
+                Probed::Parallel(plan, first) => parallel::run(&ctx, plan, first).await?,
+                Probed::Single(first) => single::run(&ctx, None, first, &mut restarts).await?,
+            },
         };
-        let mut result = match response {
-            Ok(r) => r,
-            Err(e) if e.code == Code::SourceRangeNotSatisfiable && have > 0 => {
-                if expect.as_ref().is_some_and(|v| !v.is_empty()) {
-                    // Same version (If-Range held) yet no byte past `have`: the length the
-                    // source announced was wrong.
-                    return Err(Error::new(
-                        Code::IntegritySizeMismatch,
-                        format!(
-                            "{} announced {} bytes but has no data past byte {have}: its Content-Length disagrees with its data",
-                            job.source.describe(),
-                            total.map_or("more".to_string(), |t| t.to_string())
-                        ),
-                    ));
-                }
-                restart(
-                    &sink,
-                    &mut have,
-                    &mut expect,
-                    &mut total,
-                    &mut restarts,
-                    &*job.source,
-                )
-                .await?;
-                continue;
-            }
-            Err(e) => {
-                wait_before_retry(e, &mut backoff, observer, cancel, &sink).await?;
-                continue;
-            }
-        };
-        let same_version = expect
-            .as_ref()
-            .is_none_or(|v| v.matches(&result.meta.validators) && result.meta.size == total);
-        if have > 0 && (result.offset != have || !same_version) {
-            // Never splice two versions: start over, reusing this body if it is the whole object.
-            restart(
-                &sink,
-                &mut have,
-                &mut expect,
-                &mut total,
-                &mut restarts,
-                &*job.source,
-            )
-            .await?;
-            if result.offset != 0 {
-                continue;
+        retries += ended.retries;
+        match ended.written {
+            Some(written) => break written,
+            None => {
+                count_restart(&mut restarts, &*job.source)?;
+                start = Start::Fresh;
             }
         }
-        if expect.is_none() {
-            expect = Some(result.meta.validators.clone());
-            total = result.meta.size;
-            if let Some(t) = total {
-                sink.reserve(t).await?;
-            }
-            state.etag = result.meta.validators.etag.clone();
-            state.last_modified = result.meta.validators.last_modified.clone();
-            state.total = total;
-            state.durable_bytes = have;
-            observer.checkpoint(state.clone()).await;
-        }
-        let mut since_checkpoint = 0u64;
-        let failure = loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return Err(stop(&sink).await),
-                r = tokio::time::timeout(idle, result.body.next_chunk()) => r,
-            };
-            match next {
-                Err(_) => {
-                    break SourceError::transient(
-                        Code::NetworkTimeout,
-                        format!(
-                            "{} sent no data for {} s",
-                            job.source.describe(),
-                            idle.as_secs()
-                        ),
-                    )
-                }
-                Ok(Err(e)) => break e,
-                Ok(Ok(None)) => {
-                    if total.is_none() {
-                        // No length announced: the end of the body is the end of the object.
-                        total = Some(have);
-                    }
-                    if total == Some(have) {
-                        break SourceError::permanent(Code::Internal, "complete");
-                    }
-                    break SourceError::transient(
-                        Code::IntegritySizeMismatch,
-                        format!(
-                            "{} ended the body after {have} of {} bytes",
-                            job.source.describe(),
-                            total.unwrap_or_default()
-                        ),
-                    );
-                }
-                Ok(Ok(Some(chunk))) => {
-                    let n = chunk.len() as u64;
-                    if total.is_some_and(|t| have + n > t) {
-                        sink::discard(&job.dir, &job.staging).ok();
-                        return Err(Error::new(
-                            Code::IntegritySizeMismatch,
-                            format!(
-                                "{} sent more than the {} bytes it announced",
-                                job.source.describe(),
-                                total.unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    sink.write(chunk).await?;
-                    have += n;
-                    since_checkpoint += n;
-                    backoff.progressed();
-                    observer.progress(have, total);
-                    if since_checkpoint >= config.checkpoint_bytes {
-                        since_checkpoint = 0;
-                        state.durable_bytes = sink.sync().await?;
-                        observer.checkpoint(state.clone()).await;
-                    }
-                }
-            }
-        };
-        if total == Some(have) {
-            break;
-        }
-        wait_before_retry(failure, &mut backoff, observer, cancel, &sink).await?;
-    }
-
-    let written = sink.finish().await?;
+    };
     if let Some(expected) = job.md5 {
         if written.md5 != Some(expected) {
             sink::discard(&job.dir, &job.staging).ok();
@@ -251,30 +163,70 @@ pub async fn transfer<O: Observer>(
     }
     let target = job.final_dir.as_ref().unwrap_or(&job.dir);
     sink::commit_into(&job.dir, &job.staging, target, &job.final_name)?;
-    Ok(Outcome {
-        written,
-        retries: backoff.retries(),
-    })
+    Ok(Outcome { written, retries })
 }
 
-/// Cancellation: make what was written durable (a shutdown resumes from it) and say so.
-async fn stop(sink: &Sink) -> Error {
-    let _ = sink.sync().await;
+enum Probed {
+    /// The probe's body is the start of part 0 unless parts had to be larger.
+    Parallel(parallel::Plan, Option<GetResult>),
+    Single(Option<First>),
+}
+
+/// The first request of a fresh transfer: the first part only, to learn the size and whether
+/// the source can serve ranges of this version.
+async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probed> {
+    let transfer = &ctx.config.transfer;
+    if transfer.connections <= 1 {
+        return Ok(Probed::Single(None));
+    }
+    let end = transfer.part_size();
+    let mut backoff = Backoff::new(&ctx.config.retry);
+    loop {
+        let options = GetOptions {
+            offset: 0,
+            end: Some(end),
+            expect: None,
+        };
+        let response = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(cancelled()),
+            r = ctx.job.source.get(options) => r,
+        };
+        match response {
+            Ok(result) => {
+                *retries += backoff.retries();
+                let meta = &result.meta;
+                let parallel = meta.ranges
+                    && result.offset == 0
+                    && !meta.validators.is_empty()
+                    && meta.size.is_some_and(|t| transfer.goes_parallel(t));
+                if let (true, Some(total)) = (parallel, meta.size) {
+                    let plan = parallel::Plan::new(total, transfer, meta.validators.clone());
+                    let first = (plan.part_size() == end).then_some(result);
+                    return Ok(Probed::Parallel(plan, first));
+                }
+                return Ok(Probed::Single(Some(First { result, end })));
+            }
+            // No byte 0: an empty object. Ask again without a range.
+            Err(e) if e.code == Code::SourceRangeNotSatisfiable => {
+                *retries += backoff.retries();
+                return Ok(Probed::Single(None));
+            }
+            Err(e) => {
+                if !wait_before_retry(e, &mut backoff, ctx.observer, ctx.cancel).await? {
+                    return Err(cancelled());
+                }
+            }
+        }
+    }
+}
+
+fn cancelled() -> Error {
     Error::new(Code::Cancelled, "the task was stopped")
 }
 
-async fn restart(
-    sink: &Sink,
-    have: &mut u64,
-    expect: &mut Option<Validators>,
-    total: &mut Option<u64>,
-    restarts: &mut u32,
-    source: &dyn Source,
-) -> Result<()> {
-    // A source without validators cannot resume at all; only a proven change counts.
-    if expect.as_ref().is_some_and(|v| !v.is_empty()) {
-        *restarts += 1;
-    }
+/// Counts one proven change of the source; too many fail the task.
+fn count_restart(restarts: &mut u32, source: &dyn Source) -> Result<()> {
+    *restarts += 1;
     if *restarts > MAX_RESTARTS {
         return Err(Error::new(
             Code::IntegritySourceChanged,
@@ -284,29 +236,25 @@ async fn restart(
             ),
         ));
     }
-    tracing::info!(source = %source.describe(), "source changed or ignored the range: starting over");
-    sink.truncate().await?;
-    *have = 0;
-    *expect = None;
-    *total = None;
     Ok(())
 }
 
+/// Waits out the backoff for `err`: `Ok(true)` to retry, `Ok(false)` when cancelled
+/// meanwhile, the final error when retrying is over.
 async fn wait_before_retry<O: Observer>(
     err: SourceError,
     backoff: &mut Backoff,
     observer: &O,
     cancel: &CancellationToken,
-    sink: &Sink,
-) -> Result<()> {
+) -> Result<bool> {
     let Some(delay) = backoff.next_delay(&err) else {
         return Err(backoff.give_up(err).into());
     };
     tracing::warn!(code = %err.code, error = %err.message, delay_ms = delay.as_millis() as u64, "retrying");
     observer.retrying(&err, delay);
     tokio::select! {
-        _ = cancel.cancelled() => Err(stop(sink).await),
-        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = cancel.cancelled() => Ok(false),
+        _ = tokio::time::sleep(delay) => Ok(true),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::error::{Code, Error, Result};
 use crate::journal::Journal;
 use crate::payload::{self, TaskPayload, ValidTask};
 use crate::runner::{self, RunContext};
+use crate::source::limit::Bandwidth;
 use crate::source::{net, SourceError};
 use crate::task::{Phase, ResumeState, TaskRecord, TaskResult, TaskView};
 use crate::timefmt::unix_millis_now;
@@ -48,6 +49,8 @@ pub struct Manager {
 struct Inner {
     config: RwLock<Arc<Config>>,
     client: RwLock<reqwest::Client>,
+    /// The bandwidth cap shared by every transfer (`bandwidth_limit_kib`).
+    bandwidth: Arc<Bandwidth>,
     /// Lock order: `journal` before `state`. Every journal write happens under this lock and
     /// saves the record as it is at that moment, so disk never goes back to an older state.
     journal: Mutex<Journal>,
@@ -146,6 +149,7 @@ impl Manager {
                 .insert(record.task_id.clone(), Slot { record, run: None });
         }
         let inner = Arc::new(Inner {
+            bandwidth: Bandwidth::from_config(&config),
             config: RwLock::new(Arc::new(config)),
             client: RwLock::new(client),
             journal: Mutex::new(journal),
@@ -229,6 +233,9 @@ impl Manager {
             Ok(client) => *self.inner.client.write().expect("client lock") = client,
             Err(e) => tracing::warn!(error = %e, "keeping the old HTTP client"),
         }
+        self.inner
+            .bandwidth
+            .set_rate(config.bandwidth_limit_kib.saturating_mul(1024));
         *self.inner.config.write().expect("config lock") = Arc::new(config);
         self.inner.wake.notify_one();
         tracing::info!("configuration reloaded");
@@ -479,6 +486,7 @@ impl Inner {
                     task_id: &id,
                     resume: record.resume.clone(),
                     cancel,
+                    bandwidth: self.bandwidth.clone(),
                 };
                 let observer = TaskObserver {
                     inner: self.clone(),

@@ -12,6 +12,7 @@ use crate::paths::{check_file_name, DevicePath, Dir, Entry, Roots};
 use crate::payload::{OssObject, Plan, ValidTask};
 use crate::sink;
 use crate::source::http::HttpSource;
+use crate::source::limit::Bandwidth;
 use crate::source::net;
 use crate::source::oss::{OssClient, OssEndpoint};
 use crate::source::{Source, SourceError};
@@ -62,6 +63,8 @@ pub struct RunContext<'a> {
     pub task_id: &'a str,
     pub resume: Option<ResumeState>,
     pub cancel: CancellationToken,
+    /// The bandwidth cap shared by every transfer of the daemon (or of one `ferry fetch`).
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 /// One file to land: its source, the staging folder, and where it ends up.
@@ -97,6 +100,7 @@ impl RunContext<'_> {
             staging: staging_name(self.task_id),
             resume: landing.resume,
             md5: landing.md5,
+            bandwidth: self.bandwidth.clone(),
         };
         let outcome = engine::transfer(job, self.config, observer, &self.cancel).await?;
         let landed = folder.join(&landing.final_name);
@@ -532,6 +536,7 @@ pub async fn fetch_once(
         task_id: &task_id,
         resume: None,
         cancel,
+        bandwidth: Bandwidth::from_config(config),
     };
     let result = run(ctx, &task, &CallbackObserver(on_progress)).await;
     if result.is_err() {

@@ -88,8 +88,18 @@ pub struct ResumeState {
     /// Bytes known to be on stable storage (fsync'd); after a reboot only these are trusted.
     pub durable_bytes: u64,
     /// Kernel boot id when `durable_bytes` was written: same boot means the page cache
-    /// survived a process kill and the whole staging file can be trusted.
+    /// survived a process kill and the whole staging file can be trusted. Empty for a
+    /// parallel transfer, whose file has holes: only `parts` say what is there.
     pub boot_id: String,
+    /// Bytes per part of a parallel transfer; 0 for a single stream (and in records written
+    /// before parallel transfers existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub part_size: u64,
+    /// Durable bytes of each part from its start, fsync'd before they were recorded. Part `i`
+    /// starts at `i * part_size`. `durable_bytes` then holds the contiguous durable prefix, so
+    /// a build that knows nothing of parts still resumes correctly from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
     /// Folder sends: objects already in place, skipped on resume while their ETag holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folder_done: Vec<DoneObject>,
@@ -113,6 +123,17 @@ pub struct DoneObject {
     pub key: String,
     pub etag: String,
     pub file: FileResult,
+}
+
+impl ResumeState {
+    /// Whether this is the state of a parallel transfer (its staging file has holes).
+    pub fn is_parallel(&self) -> bool {
+        self.part_size > 0 && !self.parts.is_empty()
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The durable record of one task, as kept in the journal.
@@ -237,4 +258,33 @@ pub struct TaskView {
     pub creation_time: String,
     pub start_time: Option<String>,
     pub finish_time: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_states_without_parts_still_load_and_parts_round_trip() {
+        let old = r#"{"StagingName":".p","Etag":"\"e\"","LastModified":null,"Total":10,
+            "DurableBytes":4,"BootId":"b"}"#;
+        let state: ResumeState = serde_json::from_str(old).unwrap();
+        assert!(!state.is_parallel());
+        assert_eq!((state.part_size, state.parts.len()), (0, 0));
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(
+            !text.contains("Parts"),
+            "single-stream records keep their old form: {text}"
+        );
+        let parallel = ResumeState {
+            part_size: 4,
+            parts: vec![4, 1, 0],
+            ..state
+        };
+        let text = serde_json::to_string(&parallel).unwrap();
+        assert!(text.contains(r#""PartSize":4,"Parts":[4,1,0]"#), "{text}");
+        let back: ResumeState = serde_json::from_str(&text).unwrap();
+        assert!(back.is_parallel());
+        assert_eq!(back, parallel);
+    }
 }

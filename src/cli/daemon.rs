@@ -1,7 +1,7 @@
 //! `ferry daemon`: builds the configuration from file, environment and flags, starts
 //! logging, and hands over to [`crate::daemon::serve_forever`] until a stop signal.
 
-use super::{exit_for, report, GlobalArgs, EXIT_OK};
+use super::{exit_for, report, GlobalArgs, TransferArgs, EXIT_OK};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -16,6 +16,8 @@ pub struct DaemonArgs {
     /// How many transfers run at once
     #[arg(long = "max-concurrent", value_name = "N")]
     pub max_concurrent: Option<usize>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
 }
 
 pub async fn run(global: &GlobalArgs, args: DaemonArgs) -> u8 {
@@ -23,7 +25,7 @@ pub async fn run(global: &GlobalArgs, args: DaemonArgs) -> u8 {
         listen: args.listen,
         socket: args.socket,
         max_concurrent_tasks: args.max_concurrent,
-        ..global.overrides()
+        ..args.transfer.apply(global.overrides())
     };
     let config = match global.load_config(&overrides) {
         Ok(c) => c,

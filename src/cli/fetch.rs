@@ -4,7 +4,7 @@
 
 use super::payload_args::PayloadArgs;
 use super::progress::Progress;
-use super::{print_json, GlobalArgs, EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE};
+use super::{print_json, GlobalArgs, TransferArgs, EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE};
 use crate::config::Config;
 use crate::daemon::signals::{self, Event};
 use crate::error::{Code, Error};
@@ -26,10 +26,12 @@ pub struct FetchArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub payload: PayloadArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
 }
 
 pub async fn run(global: &GlobalArgs, args: FetchArgs) -> u8 {
-    let config = match global.load_config(&global.overrides()) {
+    let config = match global.load_config(&args.transfer.apply(global.overrides())) {
         Ok(c) => c,
         Err(e) => return usage(&e),
     };

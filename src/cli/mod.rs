@@ -100,6 +100,28 @@ pub struct ConnectArgs {
     pub token_file: Option<PathBuf>,
 }
 
+/// Transfer settings that the daemon and `ferry fetch` take as flags (they win over the file).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Transfers")]
+pub struct TransferArgs {
+    /// Ranged requests at once for one large object (1 = always one stream)
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
+    /// Download bandwidth cap in KiB/s shared by all transfers (0 = unlimited)
+    #[arg(long, value_name = "KIB")]
+    pub bandwidth_limit_kib: Option<u64>,
+}
+
+impl TransferArgs {
+    pub fn apply(&self, overrides: Overrides) -> Overrides {
+        Overrides {
+            connections: self.connections,
+            bandwidth_limit_kib: self.bandwidth_limit_kib,
+            ..overrides
+        }
+    }
+}
+
 fn parse_log_format(s: &str) -> std::result::Result<LogFormat, String> {
     match s {
         "human" => Ok(LogFormat::Human),

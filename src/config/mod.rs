@@ -51,6 +51,10 @@ pub struct Config {
     /// The staging file is fsync'd and the journal checkpointed after this many bytes, bounding
     /// what a power loss can cost on resume.
     pub checkpoint_bytes: u64,
+    /// Download bandwidth cap of the whole daemon in KiB/s, shared by every connection of
+    /// every transfer (phones on one host share its network); 0 = unlimited.
+    pub bandwidth_limit_kib: u64,
+    pub transfer: TransferConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub logcat: LogcatConfig,
@@ -87,6 +91,19 @@ pub struct RetryConfig {
     pub budget_secs: u64,
 }
 
+/// Parallel ranged transfers of large objects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Ranged requests in flight at once for one large object; 1 turns parallel transfers off.
+    pub connections: usize,
+    /// Bytes per part (in MiB): the unit that is requested, retried and resumed on its own.
+    pub part_size_mib: u64,
+    /// Objects smaller than this (in MiB) go as one stream: for them more connections cost
+    /// more than they bring.
+    pub parallel_min_size_mib: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PruneConfig {
@@ -113,6 +130,8 @@ impl Default for Config {
             prune: PruneConfig::default(),
             allow_link_local: false,
             checkpoint_bytes: 64 << 20,
+            bandwidth_limit_kib: 0,
+            transfer: TransferConfig::default(),
             system_root: None,
             dns: DnsConfig::default(),
             tls: TlsConfig::default(),
@@ -146,6 +165,27 @@ impl Default for RetryConfig {
     }
 }
 
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            connections: 8,
+            part_size_mib: 8,
+            parallel_min_size_mib: 16,
+        }
+    }
+}
+
+impl TransferConfig {
+    pub fn part_size(&self) -> u64 {
+        self.part_size_mib << 20
+    }
+
+    /// Whether an object of `size` bytes is worth fetching in parts.
+    pub fn goes_parallel(&self, size: u64) -> bool {
+        self.connections > 1 && size > self.part_size() && size >= self.parallel_min_size_mib << 20
+    }
+}
+
 impl Default for PruneConfig {
     fn default() -> Self {
         PruneConfig {
@@ -175,6 +215,8 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub max_concurrent_tasks: Option<usize>,
+    pub connections: Option<usize>,
+    pub bandwidth_limit_kib: Option<u64>,
 }
 
 /// Android keeps agent state under /data/local; elsewhere follow the XDG base directories.
@@ -229,6 +271,12 @@ impl Config {
         if let Some(v) = env("FERRY_LOG") {
             config.log_level = v;
         }
+        if let Some(v) = env("FERRY_CONNECTIONS") {
+            config.transfer.connections = parse_number("FERRY_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = env("FERRY_BANDWIDTH_LIMIT_KIB") {
+            config.bandwidth_limit_kib = parse_number("FERRY_BANDWIDTH_LIMIT_KIB", &v)?;
+        }
         if let Some(v) = &flags.state_dir {
             config.state_dir = v.clone();
         }
@@ -252,6 +300,12 @@ impl Config {
         }
         if let Some(v) = flags.max_concurrent_tasks {
             config.max_concurrent_tasks = v;
+        }
+        if let Some(v) = flags.connections {
+            config.transfer.connections = v;
+        }
+        if let Some(v) = flags.bandwidth_limit_kib {
+            config.bandwidth_limit_kib = v;
         }
         config.validate()?;
         Ok(config)
@@ -305,6 +359,12 @@ impl Config {
         if self.http.connect_timeout_secs == 0 || self.http.read_idle_timeout_secs == 0 {
             return bad("http timeouts must be at least 1 second".into());
         }
+        if !(1..=64).contains(&self.transfer.connections) {
+            return bad("transfer.connections must be between 1 and 64".into());
+        }
+        if !(1..=1024).contains(&self.transfer.part_size_mib) {
+            return bad("transfer.part_size_mib must be between 1 and 1024".into());
+        }
         Ok(())
     }
 
@@ -322,6 +382,16 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.state_dir.join("ferry.sock"))
     }
+}
+
+/// A whole number from the environment.
+fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T> {
+    value.trim().parse().map_err(|_| {
+        Error::new(
+            Code::InvalidConfig,
+            format!("{name}={value:?} is not a whole number"),
+        )
+    })
 }
 
 /// The file form of `listen`: the same words as the flag, `"off"` included.
@@ -385,6 +455,49 @@ mod tests {
         };
         let c = Config::load(Some(&file), &env, &flags).unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/c"));
+    }
+
+    #[test]
+    fn transfer_settings_and_the_bandwidth_cap() {
+        let c = Config::load(None, &no_env, &Overrides::default()).unwrap();
+        assert_eq!(c.transfer.connections, 8);
+        assert_eq!(c.transfer.part_size(), 8 << 20);
+        assert_eq!(c.bandwidth_limit_kib, 0);
+        assert!(!c.transfer.goes_parallel((16 << 20) - 1));
+        assert!(c.transfer.goes_parallel(16 << 20));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(
+            &file,
+            "bandwidth_limit_kib = 512\n[transfer]\nconnections = 4\npart_size_mib = 2\nparallel_min_size_mib = 0\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap();
+        assert_eq!(c.bandwidth_limit_kib, 512);
+        assert_eq!(c.transfer.connections, 4);
+        assert!(!c.transfer.goes_parallel(2 << 20), "one part is one stream");
+        assert!(c.transfer.goes_parallel((2 << 20) + 1));
+        let env = |k: &str| match k {
+            "FERRY_CONNECTIONS" => Some("2".to_string()),
+            "FERRY_BANDWIDTH_LIMIT_KIB" => Some("64".to_string()),
+            _ => None,
+        };
+        let flags = Overrides {
+            connections: Some(1),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), &env, &flags).unwrap();
+        assert_eq!((c.transfer.connections, c.bandwidth_limit_kib), (1, 64));
+        assert!(
+            !c.transfer.goes_parallel(1 << 30),
+            "one connection never splits"
+        );
+        let bad_env = |k: &str| (k == "FERRY_CONNECTIONS").then(|| "many".to_string());
+        let err = Config::load(None, &bad_env, &Overrides::default()).unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig);
+        std::fs::write(&file, "[transfer]\nconnections = 0\n").unwrap();
+        let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
+        assert!(err.message.contains("connections"), "{}", err.message);
     }
 
     #[test]

@@ -1,12 +1,21 @@
 //! Digests computed on their own thread, beside the writes: on two cores the network, the
 //! disk and sha256 then overlap instead of queueing behind each other (measured on 1 GiB over
-//! loopback: the writer thread doing both was the bottleneck).
+//! loopback: the writer thread doing both was the bottleneck). A single stream hands its
+//! chunks to [`Hasher`]; a parallel transfer's parts arrive out of order, so [`Follower`]
+//! reads the file back behind the contiguous written prefix instead.
 
+use crate::error::{Code, Error, Result};
 use bytes::Bytes;
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+/// Read-back buffer of a [`Follower`].
+const HASH_BUFFER: usize = 128 * 1024;
 
 /// Chunks waiting to be hashed; they are shared with the writer, so this costs no copies.
 const QUEUE_CHUNKS: usize = 4;
@@ -99,6 +108,99 @@ fn run(mut digests: Digests, rx: Receiver<Command>) -> Digests {
         }
     }
     digests
+}
+
+/// The hash thread: digests `[0, target)` of the file as `target` grows.
+pub struct Follower {
+    shared: Arc<(Mutex<Follow>, Condvar)>,
+    thread: Option<JoinHandle<std::io::Result<Digests>>>,
+    path: std::path::PathBuf,
+}
+
+#[derive(Default)]
+struct Follow {
+    target: u64,
+    /// No more growth: hash up to `target` and return.
+    closed: bool,
+    /// Stop at once; the digests will not be used.
+    aborted: bool,
+}
+
+impl Follower {
+    pub fn spawn(file: File, digests: Digests, path: std::path::PathBuf) -> std::io::Result<Self> {
+        let shared = Arc::new((Mutex::new(Follow::default()), Condvar::new()));
+        let in_thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferry-hash".into())
+            .spawn(move || follow(file, digests, &in_thread))?;
+        Ok(Follower {
+            shared,
+            thread: Some(thread),
+            path,
+        })
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Follow)) {
+        let (lock, wake) = &*self.shared;
+        change(&mut lock.lock().expect("hash follower lock"));
+        wake.notify_one();
+    }
+
+    /// Bytes `[0, target)` are written: hash them.
+    pub fn advance(&self, target: u64) {
+        self.update(|f| f.target = f.target.max(target));
+    }
+
+    /// Hashes up to the last target and returns the digests.
+    pub fn finish(&mut self) -> Result<Digests> {
+        self.update(|f| f.closed = true);
+        let thread = self.thread.take().expect("finished once");
+        match thread.join() {
+            Ok(Ok(digests)) => Ok(digests),
+            Ok(Err(e)) => Err(Error::io("reading back", &self.path, &e)),
+            Err(_) => Err(Error::new(Code::Internal, "the hash thread panicked")),
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.update(|f| f.aborted = true);
+            let _ = thread.join();
+        }
+    }
+}
+
+fn follow(
+    file: File,
+    mut digests: Digests,
+    shared: &(Mutex<Follow>, Condvar),
+) -> std::io::Result<Digests> {
+    let (lock, wake) = shared;
+    let mut buf = vec![0u8; HASH_BUFFER];
+    let mut hashed = 0u64;
+    loop {
+        let target = {
+            let mut f = lock.lock().expect("hash follower lock");
+            while f.target <= hashed && !f.closed && !f.aborted {
+                f = wake.wait(f).expect("hash follower lock");
+            }
+            if f.aborted || (f.closed && f.target <= hashed) {
+                return Ok(digests);
+            }
+            f.target
+        };
+        while hashed < target {
+            let n = buf.len().min((target - hashed) as usize);
+            file.read_exact_at(&mut buf[..n], hashed)?;
+            digests.update(&buf[..n]);
+            hashed += n as u64;
+            if lock.lock().expect("hash follower lock").aborted {
+                return Ok(digests);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

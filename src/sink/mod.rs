@@ -9,7 +9,10 @@ use crate::error::{Code, Error, Result};
 use crate::paths::{Dir, Entry};
 use bytes::Bytes;
 mod hasher;
+mod parts;
 mod writeback;
+
+pub use parts::{Layout, PartSink};
 
 use hasher::{Digests, Hasher};
 use std::fs::File;
@@ -249,40 +252,7 @@ impl Writer {
 
     fn reserve(&mut self, total: u64) -> Result<()> {
         let needed = total.saturating_sub(self.len);
-        let free = self.dir.free_bytes()?;
-        if needed > free {
-            return Err(Error::new(
-                Code::StorageDiskFull,
-                format!(
-                    "{} needs {} more bytes but only {} are free on its filesystem; free some space and retry",
-                    self.dir.device_path(),
-                    needed,
-                    free
-                ),
-            ));
-        }
-        if needed == 0 {
-            return Ok(());
-        }
-        // KEEP_SIZE: blocks are reserved but the length still says how much was written,
-        // which is what resume relies on.
-        match nix::fcntl::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(&self.file),
-            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            self.len as i64,
-            needed as i64,
-        ) {
-            Ok(()) => Ok(()),
-            Err(nix::errno::Errno::ENOSPC) | Err(nix::errno::Errno::EDQUOT) => Err(Error::new(
-                Code::StorageDiskFull,
-                format!(
-                    "cannot reserve {needed} bytes in {}: no space left on the device",
-                    self.dir.device_path()
-                ),
-            )),
-            // FUSE (Android's /sdcard) and some filesystems cannot preallocate: not an error.
-            Err(_) => Ok(()),
-        }
+        reserve(&self.dir, &self.file, self.len, needed, needed)
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -302,6 +272,45 @@ impl Writer {
             sha256,
             md5,
         })
+    }
+}
+
+/// Checks that `needed` more bytes fit in `dir`'s filesystem and preallocates `len` bytes
+/// from `offset` when the filesystem can (ranges already allocated cost nothing).
+fn reserve(dir: &Dir, file: &File, offset: u64, len: u64, needed: u64) -> Result<()> {
+    let free = dir.free_bytes()?;
+    if needed > free {
+        return Err(Error::new(
+            Code::StorageDiskFull,
+            format!(
+                "{} needs {} more bytes but only {} are free on its filesystem; free some space and retry",
+                dir.device_path(),
+                needed,
+                free
+            ),
+        ));
+    }
+    if needed == 0 || len == 0 {
+        return Ok(());
+    }
+    // KEEP_SIZE: blocks are reserved but the length still says how much was written,
+    // which is what resume relies on.
+    match nix::fcntl::fallocate(
+        std::os::fd::AsRawFd::as_raw_fd(file),
+        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset as i64,
+        len as i64,
+    ) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::ENOSPC) | Err(nix::errno::Errno::EDQUOT) => Err(Error::new(
+            Code::StorageDiskFull,
+            format!(
+                "cannot reserve {needed} bytes in {}: no space left on the device",
+                dir.device_path()
+            ),
+        )),
+        // FUSE (Android's /sdcard) and some filesystems cannot preallocate: not an error.
+        Err(_) => Ok(()),
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! Resume asks for `Range: bytes=N-` guarded by `If-Range` (a strong ETag, else
 //! Last-Modified), so a changed object comes back whole (200) instead of as a spliced range.
+//! A bounded read (`GetOptions::end`, one part of a parallel transfer) asks for
+//! `Range: bytes=N-(END-1)`, with the same `If-Range` when it states a version.
 
 use super::retry::parse_retry_after;
 use super::{Body, BoxFuture, GetOptions, GetResult, ObjectMeta, Source, SourceError, Validators};
@@ -43,7 +45,15 @@ impl HttpSource {
             .expect
             .as_ref()
             .and_then(|v| v.etag.clone().or_else(|| v.last_modified.clone()));
-        if options.offset > 0 {
+        if let Some(end) = options.end {
+            // A bounded range (one part of a parallel transfer, or the first request that
+            // finds out whether the server can do ranges at all).
+            let last = end.saturating_sub(1).max(options.offset);
+            request = request.header(RANGE, format!("bytes={}-{last}", options.offset));
+            if let Some(validator) = &if_range {
+                request = request.header(IF_RANGE, validator);
+            }
+        } else if options.offset > 0 {
             // Without a validator a range cannot be proven to belong to the same version.
             if let Some(validator) = &if_range {
                 request = request
@@ -66,7 +76,7 @@ impl HttpSource {
                 size = header_u64(headers, CONTENT_LENGTH.as_str());
             }
             StatusCode::PARTIAL_CONTENT => {
-                let (start, total) = parse_content_range(headers).ok_or_else(|| {
+                let (start, end, total) = parse_content_range(headers).ok_or_else(|| {
                     SourceError::transient(
                         Code::SourceHttp5xx,
                         format!(
@@ -75,6 +85,18 @@ impl HttpSource {
                         ),
                     )
                 })?;
+                let length = header_u64(headers, CONTENT_LENGTH.as_str());
+                if length.is_some_and(|l| Some(l) != (end + 1).checked_sub(start)) {
+                    // The framing and the range disagree: neither can be trusted.
+                    return Err(SourceError::transient(
+                        Code::IntegritySizeMismatch,
+                        format!(
+                            "{} answered bytes {start}-{end} with a Content-Length of {}",
+                            self.shown_url(),
+                            length.unwrap_or_default()
+                        ),
+                    ));
+                }
                 offset = start;
                 size = total;
             }
@@ -168,17 +190,21 @@ fn validators(headers: &HeaderMap) -> Validators {
     }
 }
 
-/// `bytes START-END/TOTAL` → (START, TOTAL if known).
-fn parse_content_range(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
+/// `bytes START-END/TOTAL` → (START, END, TOTAL if known); END is inclusive.
+fn parse_content_range(headers: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
     let value = header_str(headers, CONTENT_RANGE.as_str())?.trim();
     let rest = value.strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
-    let (start, _end) = range.split_once('-')?;
+    let (start, end) = range.split_once('-')?;
     let total = match total.trim() {
         "*" => None,
         t => Some(t.parse().ok()?),
     };
-    Some((start.trim().parse().ok()?, total))
+    let (start, end) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+    if end < start || total.is_some_and(|t| end >= t) {
+        return None;
+    }
+    Some((start, end, total))
 }
 
 fn status_error(status: StatusCode, headers: &HeaderMap, url: &str) -> SourceError {
@@ -306,10 +332,14 @@ mod tests {
             CONTENT_RANGE,
             HeaderValue::from_static("bytes 100-199/1000"),
         );
-        assert_eq!(parse_content_range(&h), Some((100, Some(1000))));
+        assert_eq!(parse_content_range(&h), Some((100, 199, Some(1000))));
         h.insert(CONTENT_RANGE, HeaderValue::from_static("bytes 5-9/*"));
-        assert_eq!(parse_content_range(&h), Some((5, None)));
+        assert_eq!(parse_content_range(&h), Some((5, 9, None)));
         h.insert(CONTENT_RANGE, HeaderValue::from_static("bytes */1000"));
+        assert_eq!(parse_content_range(&h), None);
+        h.insert(CONTENT_RANGE, HeaderValue::from_static("bytes 10-5/1000"));
+        assert_eq!(parse_content_range(&h), None);
+        h.insert(CONTENT_RANGE, HeaderValue::from_static("bytes 0-1000/1000"));
         assert_eq!(parse_content_range(&h), None);
     }
 

@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod limit;
 pub mod net;
 pub mod oss;
 pub mod retry;
@@ -55,11 +56,14 @@ pub struct ObjectMeta {
     pub ranges: bool,
 }
 
-/// What to read: bytes from `offset` on, of the version `expect` when resuming.
+/// What to read: bytes from `offset` on (up to `end` when set), of the version `expect` when
+/// resuming.
 #[derive(Clone, Debug, Default)]
 pub struct GetOptions {
     pub offset: u64,
-    /// Exclusive end of the wanted range; `None` reads to the end of the object.
+    /// Exclusive end of the wanted range; `None` reads to the end of the object. A parallel
+    /// transfer asks for one part per request; a source may still send more (the engine stops
+    /// reading at `end`) or answer with the whole object (200), which the engine detects.
     pub end: Option<u64>,
     pub expect: Option<Validators>,
 }
@@ -71,6 +75,7 @@ pub trait Body: Send {
 }
 
 pub struct GetResult {
+    /// `meta.size` is the size of the whole object, even for a range.
     pub meta: ObjectMeta,
     /// Where the body starts in the object; 0 when the source sent the whole object.
     pub offset: u64,

@@ -4,9 +4,11 @@
 //! because the tests need responses a correct server cannot produce: bodies
 //! shorter than their Content-Length, TCP resets mid-body, lying headers,
 //! servers that ignore `Range` or `If-Range`. It serves in-memory
-//! [`Resource`]s (GET and HEAD only), queues one-shot [`Fault`]s per path,
-//! throttles bodies per path and records every request so tests can assert
-//! what the client sent. It binds `127.0.0.1:0` only and stops when dropped.
+//! [`Resource`]s (GET and HEAD only), queues one-shot [`Fault`]s per path (or
+//! per path and range start, for parallel ranged clients), throttles bodies
+//! per path, records every request and the peak number of responses in flight
+//! per path, so tests can assert what the client sent and how concurrently.
+//! It binds `127.0.0.1:0` only and stops when dropped.
 
 // Each test binary uses a different subset of this helper.
 #![allow(dead_code)]
@@ -123,6 +125,19 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// `Range: bytes=FIRST-[LAST]` as (FIRST, LAST); `None` without a single range.
+    pub fn range(&self) -> Option<(u64, Option<u64>)> {
+        let spec = self.header("range")?.strip_prefix("bytes=")?;
+        let (first, last) = spec.split_once('-')?;
+        let last = match last.trim() {
+            "" => None,
+            l => Some(l.parse().ok()?),
+        };
+        Some((first.trim().parse().ok()?, last))
+    }
+}
+
+impl Recorded {
     /// First value of a header, matched case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
         let (_, value) = self
@@ -146,8 +161,13 @@ enum Route {
 struct State {
     routes: HashMap<String, Route>,
     faults: HashMap<String, VecDeque<Fault>>,
+    /// Faults for the next GET of a path whose `Range` starts at a given byte.
+    range_faults: HashMap<(String, u64), VecDeque<Fault>>,
     rates: HashMap<String, u64>,
     log: Vec<Recorded>,
+    /// Responses being sent now, and the most ever at once, per path.
+    in_flight: HashMap<String, usize>,
+    max_in_flight: HashMap<String, usize>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -263,6 +283,20 @@ impl TestServer {
             .entry(path.into())
             .or_default()
             .push_back(fault);
+    }
+
+    /// Queues a fault for the next GET of `path` whose `Range` starts at byte
+    /// `first` (one part of a parallel download); it wins over `push_fault`.
+    pub fn push_range_fault(&self, path: &str, first: u64, fault: Fault) {
+        let mut state = lock(&self.state);
+        let key = (path.to_owned(), first);
+        state.range_faults.entry(key).or_default().push_back(fault);
+    }
+
+    /// The most responses for `path` that were being sent at the same time.
+    pub fn max_in_flight(&self, path: &str) -> usize {
+        let state = lock(&self.state);
+        state.max_in_flight.get(path).copied().unwrap_or(0)
     }
 
     /// Throttles every body sent for `path` to about this many bytes per
@@ -446,15 +480,52 @@ impl Plan {
 async fn respond(stream: &mut TcpStream, state: &Shared, req: Recorded, close: bool) -> Io<After> {
     // We never read request bodies, so after a 405 the connection must go.
     let allowed = matches!(req.method.as_str(), "GET" | "HEAD");
+    let busy = Busy::enter(state, route_path(&req.path));
     let plan = plan(&mut lock(state), req, allowed);
-    send(stream, plan, close || !allowed).await
+    let after = send(stream, plan, close || !allowed).await;
+    drop(busy);
+    after
+}
+
+/// Counts one response in flight for its path while it lives.
+struct Busy {
+    state: Shared,
+    path: String,
+}
+
+impl Busy {
+    fn enter(state: &Shared, path: &str) -> Busy {
+        let mut s = lock(state);
+        let now = {
+            let n = s.in_flight.entry(path.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        let max = s.max_in_flight.entry(path.to_owned()).or_default();
+        *max = (*max).max(now);
+        let (state, path) = (state.clone(), path.to_owned());
+        Busy { state, path }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.state).in_flight.get_mut(&self.path) {
+            *n -= 1;
+        }
+    }
 }
 
 /// Records the request and decides the response, consuming a queued fault.
 fn plan(state: &mut State, req: Recorded, allowed: bool) -> Plan {
     let path = route_path(&req.path).to_owned();
+    let first = req.range().map(|(first, _)| first);
+    let range_fault = first.and_then(|first| {
+        let queue = state.range_faults.get_mut(&(path.clone(), first));
+        queue.and_then(VecDeque::pop_front)
+    });
     let fault = match req.method.as_str() {
-        "GET" => state.faults.get_mut(&path).and_then(VecDeque::pop_front),
+        "GET" => range_fault.or_else(|| state.faults.get_mut(&path).and_then(VecDeque::pop_front)),
         _ => None,
     };
     let mut plan = match (fault, state.routes.get(&path)) {

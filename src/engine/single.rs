@@ -1,0 +1,235 @@
+//! The single stream: one body from the first missing byte to the end, as for small objects,
+//! servers without ranges or validators, and transfers that started that way. A failure
+//! resumes with a range of the same version (If-Range); anything else starts over.
+
+use super::{
+    cancelled, count_restart, trusted_len, wait_before_retry, Ctx, Ended, First, Observer,
+};
+use crate::error::{Code, Error, Result};
+use crate::sink::{self, Sink};
+use crate::source::retry::Backoff;
+use crate::source::{GetOptions, Source, SourceError, Validators};
+use crate::task::ResumeState;
+
+/// One stream from `have` to the end, resuming (same version only) after failures.
+pub(super) async fn run<O: Observer>(
+    ctx: &Ctx<'_, O>,
+    resume: Option<ResumeState>,
+    mut first: Option<First>,
+    restarts: &mut u32,
+) -> Result<Ended> {
+    let (job, config, observer, cancel) = (ctx.job, ctx.config, ctx.observer, ctx.cancel);
+    let trusted = resume.as_ref().map(|r| trusted_len(r, &ctx.boot));
+    let (sink, mut have) = Sink::open(
+        job.dir.clone(),
+        job.staging.clone(),
+        trusted,
+        job.md5.is_some(),
+    )
+    .await?;
+    let mut expect: Option<Validators> = None;
+    let mut total = None;
+    if let Some(r) = resume.as_ref().filter(|_| have > 0) {
+        expect = Some(Validators {
+            etag: r.etag.clone(),
+            last_modified: r.last_modified.clone(),
+        });
+        total = r.total;
+    }
+    let mut state = ResumeState {
+        staging_name: job.staging.clone(),
+        boot_id: ctx.boot.clone(),
+        ..ResumeState::default()
+    };
+    let mut backoff = Backoff::new(&config.retry);
+    let idle = config.http.read_idle_timeout();
+    observer.progress(have, total);
+
+    // Loop until the body has delivered every byte (or the staging file already holds them).
+    while total != Some(have) || expect.is_none() {
+        let (response, bounded) = match first.take() {
+            Some(f) => (Ok(f.result), Some(f.end)),
+            None => {
+                let options = GetOptions {
+                    offset: have,
+                    end: None,
+                    expect: expect.clone(),
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(stop(&sink).await),
+                    r = job.source.get(options) => (r, None),
+                }
+            }
+        };
+        let mut result = match response {
+            Ok(r) => r,
+            Err(e) if e.code == Code::SourceRangeNotSatisfiable && have > 0 => {
+                if expect.as_ref().is_some_and(|v| !v.is_empty()) {
+                    // Same version (If-Range held) yet no byte past `have`: the length the
+                    // source announced was wrong.
+                    return Err(Error::new(
+                        Code::IntegritySizeMismatch,
+                        format!(
+                            "{} announced {} bytes but has no data past byte {have}: its Content-Length disagrees with its data",
+                            job.source.describe(),
+                            total.map_or("more".to_string(), |t| t.to_string())
+                        ),
+                    ));
+                }
+                restart(
+                    &sink,
+                    &mut have,
+                    &mut expect,
+                    &mut total,
+                    restarts,
+                    &*job.source,
+                )
+                .await?;
+                continue;
+            }
+            Err(e) => {
+                if !wait_before_retry(e, &mut backoff, observer, cancel).await? {
+                    return Err(stop(&sink).await);
+                }
+                continue;
+            }
+        };
+        let same_version = expect
+            .as_ref()
+            .is_none_or(|v| v.matches(&result.meta.validators) && result.meta.size == total);
+        if have > 0 && (result.offset != have || !same_version) {
+            // Never splice two versions: start over, reusing this body if it is the whole object.
+            restart(
+                &sink,
+                &mut have,
+                &mut expect,
+                &mut total,
+                restarts,
+                &*job.source,
+            )
+            .await?;
+            if result.offset != 0 {
+                continue;
+            }
+        }
+        // A bounded range that was answered as one (206) may end before the object does.
+        let range_end = bounded.filter(|_| result.meta.ranges);
+        if expect.is_none() {
+            expect = Some(result.meta.validators.clone());
+            total = result.meta.size;
+            if let Some(t) = total {
+                sink.reserve(t).await?;
+            }
+            state.etag = result.meta.validators.etag.clone();
+            state.last_modified = result.meta.validators.last_modified.clone();
+            state.total = total;
+            state.durable_bytes = have;
+            observer.checkpoint(state.clone()).await;
+        }
+        let mut since_checkpoint = 0u64;
+        // `None`: the requested range is complete, ask for the rest without waiting.
+        let failure = loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return Err(stop(&sink).await),
+                r = tokio::time::timeout(idle, result.body.next_chunk()) => r,
+            };
+            match next {
+                Err(_) => {
+                    break Some(SourceError::transient(
+                        Code::NetworkTimeout,
+                        format!(
+                            "{} sent no data for {} s",
+                            job.source.describe(),
+                            idle.as_secs()
+                        ),
+                    ))
+                }
+                Ok(Err(e)) => break Some(e),
+                Ok(Ok(None)) => {
+                    if total.is_none() && range_end.is_none() {
+                        // No length announced: the end of the body is the end of the object.
+                        total = Some(have);
+                    }
+                    if total == Some(have) || range_end == Some(have) {
+                        break None;
+                    }
+                    break Some(SourceError::transient(
+                        Code::IntegritySizeMismatch,
+                        format!(
+                            "{} ended the body after {have} of {} bytes",
+                            job.source.describe(),
+                            total.unwrap_or_default()
+                        ),
+                    ));
+                }
+                Ok(Ok(Some(chunk))) => {
+                    let n = chunk.len() as u64;
+                    if total.is_some_and(|t| have + n > t) {
+                        sink::discard(&job.dir, &job.staging).ok();
+                        return Err(Error::new(
+                            Code::IntegritySizeMismatch,
+                            format!(
+                                "{} sent more than the {} bytes it announced",
+                                job.source.describe(),
+                                total.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    sink.write(chunk).await?;
+                    have += n;
+                    since_checkpoint += n;
+                    backoff.progressed();
+                    observer.progress(have, total);
+                    if since_checkpoint >= config.checkpoint_bytes {
+                        since_checkpoint = 0;
+                        state.durable_bytes = sink.sync().await?;
+                        observer.checkpoint(state.clone()).await;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(stop(&sink).await),
+                        _ = job.bandwidth.take(n) => {}
+                    }
+                }
+            }
+        };
+        let Some(failure) = failure else { continue };
+        if total == Some(have) {
+            break;
+        }
+        if !wait_before_retry(failure, &mut backoff, observer, cancel).await? {
+            return Err(stop(&sink).await);
+        }
+    }
+
+    let written = sink.finish().await?;
+    Ok(Ended {
+        written: Some(written),
+        retries: backoff.retries(),
+    })
+}
+
+/// Cancellation: make what was written durable (a shutdown resumes from it) and say so.
+async fn stop(sink: &Sink) -> Error {
+    let _ = sink.sync().await;
+    cancelled()
+}
+
+async fn restart(
+    sink: &Sink,
+    have: &mut u64,
+    expect: &mut Option<Validators>,
+    total: &mut Option<u64>,
+    restarts: &mut u32,
+    source: &dyn Source,
+) -> Result<()> {
+    // A source without validators cannot resume at all; only a proven change counts.
+    if expect.as_ref().is_some_and(|v| !v.is_empty()) {
+        count_restart(restarts, source)?;
+    }
+    tracing::info!(source = %source.describe(), "source changed or ignored the range: starting over");
+    sink.truncate().await?;
+    *have = 0;
+    *expect = None;
+    *total = None;
+    Ok(())
+}
