@@ -467,11 +467,13 @@ fn oss_large_object_streams_with_flat_memory() {
     t.add_hosts(&s3.hostnames(&[BUCKET]));
     let large = s3.put_large_object(BUCKET, "send/large.bin", 256, 0x5eed);
     let d = t.daemon(&[]);
+    let sampler = d.sample_anon_kib();
     let view = d.run_task(
         &oss("t-large", &s3, BUCKET, "send/large.bin", "/sdcard/Download"),
         Duration::from_secs(600),
     );
     assert_success(&view);
+    let anon_kib = sampler.finish();
     let hwm_kib = d.vm_hwm_kib();
     let landed = t.host("/sdcard/Download/large.bin");
     assert_eq!(
@@ -488,9 +490,13 @@ fn oss_large_object_streams_with_flat_memory() {
         large.sha256,
         "the bytes on disk differ from the object"
     );
-    eprintln!("daemon VmHWM after 256 MiB: {} KiB", hwm_kib);
+    eprintln!("daemon after 256 MiB: peak anonymous memory {anon_kib} KiB, VmHWM {hwm_kib} KiB");
+    // What ferry allocates must stay flat whatever the size: 8 connections, 1 MiB in flight,
+    // hyper's read buffers. VmHWM also counts the binary's mapped pages (a debug build maps
+    // far more than the shipped one), so the bound is on anonymous memory; scripts/bench.sh
+    // measures the whole RSS of a release build against the 16 MiB target.
     assert!(
-        hwm_kib <= 32 * 1024,
-        "daemon peak RSS {hwm_kib} KiB > 32 MiB for a 256 MiB object"
+        anon_kib > 0 && anon_kib <= 16 * 1024,
+        "daemon peak anonymous memory {anon_kib} KiB > 16 MiB for a 256 MiB object"
     );
 }

@@ -148,6 +148,34 @@ impl Daemon {
 
     /// The daemon's peak resident set (`VmHWM` of /proc/PID/status) in KiB. Meaningful for
     /// a native binary only: under emulation the process is qemu (or unshare).
+    /// Samples the daemon's anonymous memory (heap, stacks: what ferry allocates, unlike the
+    /// binary's mapped pages, which VmHWM also counts) every 10 ms until the sampler is
+    /// finished; `finish` returns the peak in KiB.
+    pub fn sample_anon_kib(&self) -> AnonSampler {
+        let pid = self.child.id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    break;
+                };
+                if let Some(kib) = status
+                    .lines()
+                    .find(|l| l.starts_with("RssAnon:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak = peak.max(kib);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        AnonSampler { stop, thread }
+    }
+
     pub fn vm_hwm_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("reading the daemon's /proc/PID/status");
@@ -290,5 +318,18 @@ impl Files {
 
     pub fn url(&self) -> String {
         self.server.url()
+    }
+}
+
+/// See [`Daemon::sample_anon_kib`].
+pub struct AnonSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl AnonSampler {
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the sampler thread")
     }
 }
