@@ -500,3 +500,80 @@ fn oss_large_object_streams_with_flat_memory() {
         "daemon peak anonymous memory {anon_kib} KiB > 16 MiB for a 256 MiB object"
     );
 }
+
+/// Credentials that stop working mid-transfer (an STS token rotated away: here the server is
+/// restarted with a new key pair, the old key is then unknown to it) fail the task with the
+/// credentials' code and keep the partial data; the same TaskId submitted again with the new
+/// credentials resumes from it instead of starting over.
+#[test]
+fn rotated_credentials_fail_keeping_partial_data_and_a_resubmit_resumes() {
+    let mut s3 = S3Server::start();
+    // Larger than what loopback's socket buffers hold, so a restarted server really cuts the
+    // transfer short instead of the client reading everything already sent.
+    let data = pattern(32 << 20, 7);
+    s3.put_object(BUCKET, "send/rotate.bin", &data);
+    let t = phone(&s3);
+    let flags = t.config("/data/local/ferry.toml", "bandwidth_limit_kib = 2048\n");
+    let d = t.daemon(&[&flags[0], &flags[1]]);
+    let payload = oss(
+        "t-rotate",
+        &s3,
+        BUCKET,
+        "send/rotate.bin",
+        "/sdcard/Download",
+    );
+    let (status, view) = d.submit(&payload);
+    assert_eq!(status, 201, "{view}");
+    let deadline = std::time::Instant::now() + t.timeout(Duration::from_secs(30));
+    while d.get("/v1/tasks/t-rotate").1["BytesDone"]
+        .as_u64()
+        .unwrap_or(0)
+        < 1 << 20
+    {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    const NEW_ID: &str = "FERRYTESTAKID0000002";
+    const NEW_SECRET: &str = "rotated/Secret0123456789abcdefghijklmnopq";
+    s3.restart_with_keys(NEW_ID, NEW_SECRET);
+    let failed = d.wait_phase("t-rotate", &["SUCCESS", "FAILED"], TASK_TIMEOUT);
+    assert_failed(&failed, "Source.InvalidAccessKeyId");
+    let done_before = failed["BytesDone"].as_u64().unwrap();
+    assert!(done_before >= 1 << 20, "{failed}");
+    let staging = t.host("/sdcard/Download/.ferry-t-rotate.part");
+    assert!(
+        staging.exists(),
+        "the partial data must be kept for a re-submit"
+    );
+    assert!(!t.host("/sdcard/Download/rotate.bin").exists());
+
+    // Full speed for the rest (SIGHUP reloads the config).
+    t.config("/data/local/ferry.toml", "bandwidth_limit_kib = 0\n");
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let mut fresh = payload.clone();
+    fresh["Credentials"] = json!({ "AccessKeyId": NEW_ID, "AccessKeySecret": NEW_SECRET });
+    let (status, view) = d.submit(&fresh);
+    assert_eq!(
+        status, 201,
+        "a failed task submitted again runs again: {view}"
+    );
+    let done = d.wait_phase("t-rotate", &["SUCCESS", "FAILED"], TASK_TIMEOUT);
+    assert_success(&done);
+    assert_eq!(
+        std::fs::read(t.host("/sdcard/Download/rotate.bin")).unwrap(),
+        data
+    );
+    let requests = s3.requests();
+    let gets = S3Server::object_gets(&requests, BUCKET, "send/rotate.bin");
+    let first = gets.first().expect("the resumed run read the object");
+    let range = first.header("range").unwrap_or_default().to_string();
+    let start: u64 = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split('-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        start > 0,
+        "the re-submit must resume from the kept data, not byte 0 (Range {range:?})"
+    );
+}

@@ -161,6 +161,36 @@ impl S3Server {
         panic!("s3s-fs ({}) did not start: {failures:#?}", bin.display());
     }
 
+    /// Restarts the server on the same port and data with another key pair: what a client
+    /// holding the old (now expired) credentials sees when its STS token is rotated away.
+    pub fn restart_with_keys(&mut self, key_id: &str, secret: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let bin = s3s_fs_bin();
+        for attempt in 0..50 {
+            // A fresh log: readiness is read from it (requests() then shows the new run only).
+            let log = self
+                .dir
+                .path()
+                .join(format!("s3s-fs-restart-{attempt}.log"));
+            let mut child = spawn_with_keys(&bin, &self.root, self.port, &log, key_id, secret);
+            match wait_ready(&mut child, &log) {
+                Ok(()) => {
+                    self.child = child;
+                    self.log = log;
+                    return;
+                }
+                // The old listener's port may linger for a moment.
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        panic!("s3s-fs did not restart on port {}", self.port);
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -384,16 +414,22 @@ fn assert_safe_key(key: &str) {
 }
 
 fn spawn(bin: &Path, root: &Path, port: u16, log: &Path) -> Child {
+    spawn_with_keys(bin, root, port, log, ACCESS_KEY_ID, ACCESS_KEY_SECRET)
+}
+
+fn spawn_with_keys(
+    bin: &Path,
+    root: &Path,
+    port: u16,
+    log: &Path,
+    key_id: &str,
+    secret: &str,
+) -> Child {
     let out = File::options().create(true).append(true).open(log).unwrap();
     let err = out.try_clone().unwrap();
     let mut cmd = Command::new(bin);
     cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--access-key",
-            ACCESS_KEY_ID,
-            "--secret-key",
-            ACCESS_KEY_SECRET,
-        ])
+        .args(["--access-key", key_id, "--secret-key", secret])
         // Virtual-hosted style under oss.test:PORT (the port is part of the Host header it
         // matches); 127.0.0.1:PORT as a second base domain keeps path style working there
         // (otherwise s3s-fs would take "127.0.0.1:PORT" for a bucket name).
