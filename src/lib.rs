@@ -5,6 +5,7 @@
 //! [`source`] into the [`sink`] (staging, verify, atomic rename), with [`paths`] guarding
 //! every write. [`daemon`] serves the local API, [`client`] and [`cli`] talk to it.
 
+pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod client;
