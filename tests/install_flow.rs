@@ -1,6 +1,7 @@
 //! The install step on its own (`ferry::install::install`), fed the file list a transfer
-//! returns: here the shape of an OSS folder send (several landed files), which the daemon
-//! tests cannot reach without an S3 server. Real APK fixtures, the busybox `pm` stand-in.
+//! returns, mostly the shape of an OSS folder send (several landed files): the refusals are
+//! cheaper to cover here than through S3 (`tests/android_install_oss.rs` drives the same
+//! path end to end). Real APK fixtures, the busybox `pm` stand-in.
 
 mod install_support;
 
