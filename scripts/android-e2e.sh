@@ -26,7 +26,16 @@
 #      zero (ferry refuses to splice without a validated 206); Range resume itself is
 #      covered on the host by tests/daemon_kill.rs.  If the transfer finishes before the
 #      kill lands (fast emulator), the test says so and asks for a larger E2E_BIG_MIB.
-#   A trap removes everything: daemon, files on the device and here, forward, reverse.
+#   7. AutoInstall with the real, signed fixtures of scripts/lib/apk-fixtures.sh (built here
+#      first, with Debian's aapt/apksigner/zipalign): fixture.apk (pm install -S on stdin;
+#      the package must then be listed by `pm list packages` at versionCode 7), split.apks
+#      (one session: `pm path` lists base.apk and split_config.fr.apk), split.xapk (its OBB
+#      must land in /sdcard/Android/obb/com.ferry.fixture.split/ with the right sha256), a
+#      downgrade (fixture-v8.apk, then fixture.apk: FAILED with
+#      Install.INSTALL_FAILED_VERSION_DOWNGRADE, the file kept), and a text file with
+#      AutoInstall (SUCCESS, Result.Install.ErrorCode Install.NotAnApk).
+#   A trap removes everything: daemon, files on the device and here, forward, reverse, and
+#   the fixture apps (pm uninstall com.ferry.fixture, com.ferry.fixture.split) with their OBB.
 #
 # Exit status: 0 all passed, 1 a check failed, 2 cannot run (no adb, no device, no binary).
 set -euo pipefail
@@ -40,6 +49,9 @@ DEV_STATE="$DEV_DIR/state"
 DEV_PORT=17070
 DEV_SMALL=/sdcard/Download/ferry-e2e.bin
 DEV_BIG=/sdcard/Download/ferry-e2e-big.bin
+DEV_APPS=/sdcard/Download/ferry-e2e-apps     # the AutoInstall fixtures land here
+FIXTURE_PACKAGES="com.ferry.fixture com.ferry.fixture.split"
+OBB_DIR=/sdcard/Android/obb/com.ferry.fixture.split
 
 log() { printf '==> %s\n' "$*" >&2; }
 cannot_run() {
@@ -70,6 +82,13 @@ done
 [[ -f "$FERRY_BIN" ]] ||
     cannot_run "no ferry binary at $FERRY_BIN; run scripts/build-android.sh or set FERRY_BIN"
 
+# The APK fixtures (cached under /var/tmp; apt installs the Android build tools when missing).
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/apk-fixtures.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apk-fixtures.sh"
+ensure_apk_fixtures || cannot_run "the APK fixtures could not be built (scripts/lib/apk-fixtures.sh)"
+
 # --- helpers
 WORK=$(mktemp -d)
 HTTP_PID=""
@@ -83,7 +102,11 @@ cleanup() {
     set +e
     if [[ -n "$(adb get-state 2>/dev/null)" ]]; then
         dev "if [ -f $DEV_STATE/daemon.pid ]; then kill -9 \$(cat $DEV_STATE/daemon.pid); fi" 2>/dev/null
-        dev "rm -rf $DEV_DIR $DEV_SMALL $DEV_BIG /sdcard/Download/.ferry-*.part" 2>/dev/null
+        dev "rm -rf $DEV_DIR $DEV_SMALL $DEV_BIG $DEV_APPS $OBB_DIR /sdcard/Download/.ferry-*.part" 2>/dev/null
+        local pkg
+        for pkg in $FIXTURE_PACKAGES; do
+            dev "pm uninstall $pkg" >/dev/null 2>&1
+        done
         [[ -n "$FWD_PORT" ]] && adb forward --remove "tcp:$FWD_PORT" 2>/dev/null
         [[ -n "$HTTP_PORT" ]] && adb reverse --remove "tcp:$HTTP_PORT" 2>/dev/null
     fi
@@ -122,10 +145,10 @@ start_daemon() {
     fail "daemon did not answer /healthz within 20 s (its log is above)"
 }
 
-# submit TASK_ID URL DEVICE_PATH: posts a DOWNLOAD_URL payload, expects 201.
+# submit TASK_ID URL DEVICE_PATH [AUTO_INSTALL]: posts a DOWNLOAD_URL payload, expects 201.
 submit() {
-    printf '{"TaskId":"%s","UploadType":"DOWNLOAD_URL","UploadUrl":"%s","SourceFilePath":"%s"}' \
-        "$1" "$2" "$3" >"$WORK/payload.json"
+    printf '{"TaskId":"%s","UploadType":"DOWNLOAD_URL","UploadUrl":"%s","SourceFilePath":"%s","AutoInstall":%s}' \
+        "$1" "$2" "$3" "${4:-false}" >"$WORK/payload.json"
     local out
     out=$(api POST /v1/tasks "$WORK/payload.json")
     [[ "${out##*$'\n'}" == 201 ]] || fail "submitting $1: expected 201, got: $out"
@@ -148,6 +171,20 @@ wait_success() {
         case "$phase" in
             SUCCESS) printf '%s\n' "$body"; return 0 ;;
             FAILED | CANCELLED) fail "task $1 ended $phase: $(json ErrorCode <<<"$body") $(json ErrorMsg <<<"$body")" ;;
+        esac
+        sleep 0.5
+    done
+    fail "task $1 still $phase after 10 minutes"
+}
+
+# wait_end TASK_ID: polls until SUCCESS, FAILED or CANCELLED and prints the task.
+wait_end() {
+    local body phase=""
+    for _ in $(seq 1 1200); do
+        body=$(task "$1")
+        phase=$(json Phase <<<"$body")
+        case "$phase" in
+            SUCCESS | FAILED | CANCELLED) printf '%s\n' "$body"; return 0 ;;
         esac
         sleep 0.5
     done
@@ -237,5 +274,63 @@ fi
 start_daemon
 body=$(wait_success "e2e-big-$RUN")
 check_file "$DEV_BIG" "$WORK/www/big.bin" "$body"
+
+# --- 7. AutoInstall: real signed APKs through the device's own pm
+for f in fixture.apk fixture-v8.apk split.apks split.xapk obb.bin; do
+    cp "$FERRY_APK_FIXTURES/$f" "$WORK/www/$f"
+done
+printf 'release notes, not an app\n' >"$WORK/www/notes.txt"
+for pkg in $FIXTURE_PACKAGES; do
+    dev "pm uninstall $pkg" >/dev/null 2>&1 || true
+done
+
+log "test: AutoInstall of a single APK (pm install -S, streamed)"
+submit "e2e-apk-$RUN" "$BASE/fixture.apk" "$DEV_APPS/fixture.apk" true
+body=$(wait_success "e2e-apk-$RUN")
+[[ "$(json Result.Install.Package <<<"$body")" == com.ferry.fixture ]] ||
+    fail "install result does not name com.ferry.fixture: $body"
+[[ "$(json Result.Install.VersionCode <<<"$body")" == 7 ]] || fail "versionCode is not 7: $body"
+dev "pm list packages com.ferry.fixture" | tr -d '\r' | grep -qx 'package:com.ferry.fixture' ||
+    fail "pm does not list com.ferry.fixture after the install"
+dev "dumpsys package com.ferry.fixture" | grep -q 'versionCode=7' ||
+    fail "the installed com.ferry.fixture is not versionCode 7"
+log "ok: com.ferry.fixture 1.2.3 installed ($(json Result.Install.PmOutput <<<"$body"))"
+
+log "test: AutoInstall of a .apks bundle (one pm session)"
+submit "e2e-apks-$RUN" "$BASE/split.apks" "$DEV_APPS/split.apks" true
+body=$(wait_success "e2e-apks-$RUN")
+paths=$(dev "pm path com.ferry.fixture.split" | tr -d '\r')
+if ! grep -q 'base.apk$' <<<"$paths" || ! grep -q 'split_config.fr.apk$' <<<"$paths"; then
+    fail "pm path com.ferry.fixture.split does not show base and config.fr: $paths"
+fi
+log "ok: com.ferry.fixture.split installed with its config.fr split"
+
+log "test: AutoInstall of an .xapk with an OBB expansion file"
+submit "e2e-xapk-$RUN" "$BASE/split.xapk" "$DEV_APPS/split.xapk" true
+body=$(wait_success "e2e-xapk-$RUN")
+obb="$OBB_DIR/main.3.com.ferry.fixture.split.obb"
+[[ "$(json Result.Install.ObbFiles.0 <<<"$body")" == "$obb" ]] || fail "no OBB in the result: $body"
+[[ "$(adb exec-out sha256sum "$obb" | cut -d' ' -f1)" == "$(sha256sum "$WORK/www/obb.bin" | cut -d' ' -f1)" ]] ||
+    fail "$obb on the device differs from the bundle's OBB"
+log "ok: the OBB is in $OBB_DIR"
+
+log "test: a downgrade is pm's refusal, reported with its reason"
+submit "e2e-v8-$RUN" "$BASE/fixture-v8.apk" "$DEV_APPS/fixture-v8.apk" true
+wait_success "e2e-v8-$RUN" >/dev/null
+submit "e2e-down-$RUN" "$BASE/fixture.apk" "$DEV_APPS/fixture-again.apk" true
+body=$(wait_end "e2e-down-$RUN")
+[[ "$(json Phase <<<"$body")" == FAILED &&
+    "$(json ErrorCode <<<"$body")" == Install.INSTALL_FAILED_VERSION_DOWNGRADE ]] ||
+    fail "expected FAILED Install.INSTALL_FAILED_VERSION_DOWNGRADE, got: $body"
+[[ "$(dev "ls $DEV_APPS/fixture-again.apk >/dev/null 2>&1 && echo kept" | tr -d '\r')" == kept ]] ||
+    fail "the refused APK was not kept on the device"
+log "ok: $(json ErrorMsg <<<"$body")"
+
+log "test: AutoInstall of a file that is no APK"
+submit "e2e-notes-$RUN" "$BASE/notes.txt" "$DEV_APPS/notes.txt" true
+body=$(wait_success "e2e-notes-$RUN")
+[[ "$(json Result.Install.ErrorCode <<<"$body")" == Install.NotAnApk ]] ||
+    fail "expected Result.Install.ErrorCode Install.NotAnApk: $body"
+log "ok: transferred, Install.NotAnApk"
 
 log "PASS: android e2e on $(adb get-serialno)"

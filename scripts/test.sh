@@ -5,8 +5,9 @@
 #
 # Steps: cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test, then the
 # Android stage: scripts/build-android.sh (static aarch64 binary) and the end-to-end tests
-# (cli_api, daemon_kill, oss_*, android_*) run on that binary under qemu in an Android-like
-# chroot (FERRY_TEST_CHROOT=1, see tests/cli_support/target.rs).  The chroot needs root; without
+# (cli_api, daemon_kill, oss_*, android_*: android_install among them) run on that binary
+# under qemu in an Android-like chroot (FERRY_TEST_CHROOT=1, see tests/cli_support/target.rs).
+# The chroot needs root; without
 # it the e2e step is SKIPPED loudly.  FERRY_SKIP_ANDROID=1 skips the whole stage (a quick
 # local run); CI never sets it.
 # Every step runs even when an earlier one failed (one run shows every
@@ -25,6 +26,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=scripts/lib/android.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/android.sh"
+# shellcheck source=scripts/lib/apk-fixtures.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apk-fixtures.sh"
 
 cd "$FERRY_ROOT"
 
@@ -39,6 +42,10 @@ ensure_apt curl procps ca-certificates dnsmasq-base busybox-static
 # s3s-fs, the real S3 server of tests/oss_*.rs (built once into /var/tmp/ferry-tools);
 # exports FERRY_S3S_FS.  Without it those tests fail saying so, they never skip.
 ensure_s3s_fs || loud_warn "s3s-fs could not be installed: the OSS tests will FAIL"
+# Real, signed APKs and bundles for the AutoInstall tests (aapt, apksigner, zipalign,
+# framework-res, keytool; cached under /var/tmp); exports FERRY_APK_FIXTURES.  busybox-static
+# above also runs their `pm` stand-in.  Without them those tests fail saying so.
+ensure_apk_fixtures || loud_warn "APK fixtures could not be built: the AutoInstall tests will FAIL"
 
 # name -> result ("ok", "FAILED", "SKIPPED (why)"), in run order.
 STEP_NAMES=()

@@ -24,7 +24,12 @@ pub enum Code {
     InvalidFileMd5,
     InvalidAutoInstall,
     InvalidConfig,
+    /// Only in task records written before AutoInstall worked; kept so those still load.
     UnsupportedAutoInstall,
+    InstallInvalidApk,
+    InstallNotAnApk,
+    InstallTimeout,
+    InstallPmFailed,
     SourceNotFound,
     SourceAccessDenied,
     SourceHttp4xx,
@@ -78,6 +83,10 @@ impl Code {
         Code::InvalidAutoInstall,
         Code::InvalidConfig,
         Code::UnsupportedAutoInstall,
+        Code::InstallInvalidApk,
+        Code::InstallNotAnApk,
+        Code::InstallTimeout,
+        Code::InstallPmFailed,
         Code::SourceNotFound,
         Code::SourceAccessDenied,
         Code::SourceHttp4xx,
@@ -130,6 +139,10 @@ impl Code {
             Code::InvalidAutoInstall => "InvalidParameter.AutoInstall",
             Code::InvalidConfig => "InvalidConfig",
             Code::UnsupportedAutoInstall => "Unsupported.AutoInstall",
+            Code::InstallInvalidApk => "Install.InvalidApk",
+            Code::InstallNotAnApk => "Install.NotAnApk",
+            Code::InstallTimeout => "Install.Timeout",
+            Code::InstallPmFailed => "Install.PmFailed",
             Code::SourceNotFound => "Source.NotFound",
             Code::SourceAccessDenied => "Source.AccessDenied",
             Code::SourceHttp4xx => "Source.Http4xx",
@@ -213,6 +226,89 @@ impl<'de> Deserialize<'de> for Code {
     }
 }
 
+/// The `ErrorCode` of a task: one of the fixed [`Code`]s, or the reason pm gave for refusing
+/// an install (`Install.INSTALL_FAILED_VERSION_DOWNGRADE`). Android keeps adding `INSTALL_*`
+/// reasons, so they cannot all be variants; they are carried as text, checked to be
+/// `Install.` followed by `[A-Z0-9_]+`, so a control plane can still match on them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TaskCode {
+    Fixed(Code),
+    /// `Install.` + pm's reason, as one string (see [`TaskCode::pm_reason`]).
+    Pm(String),
+}
+
+/// Longest pm reason kept as a code; pm's own are under 50 characters.
+const MAX_PM_REASON: usize = 80;
+
+impl TaskCode {
+    /// `Install.REASON` for a reason pm printed (`INSTALL_FAILED_NO_MATCHING_ABIS`), or `None`
+    /// when the text is not of that shape (the caller then reports `Install.PmFailed`).
+    pub fn pm_reason(reason: &str) -> Option<TaskCode> {
+        let valid = !reason.is_empty()
+            && reason.len() <= MAX_PM_REASON
+            && reason.starts_with(|c: char| c.is_ascii_uppercase())
+            && reason
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        valid.then(|| TaskCode::Pm(format!("Install.{reason}")))
+    }
+
+    /// Reads a stored or received code; unknown text degrades to `Internal`, like [`Code`].
+    pub fn parse(s: &str) -> TaskCode {
+        if let Some(code) = Code::parse(s) {
+            return TaskCode::Fixed(code);
+        }
+        s.strip_prefix("Install.")
+            .and_then(TaskCode::pm_reason)
+            .unwrap_or(TaskCode::Fixed(Code::Internal))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            TaskCode::Fixed(code) => code.as_str(),
+            TaskCode::Pm(text) => text,
+        }
+    }
+
+    /// The fixed code, if this is one.
+    pub fn fixed(&self) -> Option<Code> {
+        match self {
+            TaskCode::Fixed(code) => Some(*code),
+            TaskCode::Pm(_) => None,
+        }
+    }
+}
+
+impl From<Code> for TaskCode {
+    fn from(code: Code) -> Self {
+        TaskCode::Fixed(code)
+    }
+}
+
+impl PartialEq<Code> for TaskCode {
+    fn eq(&self, other: &Code) -> bool {
+        self.fixed() == Some(*other)
+    }
+}
+
+impl fmt::Display for TaskCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TaskCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(TaskCode::parse(&String::deserialize(d)?))
+    }
+}
+
 /// A failure with its stable code and a message naming what failed and what to do.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -257,6 +353,30 @@ mod tests {
             assert!(seen.insert(code.as_str()), "duplicate {code}");
             assert_eq!(Code::parse(code.as_str()), Some(*code));
         }
+    }
+
+    #[test]
+    fn task_codes_carry_pm_reasons_and_read_old_records() {
+        let code = TaskCode::pm_reason("INSTALL_FAILED_VERSION_DOWNGRADE").unwrap();
+        assert_eq!(code.as_str(), "Install.INSTALL_FAILED_VERSION_DOWNGRADE");
+        let json = serde_json::to_string(&code).unwrap();
+        assert_eq!(serde_json::from_str::<TaskCode>(&json).unwrap(), code);
+        for bad in [
+            "",
+            "install_failed",
+            "INSTALL FAILED",
+            "INSTALL_FAILED:",
+            "1ABC",
+        ] {
+            assert_eq!(TaskCode::pm_reason(bad), None, "{bad:?}");
+        }
+        assert_eq!(TaskCode::pm_reason(&"A".repeat(81)), None);
+        // Records written before AutoInstall worked still read back as what they said.
+        let old: TaskCode = serde_json::from_str("\"Unsupported.AutoInstall\"").unwrap();
+        assert_eq!(old, Code::UnsupportedAutoInstall);
+        assert_eq!(TaskCode::parse("Install.Timeout"), Code::InstallTimeout);
+        assert_eq!(TaskCode::parse("Install.bad reason"), Code::Internal);
+        assert_eq!(TaskCode::parse("Nonsense.Code"), Code::Internal);
     }
 
     #[test]

@@ -130,7 +130,18 @@ mod tests {
             .unwrap();
         }
         let (_, records) = Journal::open(tmp.path()).unwrap();
-        assert_eq!(records.len(), 2);
+        assert_eq!(records.len(), 3);
+        // Written before AutoInstall worked: the install result reads back as it was.
+        let old = records
+            .iter()
+            .find(|r| r.task_id == "t-autoinstall")
+            .unwrap();
+        let install = old.result.as_ref().unwrap().install.as_ref().unwrap();
+        assert_eq!(
+            install.error_code,
+            Some(crate::error::Code::UnsupportedAutoInstall.into())
+        );
+        assert_eq!(install.package, None);
         assert!(records
             .iter()
             .any(|r| r.phase == Phase::Running && r.resume.is_some()));

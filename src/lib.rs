@@ -3,7 +3,7 @@
 //! The pipeline follows a SendFile task payload: [`payload`] (intake) → [`manager`] and
 //! [`task`] (queue, journal, status) → [`runner`] and [`engine`] (transfer) over a
 //! [`source`] into the [`sink`] (staging, verify, atomic rename), with [`paths`] guarding
-//! every write. [`daemon`] serves the local API, [`client`] and [`cli`] talk to it.
+//! every write; [`install`] runs AutoInstall after the transfer. [`daemon`] serves the local API, [`client`] and [`cli`] talk to it.
 
 pub mod alloc;
 pub mod api;
@@ -15,6 +15,7 @@ pub mod demo_server;
 pub mod engine;
 pub mod error;
 pub mod folder;
+pub mod install;
 pub mod journal;
 pub mod logcat;
 pub mod logging;

@@ -5,7 +5,8 @@
 
 use crate::config::Config;
 use crate::engine::Observer;
-use crate::error::{Code, Error, Result};
+use crate::error::{Code, Error, Result, TaskCode};
+use crate::install::{self, InstallLock};
 use crate::journal::Journal;
 use crate::payload::{self, TaskPayload, ValidTask};
 use crate::runner::{self, RunContext};
@@ -37,7 +38,7 @@ pub struct Metrics {
     pub tasks_by_phase: Vec<(Phase, u64)>,
     pub submitted_total: u64,
     pub bytes_total: u64,
-    pub failures_by_code: Vec<(Code, u64)>,
+    pub failures_by_code: Vec<(TaskCode, u64)>,
     pub retries_total: u64,
 }
 
@@ -62,6 +63,8 @@ struct Inner {
     submitted: AtomicU64,
     bytes: AtomicU64,
     retries: AtomicU64,
+    /// Taken around pm by every AutoInstall: one install at a time, transfers go on.
+    install_lock: InstallLock,
 }
 
 #[derive(Default)]
@@ -69,8 +72,9 @@ struct State {
     tasks: HashMap<String, Slot>,
     /// ClientToken → TaskId, for idempotent submits without a TaskId.
     tokens: HashMap<String, String>,
+    /// Tasks holding a transfer slot (INSTALLING ones have given theirs back).
     running: usize,
-    failures: HashMap<Code, u64>,
+    failures: HashMap<TaskCode, u64>,
 }
 
 struct Slot {
@@ -82,6 +86,8 @@ struct Running {
     cancel: CancellationToken,
     /// Set by `cancel`: the worker then discards the partial file instead of keeping it.
     by_user: bool,
+    /// Past the transfer: the task gave back its slot in `running` when it started installing.
+    installing: bool,
 }
 
 /// Runs blocking file I/O from sync code without stalling a multi-threaded runtime.
@@ -116,9 +122,12 @@ fn same_request(a: &TaskPayload, b: &TaskPayload) -> bool {
 impl Manager {
     pub async fn start(config: Config) -> Result<Manager> {
         let state_dir = config.state_dir.clone();
+        let for_cleanup = config.clone();
         let (journal, records) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&state_dir)
                 .map_err(|e| Error::io("creating state folder", &state_dir, &e))?;
+            // Unpacked bundles of installs a crash interrupted: they start over.
+            install::clean_stale(&for_cleanup);
             Journal::open(&state_dir)
         })
         .await
@@ -161,6 +170,7 @@ impl Manager {
             submitted: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            install_lock: InstallLock::new(()),
         });
         blocking(|| inner.prune());
         let scheduler = inner.clone();
@@ -256,9 +266,12 @@ impl Manager {
                 )
             })
             .collect();
-        let mut failures_by_code: Vec<(Code, u64)> =
-            state.failures.iter().map(|(c, n)| (*c, *n)).collect();
-        failures_by_code.sort_by_key(|(c, _)| c.as_str());
+        let mut failures_by_code: Vec<(TaskCode, u64)> = state
+            .failures
+            .iter()
+            .map(|(c, n)| (c.clone(), *n))
+            .collect();
+        failures_by_code.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         Metrics {
             tasks_by_phase,
             submitted_total: self.inner.submitted.load(Ordering::Relaxed),
@@ -448,6 +461,7 @@ impl Inner {
             slot.run = Some(Running {
                 cancel: cancel.clone(),
                 by_user: false,
+                installing: false,
             });
             slot.record.phase = Phase::Running;
             let now = unix_millis_now();
@@ -478,6 +492,7 @@ impl Inner {
         tracing::info!(task = %id, "transfer started");
         let config = self.config();
         let client = self.client.read().expect("client lock").clone();
+        let auto_install = record.payload.auto_install;
         let outcome = match payload::validate(record.payload.clone()) {
             Ok(task) => {
                 let ctx = RunContext {
@@ -485,7 +500,7 @@ impl Inner {
                     client,
                     task_id: &id,
                     resume: record.resume.clone(),
-                    cancel,
+                    cancel: cancel.clone(),
                     bandwidth: self.bandwidth.clone(),
                 };
                 let observer = TaskObserver {
@@ -496,6 +511,18 @@ impl Inner {
                 runner::run(ctx, &task, &observer).await
             }
             Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(mut result) if auto_install => {
+                self.start_installing(&id, &result).await;
+                install::install(&config, &id, &result.files, &self.install_lock, &cancel)
+                    .await
+                    .map(|installed| {
+                        result.install = Some(installed);
+                        result
+                    })
+            }
+            other => other,
         };
         let inner = self.clone();
         let owned = id.clone();
@@ -510,6 +537,29 @@ impl Inner {
         self.wake.notify_one();
     }
 
+    /// The transfer is done and AutoInstall begins: the task shows INSTALLING with its files,
+    /// and gives its transfer slot back so queued transfers start while it waits for pm.
+    async fn start_installing(self: &Arc<Self>, id: &str, landed: &TaskResult) {
+        {
+            let mut state = self.lock();
+            let Some(slot) = state.tasks.get_mut(id) else {
+                return;
+            };
+            let record = &mut slot.record;
+            record.phase = Phase::Installing;
+            record.bytes_done = landed.files.iter().map(|f| f.size).sum();
+            record.bytes_total = Some(record.bytes_done);
+            record.result = Some(landed.clone());
+            record.updated_ms = unix_millis_now();
+            if let Some(run) = slot.run.as_mut() {
+                run.installing = true;
+            }
+            state.running -= 1;
+        }
+        self.save(id).await;
+        self.wake.notify_one();
+    }
+
     /// Records a transfer's outcome. The journal lock is held from the phase change until the
     /// record is saved (and the partial data removed, when the outcome calls for it), so a
     /// re-submit of this TaskId waits for that and never races the cleanup or the write.
@@ -517,22 +567,35 @@ impl Inner {
         let journal = self.journal();
         let (record, discard) = {
             let mut state = self.lock();
-            state.running -= 1;
             let slot = state
                 .tasks
                 .get_mut(id)
                 .expect("running tasks stay in the map");
-            let by_user = slot.run.take().is_some_and(|r| r.by_user);
+            let run = slot.run.take();
+            let by_user = run.as_ref().is_some_and(|r| r.by_user);
+            let held_slot = !run.is_some_and(|r| r.installing);
             let record = &mut slot.record;
             let mut discard = false;
             let mut failure = None;
             match outcome {
                 Ok(result) => {
+                    // AutoInstall is part of the task: a refused install fails it (the file
+                    // stays in place and the result still lists it); NotAnApk does not.
+                    let refused = result
+                        .install
+                        .as_ref()
+                        .and_then(|i| i.failure().map(|code| (code.clone(), i.message.clone())));
                     record.phase = Phase::Success;
                     record.bytes_done = result.files.iter().map(|f| f.size).sum();
                     record.bytes_total = Some(record.bytes_done);
                     record.result = Some(result);
                     record.resume = None;
+                    if let Some((code, message)) = refused {
+                        record.phase = Phase::Failed;
+                        record.error_code = Some(code.clone());
+                        record.error_msg = Some(message);
+                        failure = Some(code);
+                    }
                     record.finish_now();
                 }
                 Err(e) if e.code == Code::Cancelled && !by_user => {
@@ -547,10 +610,13 @@ impl Inner {
                         record.resume = record.resume.take().and_then(ResumeState::landed_only);
                     }
                     record.fail(&e);
-                    failure = Some(e.code);
+                    failure = Some(e.code.into());
                 }
             }
             let record = record.clone();
+            if held_slot {
+                state.running -= 1;
+            }
             if let Some(code) = failure {
                 *state.failures.entry(code).or_default() += 1;
             }

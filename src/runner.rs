@@ -7,6 +7,7 @@ use crate::config::{Config, MediaScanMode};
 use crate::engine::{self, Job, Observer};
 use crate::error::{Code, Error, Result};
 use crate::folder::{self, FolderEntry};
+use crate::install::{self, InstallLock};
 use crate::media_scan;
 use crate::paths::{check_file_name, DevicePath, Dir, Entry, Roots};
 use crate::payload::{OssObject, Plan, ValidTask};
@@ -16,7 +17,7 @@ use crate::source::limit::Bandwidth;
 use crate::source::net;
 use crate::source::oss::{OssClient, OssEndpoint};
 use crate::source::{Source, SourceError};
-use crate::task::{DoneObject, FileResult, InstallResult, ResumeState, TaskResult};
+use crate::task::{DoneObject, FileResult, ResumeState, TaskResult};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -217,13 +218,11 @@ pub async fn run<O: Observer>(
             files.len()
         ));
     }
+    // AutoInstall runs after this, in the caller: it has its own phase and lock.
     Ok(TaskResult {
         files,
         notes,
-        install: task.payload.auto_install.then(|| InstallResult {
-            error_code: Some(Code::UnsupportedAutoInstall),
-            message: "AutoInstall was requested but this build of ferry does not install packages yet; the file was transferred and not installed".into(),
-        }),
+        install: None,
     })
 }
 
@@ -518,7 +517,8 @@ impl Observer for CallbackObserver {
 }
 
 /// `ferry fetch`: one payload in-process, no daemon and no journal; the staging file is
-/// removed when the run fails or is interrupted.
+/// removed when the run fails or is interrupted. AutoInstall runs as in the daemon; the
+/// caller judges `result.install` (see `TaskResult`).
 pub async fn fetch_once(
     config: &Config,
     task: ValidTask,
@@ -535,14 +535,21 @@ pub async fn fetch_once(
         client: net::build_client(config)?,
         task_id: &task_id,
         resume: None,
-        cancel,
+        cancel: cancel.clone(),
         bandwidth: Bandwidth::from_config(config),
     };
     let result = run(ctx, &task, &CallbackObserver(on_progress)).await;
     if result.is_err() {
         let _ = discard_partial(config, &task, &task_id);
     }
-    result
+    let mut result = result?;
+    if task.payload.auto_install {
+        // One install in this process: nothing to share the lock with.
+        let lock = InstallLock::new(());
+        let installed = install::install(config, &task_id, &result.files, &lock, &cancel).await?;
+        result.install = Some(installed);
+    }
+    Ok(result)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Status mirrors the cloud API's DescribeTasks (`TaskStatus` Processing/Finished/Failed) so a
 //! control plane can read it unchanged, with ferry's finer `Phase` beside it.
 
-use crate::error::{Code, Error};
+use crate::error::{Code, Error, TaskCode};
 use crate::payload::TaskPayload;
 use crate::timefmt::{rfc3339, unix_millis_now};
 use serde::{Deserialize, Serialize};
@@ -56,12 +56,40 @@ pub struct FileResult {
     pub sha256: String,
 }
 
-/// What the install step decided; set only when AutoInstall was requested.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the install step did; set only when AutoInstall was requested.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct InstallResult {
-    pub error_code: Option<Code>,
+    /// `None` when pm installed the package; else why not (`Install.*`).
+    pub error_code: Option<TaskCode>,
+    /// What happened, for a person: the package and version, or what to do about a failure.
     pub message: String,
+    /// From the APK's binary manifest, once it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_code: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_name: Option<String>,
+    /// The APKs given to pm, base first (`base.apk`, `split_config.fr.apk`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apks: Vec<String>,
+    /// XAPK expansion files placed under the OBB folder (device paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub obb_files: Vec<String>,
+    /// pm's own verdict line (`Success`, `Failure [INSTALL_FAILED_…: …]`, `Error: …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pm_output: Option<String>,
+}
+
+impl InstallResult {
+    /// The code that fails the task: every install error except `Install.NotAnApk`, which
+    /// only says there was nothing to install (the transfer itself succeeded).
+    pub fn failure(&self) -> Option<&TaskCode> {
+        self.error_code
+            .as_ref()
+            .filter(|c| **c != Code::InstallNotAnApk)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +176,7 @@ pub struct TaskRecord {
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
     #[serde(default)]
-    pub error_code: Option<Code>,
+    pub error_code: Option<TaskCode>,
     #[serde(default)]
     pub error_msg: Option<String>,
     #[serde(default)]
@@ -195,7 +223,7 @@ impl TaskRecord {
         } else {
             Phase::Failed
         };
-        self.error_code = Some(err.code);
+        self.error_code = Some(err.code.into());
         self.error_msg = Some(err.message.clone());
         self.finish_now();
     }
@@ -226,7 +254,7 @@ impl TaskRecord {
             progress: self.progress(),
             bytes_done: self.bytes_done,
             bytes_total: self.bytes_total,
-            error_code: self.error_code,
+            error_code: self.error_code.clone(),
             error_msg: self.error_msg.clone(),
             result: self.result.clone(),
             notes: self.notes.clone(),
@@ -250,7 +278,7 @@ pub struct TaskView {
     pub progress: u8,
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
-    pub error_code: Option<Code>,
+    pub error_code: Option<TaskCode>,
     pub error_msg: Option<String>,
     pub result: Option<TaskResult>,
     pub notes: Vec<String>,

@@ -139,7 +139,7 @@ async fn concurrency_is_bounded_and_cancel_removes_staging() {
     assert!(staging(&tmp, "t-1").exists());
     let view = m.cancel("t-1").await.unwrap();
     assert_eq!(view.phase, Phase::Cancelled);
-    assert_eq!(view.error_code, Some(Code::Cancelled));
+    assert_eq!(view.error_code, Some(Code::Cancelled.into()));
     assert!(
         !staging(&tmp, "t-1").exists(),
         "cancel removes staging data"
@@ -186,7 +186,7 @@ async fn shutdown_checkpoints_and_a_restart_resumes_from_the_partial_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oss_failures_name_the_endpoint_and_auto_install_is_reported() {
+async fn oss_failures_name_the_endpoint_and_a_bad_apk_fails_auto_install() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start().await;
     server.put("/app.apk", Resource::new(data(100)));
@@ -203,7 +203,11 @@ async fn oss_failures_name_the_endpoint_and_auto_install_is_reported() {
     });
     m.submit(oss.to_string().as_bytes()).unwrap();
     let view = wait_for(&m, "t-oss", |v| v.phase.is_finished()).await;
-    assert_eq!(view.error_code, Some(Code::NetworkConnect), "{view:?}");
+    assert_eq!(
+        view.error_code,
+        Some(Code::NetworkConnect.into()),
+        "{view:?}"
+    );
     assert_eq!(view.task_status, "Failed");
     let apk = serde_json::json!({
         "TaskId": "t-apk",
@@ -215,13 +219,20 @@ async fn oss_failures_name_the_endpoint_and_auto_install_is_reported() {
     });
     m.submit(apk.to_string().as_bytes()).unwrap();
     let view = wait_for(&m, "t-apk", |v| v.phase.is_finished()).await;
-    assert_eq!(view.phase, Phase::Success);
+    // Bytes named .apk that are no zip: AutoInstall fails the task before pm runs, and the
+    // file stays where it landed.
+    assert_eq!(view.phase, Phase::Failed, "{view:?}");
+    assert_eq!(view.error_code, Some(Code::InstallInvalidApk.into()));
     assert!(view
         .notes
         .iter()
         .any(|n| n.contains("TargetFileName has no effect")));
-    let install = view.result.unwrap().install.unwrap();
-    assert_eq!(install.error_code, Some(Code::UnsupportedAutoInstall));
+    let result = view.result.unwrap();
+    assert_eq!(result.files[0].size, 100);
+    let install = result.install.unwrap();
+    assert_eq!(install.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(install.message.contains("not a zip"), "{}", install.message);
+    assert!(tmp.path().join("dev/sdcard/Download/app.apk").is_file());
     m.shutdown().await;
 }
 
@@ -235,7 +246,7 @@ async fn failed_task_resubmitted_runs_again_and_finished_records_are_pruned() {
     m.submit(&payload("t-late", &server.url("/late.bin"), "late.bin"))
         .unwrap();
     let view = wait_for(&m, "t-late", |v| v.phase.is_finished()).await;
-    assert_eq!(view.error_code, Some(Code::SourceNotFound));
+    assert_eq!(view.error_code, Some(Code::SourceNotFound.into()));
     server.put("/late.bin", Resource::new(data(1000)));
     let again = m
         .submit(&payload("t-late", &server.url("/late.bin"), "late.bin"))

@@ -97,10 +97,16 @@ fn usage(e: &Error) -> u8 {
     EXIT_USAGE
 }
 
+/// Prints what landed; the exit status is a failure when AutoInstall was refused, as the
+/// daemon then marks the task FAILED.
 fn print_result(config: &Config, result: &TaskResult, json: bool) -> u8 {
+    let verdict = match result.install.as_ref().and_then(|i| i.failure()) {
+        Some(_) => EXIT_TASK_FAILED,
+        None => EXIT_OK,
+    };
     if json {
         return match print_json(result) {
-            Ok(()) => EXIT_OK,
+            Ok(()) => verdict,
             Err(e) => {
                 eprintln!("{}: {}", e.code, e.message);
                 EXIT_TASK_FAILED
@@ -125,9 +131,10 @@ fn print_result(config: &Config, result: &TaskResult, json: bool) -> u8 {
     if let Some(install) = &result.install {
         let code = install
             .error_code
+            .as_ref()
             .map(|c| c.to_string())
             .unwrap_or_else(|| "Success".into());
         println!("install: {code}: {}", install.message);
     }
-    EXIT_OK
+    verdict
 }

@@ -113,6 +113,7 @@ pub fn outcome(view: &TaskView) -> u8 {
     }
     let code = view
         .error_code
+        .as_ref()
         .map(|c| c.to_string())
         .unwrap_or_else(|| phase_name(view.phase).to_string());
     let msg = view.error_msg.as_deref().unwrap_or("no message");

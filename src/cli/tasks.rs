@@ -73,6 +73,7 @@ pub fn table(tasks: &[TaskView]) -> String {
             format!("{}%", t.progress),
             bytes_column(t),
             t.error_code
+                .as_ref()
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
             task_path(t),
@@ -111,6 +112,7 @@ pub fn result_lines(view: &TaskView) -> Vec<String> {
         if let Some(install) = &result.install {
             let code = install
                 .error_code
+                .as_ref()
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "installed".into());
             lines.push(format!("install: {code}: {}", install.message));
@@ -146,7 +148,7 @@ pub fn detail(v: &TaskView) -> String {
     if let Some(t) = &v.finish_time {
         field("Finished:", t.clone());
     }
-    if let Some(code) = v.error_code {
+    if let Some(code) = &v.error_code {
         field(
             "Error:",
             format!("{code}: {}", v.error_msg.as_deref().unwrap_or("")),
@@ -162,6 +164,7 @@ pub fn detail(v: &TaskView) -> String {
         if let Some(install) = &result.install {
             let code = install
                 .error_code
+                .as_ref()
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "Success".into());
             field("Install:", format!("{code}: {}", install.message));

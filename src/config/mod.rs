@@ -2,9 +2,11 @@
 //! file, then the environment, then command-line flags, and validated once.
 
 mod android;
+mod install;
 mod oss;
 
 pub use android::{DnsConfig, LogcatConfig, MediaScanConfig, MediaScanMode, RunAs, TlsConfig};
+pub use install::InstallConfig;
 pub use oss::OssConfig;
 
 use crate::error::{Code, Error, Result};
@@ -60,6 +62,7 @@ pub struct Config {
     pub logcat: LogcatConfig,
     pub media_scan: MediaScanConfig,
     pub oss: OssConfig,
+    pub install: InstallConfig,
     /// Identity to switch to once sockets are bound; unset keeps the starting user.
     pub run_as: Option<RunAs>,
 }
@@ -138,6 +141,7 @@ impl Default for Config {
             logcat: LogcatConfig::default(),
             media_scan: MediaScanConfig::default(),
             oss: OssConfig::default(),
+            install: InstallConfig::default(),
             run_as: None,
         }
     }
@@ -352,6 +356,9 @@ impl Config {
         }
         if self.oss.access_key_id.is_some() != self.oss.access_key_secret.is_some() {
             return bad("oss.access_key_id and oss.access_key_secret go together".into());
+        }
+        if let Some(problem) = self.install.problem() {
+            return bad(problem);
         }
         if self.http.max_redirects > 10 {
             return bad("http.max_redirects may be at most 10".into());

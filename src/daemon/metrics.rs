@@ -111,7 +111,7 @@ mod tests {
             tasks_by_phase: vec![(Phase::Running, 2), (Phase::Success, 5)],
             submitted_total: 7,
             bytes_total: 1024,
-            failures_by_code: vec![(Code::SourceNotFound, 1)],
+            failures_by_code: vec![(Code::SourceNotFound.into(), 1)],
             retries_total: 3,
         };
         let text = render(&m);

@@ -1,0 +1,73 @@
+//! Settings of the AutoInstall step: which `pm` to run, with what flags and time limit, and
+//! the limits that keep a hostile bundle from filling the phone.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstallConfig {
+    /// The package manager command: a name looked up on `PATH`, or an absolute device path
+    /// (`/system/bin/pm`, mapped under `system_root` like the other system commands).
+    pub pm_command: String,
+    /// Flags given to `pm install` and `pm install-create` before `-S SIZE`. `-r` (replace an
+    /// installed app) is the cloud API's CreateApp default; pm ignores it since Android 7,
+    /// where replacing is always allowed, and needs it before.
+    pub install_flags: Vec<String>,
+    /// One install (every pm command of it together) may take this long; then pm is killed
+    /// and the result is `Install.Timeout`. Large games take minutes to dexopt.
+    pub timeout_secs: u64,
+    /// A bundle (`.apks`, `.xapk`, zip of splits) may unpack to at most this many bytes in
+    /// the state folder, so a zip bomb cannot fill `/data`.
+    pub max_bundle_bytes: u64,
+    /// Most entries a bundle may hold (a zip of millions of empty entries is a bomb too).
+    pub max_bundle_entries: usize,
+    /// Where XAPK expansion files go: `OBB_ROOT/PACKAGE/main.N.PACKAGE.obb`. Must be inside
+    /// `allowed_roots`.
+    pub obb_root: String,
+}
+
+impl Default for InstallConfig {
+    fn default() -> Self {
+        InstallConfig {
+            pm_command: "pm".into(),
+            install_flags: vec!["-r".into()],
+            timeout_secs: 300,
+            max_bundle_bytes: 8 << 30,
+            max_bundle_entries: 10_000,
+            obb_root: "/sdcard/Android/obb".into(),
+        }
+    }
+}
+
+impl InstallConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    /// Why these settings cannot work, or `None`.
+    pub fn problem(&self) -> Option<String> {
+        if self.pm_command.trim().is_empty() {
+            return Some("install.pm_command is empty".into());
+        }
+        if self.timeout_secs == 0 {
+            return Some("install.timeout_secs must be at least 1".into());
+        }
+        if let Some(flag) = self
+            .install_flags
+            .iter()
+            .find(|f| f.trim().is_empty() || f.as_str() == "-S" || f.as_str() == "-")
+        {
+            return Some(format!(
+                "install.install_flags: {flag:?} cannot be given (-S SIZE and the stdin path are ferry's own)"
+            ));
+        }
+        if !self.obb_root.starts_with('/') || self.obb_root.split('/').any(|c| c == "..") {
+            return Some(format!(
+                "install.obb_root {:?} must be an absolute device path without ..",
+                self.obb_root
+            ));
+        }
+        None
+    }
+}

@@ -1,0 +1,65 @@
+//! XAPK expansion files: copied out of the bundle into `OBB_ROOT/PACKAGE/` (by default
+//! `/sdcard/Android/obb/PACKAGE/`, where the app looks for them) once pm has installed the
+//! app. Written like every other file ferry lands: through the path-safety layer (inside the
+//! allowed roots, no symlinks followed), to a hidden staging name, synced, renamed. Blocking.
+
+use super::bundle::{self, BundleError, Expansion};
+use crate::config::Config;
+use crate::error::{Code, Error, Result};
+use crate::paths::{DevicePath, Roots};
+use std::fs::File;
+
+/// Places every expansion file; returns their device paths.
+pub fn place(
+    config: &Config,
+    task_id: &str,
+    package: &str,
+    bundle: File,
+    expansions: &[Expansion],
+) -> Result<Vec<String>> {
+    let roots = Roots::new(config.device_root.clone(), &config.allowed_roots)?;
+    let root = DevicePath::parse(&config.install.obb_root).map_err(|why| {
+        Error::new(
+            Code::InvalidConfig,
+            format!("install.obb_root {}: {why}", config.install.obb_root),
+        )
+    })?;
+    let folder = root.join(package);
+    let dir = roots.open_dir(&folder, true)?;
+    let need: u64 = expansions.iter().map(|e| e.size).sum();
+    let free = dir.free_bytes()?;
+    if need > free {
+        return Err(Error::new(
+            Code::StorageDiskFull,
+            format!("the expansion files need {need} bytes in {folder}, which has {free} free"),
+        ));
+    }
+    let mut zip = zip::ZipArchive::new(bundle)
+        .map_err(|e| Error::new(Code::StorageIo, format!("re-reading the bundle: {e}")))?;
+    let staging = format!(".ferry-{task_id}.obb.part");
+    let mut placed = Vec::with_capacity(expansions.len());
+    for exp in expansions {
+        dir.remove(&staging)?;
+        let mut out = dir
+            .open_file(&staging, true)?
+            .expect("created when missing");
+        let copied = bundle::copy_entry(&mut zip, exp.index, &exp.entry, exp.size, &mut out);
+        let outcome = copied
+            .map_err(|e| match e {
+                BundleError::Local(e) => e,
+                other => Error::new(Code::InstallInvalidApk, other.to_string()),
+            })
+            .and_then(|_| {
+                out.sync_all()
+                    .map_err(|e| Error::io("syncing", &dir.host_path(&staging), &e))
+            });
+        if let Err(e) = outcome {
+            let _ = dir.remove(&staging);
+            return Err(e);
+        }
+        dir.rename(&staging, &exp.name)?;
+        dir.sync()?;
+        placed.push(folder.join(&exp.name).to_string());
+    }
+    Ok(placed)
+}

@@ -1,0 +1,152 @@
+//! The install step on its own (`ferry::install::install`), fed the file list a transfer
+//! returns, mostly the shape of an OSS folder send (several landed files): the refusals are
+//! cheaper to cover here than through S3 (`tests/android_install_oss.rs` drives the same
+//! path end to end). Real APK fixtures, the busybox `pm` stand-in.
+
+mod install_support;
+
+use ferry::config::Config;
+use ferry::error::Code;
+use ferry::install::{self, InstallLock};
+use ferry::task::FileResult;
+use install_support::{fixture, sha256_hex, PmStandIn};
+use tokio_util::sync::CancellationToken;
+
+struct Device {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    config: Config,
+    pm: PmStandIn,
+}
+
+impl Device {
+    fn new() -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sdcard/Download")).unwrap();
+        let pm = PmStandIn::install(&root, &|p| root.join(p.trim_start_matches('/')));
+        let mut config = Config {
+            state_dir: root.join("data/local/ferry"),
+            device_root: Some(root.clone()),
+            system_root: Some(root.clone()),
+            ..Config::default()
+        };
+        config.install.pm_command = "/system/bin/pm".into();
+        Device {
+            _dir: dir,
+            root,
+            config,
+            pm,
+        }
+    }
+
+    /// Puts a file where a transfer would have landed it; returns its result entry.
+    fn landed(&self, device_path: &str, body: &[u8]) -> FileResult {
+        let host = self.root.join(device_path.trim_start_matches('/'));
+        std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+        std::fs::write(host, body).unwrap();
+        FileResult {
+            path: device_path.into(),
+            size: body.len() as u64,
+            sha256: sha256_hex(body),
+        }
+    }
+
+    async fn install(&self, files: &[FileResult]) -> ferry::task::InstallResult {
+        let lock = InstallLock::new(());
+        install::install(&self.config, "t-1", files, &lock, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn an_oss_folder_of_splits_installs_as_one_session_base_first() {
+    let d = Device::new();
+    // Listing order puts the split first; the session must still start with the base.
+    let files = [
+        d.landed(
+            "/sdcard/Download/app/a-config.fr.apk",
+            &fixture("split-config.fr.apk"),
+        ),
+        d.landed(
+            "/sdcard/Download/app/b-base.apk",
+            &fixture("split-base.apk"),
+        ),
+        d.landed("/sdcard/Download/app/README.txt", b"notes"),
+    ];
+    let result = d.install(&files).await;
+    assert_eq!(result.error_code, None, "{result:?}");
+    assert_eq!(result.package.as_deref(), Some("com.ferry.fixture.split"));
+    assert_eq!(result.apks, ["base.apk", "split_config.fr.apk"]);
+    assert!(
+        result.message.contains("/sdcard/Download/app/README.txt"),
+        "{}",
+        result.message
+    );
+    let calls = d.pm.calls();
+    assert!(calls.starts_with("install-create -r -S 17072\n"), "{calls}");
+    assert_eq!(
+        d.pm.packages(),
+        "com.ferry.fixture.split 3 base.apk,split_config.fr.apk\n"
+    );
+}
+
+#[tokio::test]
+async fn a_folder_with_two_apps_or_only_splits_is_refused_before_pm() {
+    let d = Device::new();
+    let two_apps = [
+        d.landed("/sdcard/Download/x/one.apk", &fixture("fixture.apk")),
+        d.landed("/sdcard/Download/x/two.apk", &fixture("split-base.apk")),
+    ];
+    let result = d.install(&two_apps).await;
+    assert_eq!(result.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(result.message.contains("2 base APKs"), "{}", result.message);
+    let no_base = [
+        d.landed("/sdcard/Download/y/fr.apk", &fixture("split-config.fr.apk")),
+        d.landed("/sdcard/Download/y/notes.txt", b"x"),
+    ];
+    let result = d.install(&no_base).await;
+    assert_eq!(result.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(result.message.contains("no base APK"), "{}", result.message);
+    let none = [
+        d.landed("/sdcard/Download/z/a.txt", b"a"),
+        d.landed("/sdcard/Download/z/b.bin", b"b"),
+    ];
+    let result = d.install(&none).await;
+    assert_eq!(result.error_code, Some(Code::InstallNotAnApk.into()));
+    assert_eq!(d.pm.calls(), "");
+}
+
+#[tokio::test]
+async fn a_file_changed_after_its_transfer_is_not_installed() {
+    let d = Device::new();
+    let landed = d.landed("/sdcard/Download/app.apk", &fixture("fixture.apk"));
+    // Someone replaces the file between the transfer's verification and the install.
+    d.landed("/sdcard/Download/app.apk", &fixture("fixture-v8.apk"));
+    let result = d.install(&[landed]).await;
+    assert_eq!(result.error_code, Some(Code::IntegritySourceChanged.into()));
+    assert!(
+        result.message.contains("changed after it was verified"),
+        "{}",
+        result.message
+    );
+    assert_eq!(d.pm.calls(), "");
+}
+
+#[tokio::test]
+async fn a_lone_split_is_refused_and_a_missing_pm_reported() {
+    let d = Device::new();
+    let split = d.landed("/sdcard/Download/fr.apk", &fixture("split-config.fr.apk"));
+    let result = d.install(&[split]).await;
+    assert_eq!(result.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(result.message.contains("config.fr"), "{}", result.message);
+
+    let mut d = Device::new();
+    d.config.install.pm_command = "/system/bin/no-such-pm".into();
+    let apk = d.landed("/sdcard/Download/a.apk", &fixture("fixture.apk"));
+    let result = d.install(&[apk]).await;
+    assert_eq!(result.error_code, Some(Code::InstallPmFailed.into()));
+    assert!(result.message.contains("not found"), "{}", result.message);
+    assert_eq!(result.package.as_deref(), Some("com.ferry.fixture"));
+}
