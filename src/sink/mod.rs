@@ -27,6 +27,40 @@ use writeback::Writeback;
 /// without making the transfer faster.
 const QUEUE_CHUNKS: usize = 4;
 
+/// Runs `open` on a new writer thread called `name`; when it succeeds the thread goes on with
+/// `run(writer)` and the caller gets what `open` handed back, else `open`'s error.
+async fn start_writer<W: 'static, R: Send + 'static>(
+    name: &str,
+    open: impl FnOnce() -> Result<(R, W)> + Send + 'static,
+    run: impl FnOnce(W) + Send + 'static,
+) -> Result<R> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || match open() {
+            Ok((ready, writer)) => {
+                let _ = ready_tx.send(Ok(ready));
+                run(writer);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })
+        .map_err(|e| Error::new(Code::Internal, format!("starting the writer thread: {e}")))?;
+    ready_rx
+        .await
+        .map_err(|_| Error::new(Code::Internal, "the writer thread died while opening"))?
+}
+
+/// A writer thread's first failure, as its handle reports it.
+fn writer_error(failed: &Mutex<Option<Error>>) -> Error {
+    failed
+        .lock()
+        .expect("sink error lock")
+        .clone()
+        .unwrap_or_else(|| Error::new(Code::Internal, "the writer thread stopped"))
+}
+
 /// What the writer knows once the last byte is on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -62,34 +96,18 @@ impl Sink {
     ) -> Result<(Sink, u64)> {
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         let failed = Arc::new(Mutex::new(None));
-        let (ready_tx, ready_rx) = oneshot::channel();
         let failed_in_thread = failed.clone();
-        std::thread::Builder::new()
-            .name("ferry-sink".into())
-            .spawn(
-                move || match Writer::open(dir, staging, trusted, want_md5) {
-                    Ok(writer) => {
-                        let _ = ready_tx.send(Ok(writer.len));
-                        writer.run(rx, failed_in_thread);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
-            )
-            .map_err(|e| Error::new(Code::Internal, format!("starting the writer thread: {e}")))?;
-        let len = ready_rx
-            .await
-            .map_err(|_| Error::new(Code::Internal, "the writer thread died while opening"))??;
+        let len = start_writer(
+            "ferry-sink",
+            move || Writer::open(dir, staging, trusted, want_md5).map(|w| (w.len, w)),
+            move |writer| writer.run(rx, failed_in_thread),
+        )
+        .await?;
         Ok((Sink { tx, failed }, len))
     }
 
     fn writer_error(&self) -> Error {
-        self.failed
-            .lock()
-            .expect("sink error lock")
-            .clone()
-            .unwrap_or_else(|| Error::new(Code::Internal, "the writer thread stopped"))
+        writer_error(&self.failed)
     }
 
     pub async fn write(&self, chunk: Bytes) -> Result<()> {

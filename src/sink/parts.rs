@@ -8,7 +8,7 @@
 
 use super::hasher::{Digests, Follower};
 use super::writeback::Writeback;
-use super::{reserve, Written};
+use super::{reserve, start_writer, writer_error, Written};
 use crate::error::{Code, Error, Result};
 use crate::paths::Dir;
 use bytes::Bytes;
@@ -87,34 +87,20 @@ impl PartSink {
     ) -> Result<(PartSink, Vec<u64>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(Mutex::new(None));
-        let (ready_tx, ready_rx) = oneshot::channel();
         let failed_in_thread = failed.clone();
-        std::thread::Builder::new()
-            .name("ferry-parts".into())
-            .spawn(
-                move || match PartWriter::open(dir, staging, layout, kept, want_md5) {
-                    Ok(writer) => {
-                        let _ = ready_tx.send(Ok(writer.done.clone()));
-                        writer.run(rx, failed_in_thread);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
-            )
-            .map_err(|e| Error::new(Code::Internal, format!("starting the writer thread: {e}")))?;
-        let done = ready_rx
-            .await
-            .map_err(|_| Error::new(Code::Internal, "the writer thread died while opening"))??;
+        let done = start_writer(
+            "ferry-parts",
+            move || {
+                PartWriter::open(dir, staging, layout, kept, want_md5).map(|w| (w.done.clone(), w))
+            },
+            move |writer| writer.run(rx, failed_in_thread),
+        )
+        .await?;
         Ok((PartSink { tx, failed }, done))
     }
 
     fn writer_error(&self) -> Error {
-        self.failed
-            .lock()
-            .expect("sink error lock")
-            .clone()
-            .unwrap_or_else(|| Error::new(Code::Internal, "the writer thread stopped"))
+        writer_error(&self.failed)
     }
 
     /// Queues `data` for `offset`, the next byte of `part` (each part is written in order).
