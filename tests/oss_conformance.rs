@@ -277,10 +277,35 @@ fn nested_folders(kind: Kind) {
 }
 
 fn resume_after_kill_9(kind: Kind) {
+    resume_after_kill_9_with(kind, SLOW_LIMIT);
+}
+
+/// The same with the object fetched as parallel parts (1 MiB parts, checkpoints every
+/// 256 KiB): the journal's per-part progress is what the restart resumes from.
+fn parallel_resume_after_kill_9(kind: Kind) {
+    let source = resume_after_kill_9_with(
+        kind,
+        &format!(
+            "{SLOW_LIMIT}checkpoint_bytes = 262144\n[transfer]\nparallel_min_size_mib = 2\npart_size_mib = 1\n"
+        ),
+    );
+    let ranges = source.ranges("big.bin");
+    let part_starts = ranges
+        .iter()
+        .flatten()
+        .filter(|r| !r.starts_with("bytes=0-"))
+        .count();
+    assert!(
+        part_starts >= 2,
+        "the transfer did not go as parallel parts: {ranges:?}"
+    );
+}
+
+fn resume_after_kill_9_with(kind: Kind, toml: &str) -> Source {
     let (source, t) = Source::start(kind);
     let data = pattern(SLOW_SIZE, 6);
     source.put("big.bin", &data);
-    let d = daemon(&t, SLOW_LIMIT);
+    let d = daemon(&t, toml);
     let payload = source.payload("t-resume", "big.bin", "/sdcard/Download");
     let (status, view) = d.submit(&payload);
     assert_eq!(status, 201, "{view}");
@@ -318,6 +343,7 @@ fn resume_after_kill_9(kind: Kind) {
         asked < data.len() as u64,
         "restarted from zero instead of resuming: asked {asked} bytes with {after:?}"
     );
+    source
 }
 
 fn validator_change_while_stopped_restarts_from_zero(kind: Kind) {
@@ -387,6 +413,7 @@ conformance!(
     empty_object,
     nested_folders,
     resume_after_kill_9,
+    parallel_resume_after_kill_9,
     validator_change_while_stopped_restarts_from_zero,
     replaced_mid_transfer_lands_one_whole_version,
 );
