@@ -90,9 +90,8 @@ impl RunContext<'_> {
                 ),
             ));
         }
-        let final_dir = Arc::ptr_eq(&landing.staging_dir, &landing.final_dir)
-            .then_some(())
-            .map_or(Some(landing.final_dir.clone()), |()| None);
+        let final_dir = (!Arc::ptr_eq(&landing.staging_dir, &landing.final_dir))
+            .then(|| landing.final_dir.clone());
         let job = Job {
             source: landing.source,
             dir: landing.staging_dir,
@@ -280,8 +279,16 @@ async fn send_folder<O: Observer>(
         done: Mutex::new(Vec::new()),
     };
     let mut files = Vec::with_capacity(entries.len());
+    // Entries are sorted by key, so the objects of one sub-folder come together.
+    let mut current: (Vec<String>, Arc<Dir>) = (Vec::new(), base_dir.clone());
     for entry in &entries {
-        let final_dir = entry_dir(roots, &base, &base_dir, entry).await?;
+        if entry.dirs != current.0 {
+            current = (
+                entry.dirs.clone(),
+                entry_dir(roots, &base, &base_dir, entry).await?,
+            );
+        }
+        let final_dir = current.1.clone();
         if let Some(done) = still_done(&done_before, entry, &final_dir)? {
             files.push(done.file.clone());
             folder_observer.finished(done.clone());
@@ -402,17 +409,16 @@ async fn bridged<O: Observer>(
     rename: &Option<String>,
     observer: &O,
 ) -> Result<(FileResult, Option<String>)> {
-    let name = match rename {
-        Some(name) => name.clone(),
-        None => link_file_name(public_url)
-            .map(Ok)
-            .or_else(|| object.as_ref().map(object_file_name))
-            .unwrap_or_else(|| {
-                Err(Error::new(
-                    Code::InvalidTargetFileName,
-                    "neither the link nor BridgedObject ends in a file name; set TargetFileName",
-                ))
-            })?,
+    let name = match (rename, link_file_name(public_url), object) {
+        (Some(name), _, _) => name.clone(),
+        (None, Some(name), _) => name,
+        (None, None, Some(object)) => object_file_name(object)?,
+        (None, None, None) => {
+            return Err(Error::new(
+                Code::InvalidTargetFileName,
+                "neither the link nor BridgedObject ends in a file name; set TargetFileName",
+            ))
+        }
     };
     let dir = open_folder(roots, folder.clone()).await?;
     let landing = |source: Arc<dyn Source>| Landing {
