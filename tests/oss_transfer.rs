@@ -205,6 +205,23 @@ fn oss_folder_listing_follows_every_page() {
         listings >= 3,
         "5 objects in pages of 2 need 3 listings, saw {listings}"
     );
+    drop(d);
+
+    // A folder larger than oss.max_folder_objects is refused before anything is written.
+    let config = t.config("/data/local/ferry.toml", "[oss]\nmax_folder_objects = 4\n");
+    let d = t.daemon(&[&config[0], &config[1]]);
+    let view = d.run_task(
+        &oss(
+            "t-cap",
+            &s3,
+            BUCKET,
+            "send/many/",
+            "/sdcard/Download/capped",
+        ),
+        TASK_TIMEOUT,
+    );
+    assert_failed(&view, "Source.TooManyObjects");
+    assert!(files_under(&t.host("/sdcard/Download/capped")).is_empty());
 }
 
 #[test]

@@ -113,8 +113,8 @@ impl OssClient {
                 });
                 if objects.len() > max {
                     return Err(SourceError::permanent(
-                        Code::SourceS3Error,
-                        format!("{shown} holds more than {max} objects (oss.max_folder_objects); send a narrower folder"),
+                        Code::SourceTooManyObjects,
+                        format!("{shown} holds more than {max} objects (oss.max_folder_objects); send a narrower folder or raise the limit"),
                     ));
                 }
             }
