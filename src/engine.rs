@@ -5,12 +5,13 @@
 //! the daemon's bandwidth cap, and checkpoints that let a killed daemon pick up where it
 //! stopped.
 //!
-//! A fresh transfer first asks for the first part only (`Range: bytes=0-(PART-1)`, as aria2
-//! does): a 206 for a large object with a validator goes on in parallel parts
-//! ([`parallel`]); anything else (a 200, a small object, no validator) is a single stream that
-//! goes on with that very body.
+//! A fresh transfer first asks for `Range: bytes=0-`: a 206 for a large object with a
+//! validator goes on in parts ([`parallel`]), starting with that very body on one connection
+//! and opening more only when it is slow; anything else (a 200, a small object, no validator)
+//! is a single stream that goes on with that body ([`single`]).
 
 mod parallel;
+mod ramp;
 mod single;
 
 use crate::config::Config;
@@ -94,13 +95,6 @@ struct Ended {
     retries: u32,
 }
 
-/// The answer to the probing request, handed to the single stream.
-struct First {
-    result: GetResult,
-    /// The end the request asked for: a body ending there is not a failure.
-    end: u64,
-}
-
 enum Start {
     Fresh,
     Resume(ResumeState),
@@ -134,7 +128,7 @@ pub async fn transfer<O: Observer>(
             Start::Parts(plan) => parallel::run(&ctx, plan, None).await?,
             Start::Resume(r) => single::run(&ctx, Some(r), None, &mut restarts).await?,
             Start::Fresh => match probe(&ctx, &mut retries).await? {
-                Probed::Parallel(plan, first) => parallel::run(&ctx, plan, first).await?,
+                Probed::Parallel(plan, first) => parallel::run(&ctx, plan, Some(first)).await?,
                 Probed::Single(first) => single::run(&ctx, None, first, &mut restarts).await?,
             },
         };
@@ -166,26 +160,24 @@ pub async fn transfer<O: Observer>(
     Ok(Outcome { written, retries })
 }
 
+/// The answer to the first request, whose body the chosen mode goes on reading.
 enum Probed {
-    /// The probe's body is the start of part 0 unless parts had to be larger.
-    Parallel(parallel::Plan, Option<GetResult>),
-    Single(Option<First>),
+    Parallel(parallel::Plan, GetResult),
+    Single(Option<GetResult>),
 }
 
-/// The first request of a fresh transfer: the first part only, to learn the size and whether
-/// the source can serve ranges of this version.
+/// The first request of a fresh transfer: the whole object as a range from byte 0, to learn
+/// the size and whether the source serves ranges of this version.
 async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probed> {
     let transfer = &ctx.config.transfer;
     if transfer.connections <= 1 {
         return Ok(Probed::Single(None));
     }
-    let end = transfer.part_size();
     let mut backoff = Backoff::new(&ctx.config.retry);
     loop {
         let options = GetOptions {
-            offset: 0,
-            end: Some(end),
-            expect: None,
+            range_from_start: true,
+            ..GetOptions::default()
         };
         let response = tokio::select! {
             _ = ctx.cancel.cancelled() => return Err(cancelled()),
@@ -201,10 +193,9 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
                     && meta.size.is_some_and(|t| transfer.goes_parallel(t));
                 if let (true, Some(total)) = (parallel, meta.size) {
                     let plan = parallel::Plan::new(total, transfer, meta.validators.clone());
-                    let first = (plan.part_size() == end).then_some(result);
-                    return Ok(Probed::Parallel(plan, first));
+                    return Ok(Probed::Parallel(plan, result));
                 }
-                return Ok(Probed::Single(Some(First { result, end })));
+                return Ok(Probed::Single(Some(result)));
             }
             // No byte 0: an empty object. Ask again without a range.
             Err(e) if e.code == Code::SourceRangeNotSatisfiable => {

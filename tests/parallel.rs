@@ -1,6 +1,8 @@
 //! Parallel ranged transfers and the bandwidth cap, end to end: the real engine, sink and
 //! manager against the fault-injecting HTTP server on 127.0.0.1, with parts of 1 MiB so
-//! objects of a few MiB have several.
+//! objects of a few MiB have several. Most tests open every connection at once
+//! (`split_below_mib_s = 0`) to pin down the requests; the ramp from one connection has
+//! its own tests.
 
 mod common;
 
@@ -33,6 +35,7 @@ fn config(tmp: &tempfile::TempDir) -> Config {
     config.transfer.connections = 4;
     config.transfer.part_size_mib = 1;
     config.transfer.parallel_min_size_mib = 2;
+    config.transfer.split_below_mib_s = 0;
     config
 }
 
@@ -86,21 +89,24 @@ fn download_dir_names(tmp: &tempfile::TempDir) -> Vec<String> {
 }
 
 /// (first, last) of every GET's `Range`, in order; a GET without one panics.
-fn ranges(requests: &[Recorded]) -> Vec<(u64, u64)> {
+fn ranges(requests: &[Recorded]) -> Vec<(u64, Option<u64>)> {
     requests
         .iter()
-        .map(|r| {
-            let (first, last) = r.range().unwrap_or_else(|| panic!("no Range: {r:?}"));
-            (first, last.expect("bounded range"))
-        })
+        .map(|r| r.range().unwrap_or_else(|| panic!("no Range: {r:?}")))
         .collect()
 }
 
-/// The request ranges of every part of an object of `len` bytes, 1 MiB each.
-fn part_ranges(len: u64) -> Vec<(u64, u64)> {
-    (0..len.div_ceil(MIB))
-        .map(|i| (i * MIB, ((i + 1) * MIB).min(len) - 1))
+/// The request ranges of the parts of an object of `len` bytes, 1 MiB each, from part `from`.
+fn part_ranges(len: u64, from: u64) -> Vec<(u64, Option<u64>)> {
+    (from..len.div_ceil(MIB))
+        .map(|i| (i * MIB, Some(((i + 1) * MIB).min(len) - 1)))
         .collect()
+}
+
+/// The first request asks for the whole object as a range, without a version.
+fn assert_probe(requests: &[Recorded]) {
+    assert_eq!(requests[0].range(), Some((0, None)), "{:?}", requests[0]);
+    assert_eq!(requests[0].header("if-range"), None);
 }
 
 #[tokio::test]
@@ -132,19 +138,21 @@ async fn large_object_goes_parallel_with_one_request_per_part_and_exact_sha256()
         "no staging file left"
     );
     let requests = server.requests("/big.bin");
-    let mut got = ranges(&requests);
-    assert_eq!(got[0], (0, MIB - 1), "the probe asks for the first part");
-    assert_eq!(requests[0].header("if-range"), None);
+    assert_probe(&requests);
     for r in &requests[1..] {
         assert_eq!(r.header("if-range"), Some(etag.as_str()), "{r:?}");
     }
+    let mut got = ranges(&requests[1..]);
     got.sort();
-    assert_eq!(got, part_ranges(len), "each part exactly once");
     assert_eq!(
-        server.max_in_flight("/big.bin"),
-        4,
-        "transfer.connections parts at once"
+        got,
+        part_ranges(len, 1),
+        "each other part exactly once (the probe's body is part 0)"
     );
+    // transfer.connections parts at once; a fifth for a moment: the probe's body, dropped
+    // after part 0 (part 1 was taken), until the server notices the closed connection.
+    let in_flight = server.max_in_flight("/big.bin");
+    assert!((4..=5).contains(&in_flight), "{in_flight}");
     let seen = seen.lock().unwrap();
     assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "monotonic");
     assert_eq!(
@@ -152,6 +160,142 @@ async fn large_object_goes_parallel_with_one_request_per_part_and_exact_sha256()
         &(len, Some(len)),
         "bytes of all parts"
     );
+}
+
+#[tokio::test]
+async fn connections_double_while_they_bring_speed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    // 4 MiB/s per request, above the threshold: the ramp doubles 1 → 2 → 4 as each step
+    // doubles the speed.
+    config.transfer.split_below_mib_s = 1;
+    let server = TestServer::start().await;
+    let len = 12 * MIB;
+    let data = body(len, 15);
+    server.put("/grow.bin", Resource::new(data.clone()));
+    server.set_rate("/grow.bin", Some(4 * MIB));
+    let result = fetch(&config, &server.url("/grow.bin"), "grow.bin", no_progress())
+        .await
+        .unwrap();
+    assert_eq!(result.files[0].sha256, sha(&data));
+    assert!(landed(&tmp, "grow.bin") == data);
+    let requests = server.requests("/grow.bin");
+    assert_probe(&requests);
+    assert!(
+        server.max_in_flight("/grow.bin") >= 4,
+        "{}: {requests:?}",
+        server.max_in_flight("/grow.bin")
+    );
+}
+
+#[tokio::test]
+async fn connections_that_bring_no_speed_are_taken_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    config.transfer.split_below_mib_s = 1;
+    let server = TestServer::start().await;
+    let len = 16 * MIB;
+    let data = body(len, 18);
+    server.put("/link.bin", Resource::new(data.clone()));
+    // One 8 MiB/s link for all connections: a second one brings nothing.
+    server.set_link_rate("/link.bin", 8 * MIB);
+    let result = fetch(&config, &server.url("/link.bin"), "link.bin", no_progress())
+        .await
+        .unwrap();
+    assert_eq!(result.files[0].sha256, sha(&data));
+    assert!(landed(&tmp, "link.bin") == data);
+    let requests = server.requests("/link.bin");
+    assert_probe(&requests);
+    // Two connections (and for a moment the probe's dropped body), never four.
+    assert!(
+        server.max_in_flight("/link.bin") <= 3,
+        "{}: {requests:?}",
+        server.max_in_flight("/link.bin")
+    );
+    // Back on one connection, a request reads on through several parts again.
+    let ranges = ranges(&requests[1..]);
+    assert!(
+        ranges
+            .iter()
+            .any(|(first, last)| last.is_some_and(|last| last + 1 - first > MIB)),
+        "{ranges:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_source_opens_the_other_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    config.transfer.split_below_mib_s = 64;
+    let server = TestServer::start().await;
+    let len = 8 * MIB;
+    let data = body(len, 16);
+    server.put("/slow.bin", Resource::new(data.clone()));
+    // 2 MiB/s per request, far below 64 MiB/s: after one measure (250 ms) all 4 connections.
+    server.set_rate("/slow.bin", Some(2 * MIB));
+    let started = Instant::now();
+    let result = fetch(&config, &server.url("/slow.bin"), "slow.bin", no_progress())
+        .await
+        .unwrap();
+    assert_eq!(result.files[0].sha256, sha(&data));
+    assert!(landed(&tmp, "slow.bin") == data);
+    let requests = server.requests("/slow.bin");
+    assert_probe(&requests);
+    // 4 connections; the server may count a fifth for a moment: the first body, dropped
+    // when the part it reached was taken, until the server notices the closed connection.
+    let in_flight = server.max_in_flight("/slow.bin");
+    assert!((4..=5).contains(&in_flight), "{in_flight}: {requests:?}");
+    // Once split, every request is one part of the same version, each part asked once.
+    let mut got = ranges(&requests[1..]);
+    assert!(
+        got.iter()
+            .all(|(first, last)| first % MIB == 0 && *last == Some(first + MIB - 1)),
+        "{got:?}"
+    );
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), requests.len() - 1, "no part twice: {got:?}");
+    // One stream would take 4 s; four take about a quarter of that.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn one_connection_resumes_the_rest_of_the_object_after_a_reset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    config.transfer.split_below_mib_s = 1;
+    let server = TestServer::start().await;
+    let len = 6 * MIB;
+    let data = body(len, 17);
+    let resource = Resource::new(data.clone());
+    let etag = resource.etag.clone().unwrap();
+    server.put("/reset.bin", resource);
+    // The probe's body breaks inside part 2: the retry asks for everything after it (the
+    // parts that follow are untouched, so one request reads on through them).
+    server.push_range_fault("/reset.bin", 0, Fault::ResetAfter(2 * MIB + 300_000));
+    let result = fetch(
+        &config,
+        &server.url("/reset.bin"),
+        "reset.bin",
+        no_progress(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.files[0].sha256, sha(&data));
+    let requests = server.requests("/reset.bin");
+    assert_probe(&requests);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let (first, last) = requests[1].range().unwrap();
+    assert!(
+        (2 * MIB..=2 * MIB + 300_000).contains(&first) && last == Some(len - 1),
+        "{:?}",
+        requests[1]
+    );
+    assert_eq!(requests[1].header("if-range"), Some(etag.as_str()));
 }
 
 #[tokio::test]
@@ -170,7 +314,7 @@ async fn a_failing_part_is_retried_alone() {
         .unwrap();
     assert_eq!(result.files[0].sha256, sha(&data));
     let got = ranges(&server.requests("/f.bin"));
-    let in_part = |i: u64| -> Vec<(u64, u64)> {
+    let in_part = |i: u64| -> Vec<(u64, Option<u64>)> {
         let mut v: Vec<_> = got
             .iter()
             .copied()
@@ -179,17 +323,22 @@ async fn a_failing_part_is_retried_alone() {
         v.sort();
         v
     };
-    for i in [0, 1, 2, 4] {
-        assert_eq!(in_part(i), [(i * MIB, (i + 1) * MIB - 1)], "part {i}");
+    assert_eq!(in_part(0), [(0, None)], "the probe's body is part 0");
+    for i in [1, 2, 4] {
+        assert_eq!(in_part(i), [(i * MIB, Some((i + 1) * MIB - 1))], "part {i}");
     }
     let part3 = in_part(3);
     assert_eq!(part3.len(), 2, "{part3:?}");
-    assert_eq!(part3[0], (3 * MIB, 4 * MIB - 1));
-    assert_eq!(part3[1].1, 4 * MIB - 1, "the retry stays inside its part");
+    assert_eq!(part3[0], (3 * MIB, Some(4 * MIB - 1)));
+    assert_eq!(
+        part3[1].1,
+        Some(4 * MIB - 1),
+        "the retry stays inside its part"
+    );
     let part5 = in_part(5);
     assert_eq!(part5.len(), 3, "503, then a truncated body, then the rest");
-    assert_eq!(part5[0], (5 * MIB, 6 * MIB - 1));
-    assert_eq!(part5[1], (5 * MIB, 6 * MIB - 1));
+    assert_eq!(part5[0], (5 * MIB, Some(6 * MIB - 1)));
+    assert_eq!(part5[1], (5 * MIB, Some(6 * MIB - 1)));
     assert!(
         part5[2].0 > 5 * MIB && part5[2].0 <= 5 * MIB + 200_000,
         "resumed where the truncated body stopped: {part5:?}"
@@ -272,9 +421,8 @@ async fn objects_without_a_validator_or_below_the_threshold_are_one_stream() {
         .await
         .unwrap();
     assert_eq!(result.files[0].sha256, sha(&plain));
-    // The probe's first MiB, then the rest in one open-ended request (no validator: no
-    // If-Range, so the server sends the whole object again and the stream starts over).
-    assert_eq!(server.hits("/v.bin"), 2);
+    // The probe's body is the whole object: the single stream goes on reading it.
+    assert_eq!(server.hits("/v.bin"), 1);
     let small = body(MIB + MIB / 2, 7);
     server.put("/s.bin", Resource::new(small.clone()));
     let result = fetch(&config, &server.url("/s.bin"), "s.bin", no_progress())
@@ -282,12 +430,8 @@ async fn objects_without_a_validator_or_below_the_threshold_are_one_stream() {
         .unwrap();
     assert_eq!(result.files[0].sha256, sha(&small));
     let requests = server.requests("/s.bin");
-    assert_eq!(requests.len(), 2, "{requests:?}");
-    assert_eq!(
-        requests[1].range(),
-        Some((MIB, None)),
-        "the rest, one stream"
-    );
+    assert_eq!(requests.len(), 1, "one stream, one request: {requests:?}");
+    assert_probe(&requests);
 }
 
 #[tokio::test]
@@ -321,9 +465,8 @@ async fn empty_object_one_part_and_two_parts() {
         .await
         .unwrap();
     assert_eq!(result.files[0].sha256, sha(&two));
-    let mut got = ranges(&server.requests("/two.bin"));
-    got.sort();
-    assert_eq!(got, part_ranges(2 * MIB));
+    let got = ranges(&server.requests("/two.bin"));
+    assert_eq!(got, [(0, None), (MIB, Some(2 * MIB - 1))]);
     assert_eq!(
         download_dir_names(&tmp),
         ["e.bin", "one.bin", "two.bin"],
@@ -432,11 +575,11 @@ async fn a_restarted_daemon_fetches_only_the_missing_bytes_of_each_part() {
     assert!(!staging(&tmp, "t-r").exists());
     let mut again = ranges(&server.requests("/r.bin")[before..]);
     again.sort();
-    let missing: Vec<(u64, u64)> = parts
+    let missing: Vec<(u64, Option<u64>)> = parts
         .iter()
         .enumerate()
         .filter(|(_, p)| **p < MIB)
-        .map(|(i, p)| (i as u64 * MIB + p, (i as u64 + 1) * MIB - 1))
+        .map(|(i, p)| (i as u64 * MIB + p, Some((i as u64 + 1) * MIB - 1)))
         .collect();
     assert_eq!(
         again, missing,

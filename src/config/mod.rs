@@ -105,6 +105,11 @@ pub struct TransferConfig {
     /// Objects smaller than this (in MiB) go as one stream: for them more connections cost
     /// more than they bring.
     pub parallel_min_size_mib: u64,
+    /// A large object starts on one connection. One that brings less than this (MiB/s,
+    /// measured over 250 ms) opens all `connections` at once; a faster one doubles them
+    /// while each step brings 1.25× the speed, and takes back a step that does not. 0 opens
+    /// them all at once.
+    pub split_below_mib_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,6 +180,7 @@ impl Default for TransferConfig {
             connections: 8,
             part_size_mib: 8,
             parallel_min_size_mib: 16,
+            split_below_mib_s: 64,
         }
     }
 }

@@ -2,12 +2,18 @@
 //! fetched at once, each written where it belongs in the preallocated staging file
 //! ([`PartSink`]), each retried on its own from the byte where it stopped.
 //!
+//! The transfer starts on one connection reading the whole object, part after part, and
+//! opens more only while they bring more speed ([`Ramp`]): a fast source on a short path
+//! costs one request and one connection's buffers, as with curl, while a throttled one gets
+//! every connection within a quarter of a second.
+//!
 //! Every part states the version of the first answer (If-Range) and every answer is checked
 //! against it: a changed object is never spliced, the transfer starts over from zero. Bytes
 //! waiting between the network and the disk are bounded for the whole transfer by one
 //! semaphore, whatever the number of connections. Checkpoints record the durable bytes of each
 //! part, so a restarted daemon fetches only what is missing.
 
+use super::ramp::Ramp;
 use super::{cancelled, Ctx, Ended, Observer};
 use crate::config::TransferConfig;
 use crate::error::{Code, Error, Result};
@@ -15,12 +21,14 @@ use crate::sink::{Layout, PartSink};
 use crate::source::retry::Backoff;
 use crate::source::{GetOptions, GetResult, SourceError, Validators};
 use crate::task::ResumeState;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 /// Bytes received but not yet written, across all connections of one transfer; a connection
@@ -53,10 +61,6 @@ impl Plan {
         }
     }
 
-    pub fn part_size(&self) -> u64 {
-        self.layout.part_size
-    }
-
     /// The plan of an interrupted parallel transfer; `None` when the record is unusable.
     pub fn resumed(state: &ResumeState) -> Option<Plan> {
         let validators = Validators {
@@ -78,11 +82,25 @@ impl Plan {
     }
 }
 
+/// How often a transfer measures its speed while [`Ramp`] decides its connections.
+const MEASURE_EVERY: Duration = Duration::from_millis(250);
+
 /// Why a part gave up, and with it the transfer.
 enum Abort {
     /// The object is not the version the transfer started with: start over.
     Changed,
     Failed(Error),
+}
+
+/// A body being read and the object byte it has reached. A connection goes on reading it into
+/// the next part while that part is still free, instead of asking again.
+struct Reading {
+    result: GetResult,
+    at: u64,
+    /// Where the body ends: the end of the range that was asked for.
+    reaches: u64,
+    /// What the last chunk held past the end of the previous part.
+    pending: Option<Bytes>,
 }
 
 /// State shared by the workers of one transfer.
@@ -93,8 +111,10 @@ struct Shared {
     queue: Mutex<VecDeque<usize>>,
     /// Bytes of each part already written when the run started.
     kept: Vec<u64>,
-    /// The probe's body: the beginning of part 0.
-    first: Mutex<Option<GetResult>>,
+    /// Connections the transfer may use now; with more than one, a request asks for one part.
+    allowed: AtomicUsize,
+    /// Connections to close (each at the end of its part) since fewer are allowed.
+    leaving: AtomicUsize,
     done: AtomicU64,
     since_checkpoint: AtomicU64,
     checkpoint_due: Notify,
@@ -102,11 +122,87 @@ struct Shared {
     retries: AtomicU32,
 }
 
+impl Shared {
+    /// The first byte of `part` not yet in the staging file.
+    fn missing_from(&self, part: usize) -> u64 {
+        self.layout.range(part).0 + self.kept[part]
+    }
+
+    /// The part `reading` has reached when it is still free, else the first free part.
+    fn next_part(&self, reading: Option<&Reading>) -> Option<usize> {
+        let mut queue = self.queue.lock().expect("part queue");
+        let reached =
+            reading.and_then(|r| queue.iter().position(|&p| self.missing_from(p) == r.at));
+        match reached {
+            Some(i) => queue.remove(i),
+            None => queue.pop_front(),
+        }
+    }
+
+    /// How far one request for `part` can be read: with several connections, to the end of
+    /// the part; with one, on through the following parts while they are free and untouched
+    /// (the queue is in order).
+    fn reach(&self, part: usize) -> u64 {
+        let (_, mut end) = self.layout.range(part);
+        if self.allowed.load(Ordering::Relaxed) > 1 {
+            return end;
+        }
+        let queue = self.queue.lock().expect("part queue");
+        let mut next = part + 1;
+        if let Ok(at) = queue.binary_search(&next) {
+            for &free in queue.range(at..) {
+                if free != next || self.kept[next] > 0 {
+                    break;
+                }
+                end = self.layout.range(next).1;
+                next += 1;
+            }
+        }
+        end
+    }
+
+    fn free_parts(&self) -> usize {
+        self.queue.lock().expect("part queue").len()
+    }
+
+    /// Whether the calling connection should close, as one fewer is allowed.
+    fn leave(&self) -> bool {
+        self.leaving
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// The speed of a transfer between two measures.
+struct Meter {
+    done: u64,
+    since: tokio::time::Instant,
+}
+
+impl Meter {
+    fn new(done: u64) -> Meter {
+        Meter {
+            done,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Bytes per second since the last call.
+    fn rate(&mut self, done: u64) -> f64 {
+        let now = tokio::time::Instant::now();
+        let secs = now.duration_since(self.since).as_secs_f64();
+        let bytes = done.saturating_sub(self.done) as f64;
+        (self.done, self.since) = (done, now);
+        bytes / secs.max(1e-3)
+    }
+}
+
 type Worker<'a> = Pin<Box<dyn Future<Output = Result<(), Abort>> + Send + 'a>>;
 
 enum Event {
     Cancelled,
     Checkpoint,
+    Measure,
     Worker(Option<Result<(), Abort>>),
 }
 
@@ -151,11 +247,14 @@ pub(super) async fn run<O: Observer>(
     let queue: VecDeque<usize> = (0..layout.count())
         .filter(|i| kept[*i] < layout.len(*i))
         .collect();
+    let transfer = &ctx.config.transfer;
+    let connections = transfer.connections.max(1);
     let shared = Shared {
         layout,
         validators: plan.validators,
         kept,
-        first: Mutex::new(first),
+        allowed: AtomicUsize::new(1),
+        leaving: AtomicUsize::new(0),
         done: AtomicU64::new(done),
         since_checkpoint: AtomicU64::new(0),
         checkpoint_due: Notify::new(),
@@ -163,16 +262,26 @@ pub(super) async fn run<O: Observer>(
         retries: AtomicU32::new(0),
         queue: Mutex::new(queue),
     };
-    let connections = ctx.config.transfer.connections.max(1);
-    let count = connections.min(shared.queue.lock().expect("part queue").len());
-    let mut workers: Vec<Worker<'_>> = (0..count)
-        .map(|_| Box::pin(worker(ctx, &shared, &sink)) as Worker<'_>)
-        .collect();
+    // The probe's body covers the whole object from byte 0: the first connection reads on.
+    let first = first.map(|result| Reading {
+        result,
+        at: 0,
+        reaches: layout.total,
+        pending: None,
+    });
+    let mut workers: Vec<Worker<'_>> = vec![Box::pin(worker(ctx, &shared, &sink, first))];
+    let mut ramp = Ramp::new(connections, transfer.split_below_mib_s);
+    resize(ctx, &shared, &sink, &mut workers, ramp.connections());
+    let mut meter = Meter::new(done);
+    let mut measure =
+        tokio::time::interval_at(tokio::time::Instant::now() + MEASURE_EVERY, MEASURE_EVERY);
     let outcome = loop {
+        let measuring = !ramp.settled();
         let event = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => Event::Cancelled,
             _ = shared.checkpoint_due.notified() => Event::Checkpoint,
+            _ = measure.tick(), if measuring => Event::Measure,
             r = next_done(&mut workers) => Event::Worker(r),
         };
         match event {
@@ -180,6 +289,12 @@ pub(super) async fn run<O: Observer>(
             Event::Worker(Some(Ok(()))) => {}
             Event::Worker(Some(Err(abort))) => break Err(abort),
             Event::Cancelled => break Err(Abort::Failed(cancelled())),
+            Event::Measure => {
+                let rate = meter.rate(shared.done.load(Ordering::Relaxed));
+                if let Some(n) = ramp.measured(rate) {
+                    resize(ctx, &shared, &sink, &mut workers, n);
+                }
+            }
             Event::Checkpoint => {
                 if let Err(e) = checkpoint(ctx, &sink, &mut state).await {
                     break Err(Abort::Failed(e));
@@ -208,6 +323,35 @@ pub(super) async fn run<O: Observer>(
             sink.close().await;
             Err(e)
         }
+    }
+}
+
+/// Sets the connections to `n`: opens the missing ones (as many as there are free parts for)
+/// or asks the extra ones to close after their part.
+fn resize<'a, O: Observer>(
+    ctx: &'a Ctx<'_, O>,
+    shared: &'a Shared,
+    sink: &'a PartSink,
+    workers: &mut Vec<Worker<'a>>,
+    n: usize,
+) {
+    shared.allowed.store(n, Ordering::Relaxed);
+    let open = workers.len();
+    if n < open {
+        shared.leaving.store(open - n, Ordering::Relaxed);
+        tracing::info!(
+            connections = n,
+            "more connections brought no speed: closing some"
+        );
+        return;
+    }
+    shared.leaving.store(0, Ordering::Relaxed);
+    let more = (n - open).min(shared.free_parts());
+    if more > 0 {
+        tracing::info!(connections = open + more, "opening more connections");
+    }
+    for _ in 0..more {
+        workers.push(Box::pin(worker(ctx, shared, sink, None)));
     }
 }
 
@@ -248,70 +392,59 @@ async fn next_done(workers: &mut Vec<Worker<'_>>) -> Option<Result<(), Abort>> {
     .await
 }
 
-/// One connection: takes the next part until none is left.
+/// One connection: takes the next part until none is left, reading on into the following
+/// part while its body reaches it.
 async fn worker<O: Observer>(
     ctx: &Ctx<'_, O>,
     shared: &Shared,
     sink: &PartSink,
+    mut reading: Option<Reading>,
 ) -> Result<(), Abort> {
-    loop {
-        let next = shared.queue.lock().expect("part queue").pop_front();
-        let Some(part) = next else { return Ok(()) };
-        fetch_part(ctx, shared, sink, part).await?;
+    while !shared.leave() {
+        let Some(part) = shared.next_part(reading.as_ref()) else {
+            break;
+        };
+        if reading
+            .as_ref()
+            .is_some_and(|r| r.at != shared.missing_from(part))
+        {
+            // Another connection has the part this body reaches: stop reading it.
+            reading = None;
+        }
+        reading = fetch_part(ctx, shared, sink, part, reading).await?;
     }
+    Ok(())
 }
 
-/// Fetches one part, resuming after failures from the byte where it stopped.
+/// Fetches one part, resuming after failures from the byte where it stopped. Returns the
+/// body when it goes on past the part.
 async fn fetch_part<O: Observer>(
     ctx: &Ctx<'_, O>,
     shared: &Shared,
     sink: &PartSink,
     part: usize,
-) -> Result<(), Abort> {
-    let source = &ctx.job.source;
-    let (start, end) = shared.layout.range(part);
-    let mut at = start + shared.kept[part];
-    let mut first = match part {
-        0 => shared.first.lock().expect("first body").take(),
-        _ => None,
-    };
+    mut reading: Option<Reading>,
+) -> Result<Option<Reading>, Abort> {
+    let (_, end) = shared.layout.range(part);
+    let mut at = shared.missing_from(part);
     let mut backoff = Backoff::new(&ctx.config.retry);
     while at < end {
-        let response = match first.take() {
+        let opened = match reading.take() {
             Some(r) => Ok(r),
-            None => {
-                let options = GetOptions {
-                    offset: at,
-                    end: Some(end),
-                    expect: Some(shared.validators.clone()),
-                };
-                source.get(options).await
-            }
+            None => request(ctx, shared, part, at).await?,
         };
-        let failure = match response {
-            // The object no longer reaches this far: it changed.
-            Err(e) if e.code == Code::SourceRangeNotSatisfiable => return Err(Abort::Changed),
+        let failure = match opened {
             Err(e) => e,
-            Ok(mut result) => {
-                let before = at;
-                let meta = &result.meta;
-                if !meta.ranges
-                    || result.offset != at
-                    || meta.size != Some(shared.layout.total)
-                    || !shared.validators.matches(&meta.validators)
-                {
-                    return Err(Abort::Changed);
-                }
-                match stream(ctx, shared, sink, part, &mut result, &mut at, end).await? {
-                    None => return Ok(()),
-                    Some(failure) => {
-                        if at > before {
-                            backoff.progressed();
-                        }
-                        failure
+            Ok(mut current) => match stream(ctx, shared, sink, part, &mut current, end).await? {
+                None => return Ok((current.at < current.reaches).then_some(current)),
+                Some(failure) => {
+                    if current.at > at {
+                        backoff.progressed();
                     }
+                    at = current.at;
+                    failure
                 }
-            }
+            },
         };
         let Some(delay) = backoff.next_delay(&failure) else {
             return Err(Abort::Failed(backoff.give_up(failure).into()));
@@ -321,7 +454,45 @@ async fn fetch_part<O: Observer>(
         ctx.observer.retrying(&failure, delay);
         tokio::time::sleep(delay).await;
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Asks for the object from `at` in `part`, of the transfer's version, as far as
+/// [`Shared::reach`] allows.
+async fn request<O: Observer>(
+    ctx: &Ctx<'_, O>,
+    shared: &Shared,
+    part: usize,
+    at: u64,
+) -> Result<Result<Reading, SourceError>, Abort> {
+    let total = shared.layout.total;
+    let reaches = shared.reach(part);
+    let options = GetOptions {
+        offset: at,
+        end: Some(reaches),
+        expect: Some(shared.validators.clone()),
+        range_from_start: false,
+    };
+    let result = match ctx.job.source.get(options).await {
+        // The object no longer reaches this far: it changed.
+        Err(e) if e.code == Code::SourceRangeNotSatisfiable => return Err(Abort::Changed),
+        Err(e) => return Ok(Err(e)),
+        Ok(result) => result,
+    };
+    let meta = &result.meta;
+    if !meta.ranges
+        || result.offset != at
+        || meta.size != Some(total)
+        || !shared.validators.matches(&meta.validators)
+    {
+        return Err(Abort::Changed);
+    }
+    Ok(Ok(Reading {
+        result,
+        at,
+        reaches,
+        pending: None,
+    }))
 }
 
 /// Writes the body into the part until `end`; `None` once the part is complete, else the
@@ -331,39 +502,46 @@ async fn stream<O: Observer>(
     shared: &Shared,
     sink: &PartSink,
     part: usize,
-    result: &mut GetResult,
-    at: &mut u64,
+    reading: &mut Reading,
     end: u64,
 ) -> Result<Option<SourceError>, Abort> {
     let idle = ctx.config.http.read_idle_timeout();
     let total = shared.layout.total;
-    while *at < end {
-        let chunk = match tokio::time::timeout(idle, result.body.next_chunk()).await {
-            Err(_) => {
-                return Ok(Some(SourceError::transient(
-                    Code::NetworkTimeout,
-                    format!(
-                        "{} sent no data for {} s",
-                        ctx.job.source.describe(),
-                        idle.as_secs()
-                    ),
-                )))
-            }
-            Ok(Err(e)) => return Ok(Some(e)),
-            Ok(Ok(None)) => {
-                return Ok(Some(SourceError::transient(
-                    Code::IntegritySizeMismatch,
-                    format!(
-                        "{} ended part {part} at byte {at} of {start}-{end}",
-                        ctx.job.source.describe(),
-                        start = shared.layout.range(part).0,
-                    ),
-                )))
-            }
-            Ok(Ok(Some(chunk))) => chunk,
+    while reading.at < end {
+        let chunk = match reading.pending.take() {
+            Some(chunk) => chunk,
+            None => match tokio::time::timeout(idle, reading.result.body.next_chunk()).await {
+                Err(_) => {
+                    return Ok(Some(SourceError::transient(
+                        Code::NetworkTimeout,
+                        format!(
+                            "{} sent no data for {} s",
+                            ctx.job.source.describe(),
+                            idle.as_secs()
+                        ),
+                    )))
+                }
+                Ok(Err(e)) => return Ok(Some(e)),
+                Ok(Ok(None)) => {
+                    return Ok(Some(SourceError::transient(
+                        Code::IntegritySizeMismatch,
+                        format!(
+                            "{} ended part {part} at byte {} of {start}-{end}",
+                            ctx.job.source.describe(),
+                            reading.at,
+                            start = shared.layout.range(part).0,
+                        ),
+                    )))
+                }
+                Ok(Ok(Some(chunk))) => chunk,
+            },
         };
-        // A source may send past the part (it ignored the end): keep only the part.
-        let chunk = chunk.slice(..chunk.len().min((end - *at) as usize));
+        // Bytes past the part belong to the next one (or, past the range, to nobody).
+        let fits = chunk.len().min((end - reading.at) as usize);
+        if fits < chunk.len() && end < reading.reaches {
+            reading.pending = Some(chunk.slice(fits..));
+        }
+        let chunk = chunk.slice(..fits);
         let n = chunk.len() as u64;
         if n == 0 {
             continue;
@@ -375,9 +553,9 @@ async fn stream<O: Observer>(
             .acquire_many_owned(permits)
             .await
             .map_err(|_| Abort::Failed(Error::new(Code::Internal, "in-flight budget closed")))?;
-        sink.write(part, *at, chunk, permit)
+        sink.write(part, reading.at, chunk, permit)
             .map_err(Abort::Failed)?;
-        *at += n;
+        reading.at += n;
         let done = shared.done.fetch_add(n, Ordering::Relaxed) + n;
         ctx.observer.progress(done, Some(total));
         let since = shared.since_checkpoint.fetch_add(n, Ordering::Relaxed) + n;
@@ -405,9 +583,9 @@ mod tests {
     fn huge_objects_get_larger_parts_and_plans_resume_only_when_consistent() {
         let config = TransferConfig::default();
         let plan = Plan::new(100 << 20, &config, validators());
-        assert_eq!((plan.part_size(), plan.layout.count()), (8 << 20, 13));
+        assert_eq!((plan.layout.part_size, plan.layout.count()), (8 << 20, 13));
         let huge = Plan::new(MAX_PARTS * (16 << 20), &config, validators());
-        assert_eq!(huge.part_size(), 16 << 20);
+        assert_eq!(huge.layout.part_size, 16 << 20);
         assert_eq!(huge.layout.count() as u64, MAX_PARTS);
         let mut state = ResumeState {
             etag: Some("\"e\"".into()),

@@ -2,20 +2,18 @@
 //! servers without ranges or validators, and transfers that started that way. A failure
 //! resumes with a range of the same version (If-Range); anything else starts over.
 
-use super::{
-    cancelled, count_restart, trusted_len, wait_before_retry, Ctx, Ended, First, Observer,
-};
+use super::{cancelled, count_restart, trusted_len, wait_before_retry, Ctx, Ended, Observer};
 use crate::error::{Code, Error, Result};
 use crate::sink::{self, Sink};
 use crate::source::retry::Backoff;
-use crate::source::{GetOptions, Source, SourceError, Validators};
+use crate::source::{GetOptions, GetResult, Source, SourceError, Validators};
 use crate::task::ResumeState;
 
 /// One stream from `have` to the end, resuming (same version only) after failures.
 pub(super) async fn run<O: Observer>(
     ctx: &Ctx<'_, O>,
     resume: Option<ResumeState>,
-    mut first: Option<First>,
+    mut first: Option<GetResult>,
     restarts: &mut u32,
 ) -> Result<Ended> {
     let (job, config, observer, cancel) = (ctx.job, ctx.config, ctx.observer, ctx.cancel);
@@ -47,17 +45,17 @@ pub(super) async fn run<O: Observer>(
 
     // Loop until the body has delivered every byte (or the staging file already holds them).
     while total != Some(have) || expect.is_none() {
-        let (response, bounded) = match first.take() {
-            Some(f) => (Ok(f.result), Some(f.end)),
+        let response = match first.take() {
+            Some(result) => Ok(result),
             None => {
                 let options = GetOptions {
                     offset: have,
-                    end: None,
                     expect: expect.clone(),
+                    ..GetOptions::default()
                 };
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(stop(&sink).await),
-                    r = job.source.get(options) => (r, None),
+                    r = job.source.get(options) => r,
                 }
             }
         };
@@ -112,8 +110,6 @@ pub(super) async fn run<O: Observer>(
                 continue;
             }
         }
-        // A bounded range that was answered as one (206) may end before the object does.
-        let range_end = bounded.filter(|_| result.meta.ranges);
         if expect.is_none() {
             expect = Some(result.meta.validators.clone());
             total = result.meta.size;
@@ -127,7 +123,7 @@ pub(super) async fn run<O: Observer>(
             observer.checkpoint(state.clone()).await;
         }
         let mut since_checkpoint = 0u64;
-        // `None`: the requested range is complete, ask for the rest without waiting.
+        // `None`: every byte is here.
         let failure = loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => return Err(stop(&sink).await),
@@ -146,11 +142,11 @@ pub(super) async fn run<O: Observer>(
                 }
                 Ok(Err(e)) => break Some(e),
                 Ok(Ok(None)) => {
-                    if total.is_none() && range_end.is_none() {
+                    if total.is_none() {
                         // No length announced: the end of the body is the end of the object.
                         total = Some(have);
                     }
-                    if total == Some(have) || range_end == Some(have) {
+                    if total == Some(have) {
                         break None;
                     }
                     break Some(SourceError::transient(
@@ -192,8 +188,9 @@ pub(super) async fn run<O: Observer>(
                 }
             }
         };
-        let Some(failure) = failure else { continue };
+        let Some(failure) = failure else { break };
         if total == Some(have) {
+            // Every byte arrived before the failure.
             break;
         }
         if !wait_before_retry(failure, &mut backoff, observer, cancel).await? {

@@ -46,8 +46,7 @@ impl HttpSource {
             .as_ref()
             .and_then(|v| v.etag.clone().or_else(|| v.last_modified.clone()));
         if let Some(end) = options.end {
-            // A bounded range (one part of a parallel transfer, or the first request that
-            // finds out whether the server can do ranges at all).
+            // A bounded range: one part of a parallel transfer.
             let last = end.saturating_sub(1).max(options.offset);
             request = request.header(RANGE, format!("bytes={}-{last}", options.offset));
             if let Some(validator) = &if_range {
@@ -60,6 +59,8 @@ impl HttpSource {
                     .header(RANGE, format!("bytes={}-", options.offset))
                     .header(IF_RANGE, validator);
             }
+        } else if options.range_from_start {
+            request = request.header(RANGE, "bytes=0-");
         }
         let response = request
             .send()

@@ -66,6 +66,9 @@ pub struct GetOptions {
     /// reading at `end`) or answer with the whole object (200), which the engine detects.
     pub end: Option<u64>,
     pub expect: Option<Validators>,
+    /// Ask for `bytes=0-` even from byte 0: the answer (206 or 200) says whether the source
+    /// serves ranges, while the body is still the whole object.
+    pub range_from_start: bool,
 }
 
 /// A stream of body chunks.

@@ -164,6 +164,8 @@ struct State {
     /// Faults for the next GET of a path whose `Range` starts at a given byte.
     range_faults: HashMap<(String, u64), VecDeque<Fault>>,
     rates: HashMap<String, u64>,
+    /// One pace shared by every body of a path: a link all its connections share.
+    links: HashMap<String, Arc<Link>>,
     log: Vec<Recorded>,
     /// Responses being sent now, and the most ever at once, per path.
     in_flight: HashMap<String, usize>,
@@ -307,6 +309,16 @@ impl TestServer {
             Some(rate) => state.rates.insert(path.into(), rate),
             None => state.rates.remove(path),
         };
+    }
+
+    /// Throttles all bodies sent for `path` together to about this many bytes per second,
+    /// like a link they share: more connections bring no more speed.
+    pub fn set_link_rate(&self, path: &str, bytes_per_sec: u64) {
+        let link = Arc::new(Link {
+            rate: bytes_per_sec.max(1),
+            next_free: Mutex::new(Instant::now()),
+        });
+        lock(&self.state).links.insert(path.into(), link);
     }
 
     /// Every request whose path (query string stripped) is `path`, in order.
@@ -457,6 +469,7 @@ struct Plan {
     /// A body-level fault still to apply while sending.
     fault: Option<Fault>,
     rate: Option<u64>,
+    link: Option<Arc<Link>>,
     head_only: bool,
 }
 
@@ -547,6 +560,7 @@ fn plan(state: &mut State, req: Recorded, allowed: bool) -> Plan {
         },
     };
     plan.rate = state.rates.get(&path).copied();
+    plan.link = state.links.get(&path).cloned();
     plan.head_only = req.method == "HEAD";
     state.log.push(req);
     plan
@@ -626,19 +640,49 @@ async fn send(stream: &mut TcpStream, plan: Plan, close: bool) -> Io<After> {
     if !plan.head_only {
         let body = &plan.body[..cut.min(len)];
         let (first, rest) = body.split_at(stall.map_or(body.len(), |_| body.len() / 2));
-        write_paced(stream, first, plan.rate).await?;
+        let link = plan.link.as_deref();
+        write_paced(stream, first, plan.rate, link).await?;
         if let Some(pause) = stall {
             tokio::time::sleep(pause).await;
         }
-        write_paced(stream, rest, plan.rate).await?;
+        write_paced(stream, rest, plan.rate, link).await?;
     }
     Ok(after)
 }
 
+/// A rate shared by several responses: each piece books the next free slot.
+pub struct Link {
+    rate: u64,
+    next_free: Mutex<Instant>,
+}
+
 /// Sends `data`, at most `rate` bytes per second if set. Each chunk (1/20 s
 /// worth) waits for its deadline measured from the start, so sleep overshoot
-/// does not accumulate and a 4 MiB body at 512 KiB/s takes ~8 s.
-async fn write_paced(stream: &mut TcpStream, data: &[u8], rate: Option<u64>) -> Io<()> {
+/// does not accumulate and a 4 MiB body at 512 KiB/s takes ~8 s. With a
+/// `link`, every piece also waits for its turn on the link.
+async fn write_paced(
+    stream: &mut TcpStream,
+    data: &[u8],
+    rate: Option<u64>,
+    link: Option<&Link>,
+) -> Io<()> {
+    if let Some(link) = link {
+        let piece = (link.rate / 50).clamp(1, 16 * 1024) as usize;
+        for piece in data.chunks(piece) {
+            let due = {
+                let mut next = link.next_free.lock().unwrap_or_else(|e| e.into_inner());
+                // A little credit for an idle moment, so sleep overshoot does not slow a
+                // single connection below the rate.
+                let idle_from = Instant::now() - Duration::from_millis(20);
+                *next = (*next).max(idle_from)
+                    + Duration::from_secs_f64(piece.len() as f64 / link.rate as f64);
+                *next
+            };
+            tokio::time::sleep_until(due).await;
+            stream.write_all(piece).await?;
+        }
+        return Ok(());
+    }
     let Some(rate) = rate else {
         return stream.write_all(data).await;
     };

@@ -135,11 +135,12 @@ pub struct OssSource {
     shown: String,
 }
 
-/// The Range header for `offset..end`, none for the whole object.
-fn range_header(offset: u64, end: Option<u64>) -> Option<String> {
-    match end {
+/// The Range header for `offset..end`, none for the whole object unless asked.
+fn range_header(options: &GetOptions) -> Option<String> {
+    let offset = options.offset;
+    match options.end {
         Some(end) => Some(format!("bytes={offset}-{}", end.saturating_sub(1))),
-        None if offset > 0 => Some(format!("bytes={offset}-")),
+        None if offset > 0 || options.range_from_start => Some(format!("bytes={offset}-")),
         None => None,
     }
 }
@@ -163,7 +164,7 @@ impl OssSource {
             .get_object()
             .bucket(&self.bucket)
             .key(&self.key)
-            .set_range(range_header(options.offset, options.end))
+            .set_range(range_header(&options))
             .send()
             .await;
         let response = match response {
@@ -283,9 +284,18 @@ mod tests {
 
     #[test]
     fn ranges_and_content_ranges() {
-        assert_eq!(range_header(0, None), None);
-        assert_eq!(range_header(10, None).as_deref(), Some("bytes=10-"));
-        assert_eq!(range_header(0, Some(8)).as_deref(), Some("bytes=0-7"));
+        let header = |offset, end, range_from_start| {
+            range_header(&GetOptions {
+                offset,
+                end,
+                range_from_start,
+                ..GetOptions::default()
+            })
+        };
+        assert_eq!(header(0, None, false), None);
+        assert_eq!(header(0, None, true).as_deref(), Some("bytes=0-"));
+        assert_eq!(header(10, None, false).as_deref(), Some("bytes=10-"));
+        assert_eq!(header(0, Some(8), false).as_deref(), Some("bytes=0-7"));
         assert_eq!(
             parse_content_range("bytes 100-199/1000"),
             Some((100, Some(1000)))
