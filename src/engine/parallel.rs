@@ -33,10 +33,10 @@ use tokio::sync::{Notify, Semaphore};
 
 /// Bytes received but not yet written, across all connections of one transfer; a connection
 /// that would pass it waits (TCP then slows its sender). Besides this, hyper keeps its own
-/// read buffers per connection (up to ~400 KiB each, not configurable through reqwest): on
-/// loopback, 256 MiB with 8 connections peaked at ~20 MiB RSS with 1 MiB here, ~21.5 MiB with
-/// 2 MiB (same speed), ~12.5 MiB as one stream. Copying chunks out of hyper's buffers made it
-/// worse (22-23 MiB).
+/// read buffers per connection (up to ~400 KiB each, not configurable through reqwest). On
+/// the throttled 256 MiB bench with 8 connections the peak RSS was 16.4 MiB with 1 MiB here
+/// and no lower with 512 KiB (17.8 MiB, noise); 2 MiB cost ~1.5 MiB more at the same speed;
+/// copying chunks out of hyper's buffers made it worse.
 const IN_FLIGHT_BYTES: u64 = 1 << 20;
 
 /// Parts per object at most; larger objects get larger parts (bounds the journal record and
