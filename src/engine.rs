@@ -7,8 +7,8 @@
 //!
 //! A fresh transfer first asks for `Range: bytes=0-`: a 206 for a large object with a
 //! validator goes on in parts ([`parallel`]), starting with that very body on one connection
-//! and opening more only when it is slow; anything else (a 200, a small object, no validator)
-//! is a single stream that goes on with that body ([`single`]).
+//! and opening more only while they bring speed ([`ramp`]); anything else (a 200, a small
+//! object, no validator) is a single stream that goes on with that body ([`single`]).
 
 mod parallel;
 mod ramp;
