@@ -20,10 +20,7 @@ fn describe(d: &Daemon, id: &str) -> serde_json::Value {
 }
 
 fn sha(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ferry::sink::hex(&Sha256::digest(data))
 }
 
 /// Polls the final path and records every size seen there.

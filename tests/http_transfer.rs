@@ -48,10 +48,7 @@ fn body(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn sha(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ferry::sink::hex(&Sha256::digest(data))
 }
 
 /// Runs a DOWNLOAD_URL payload to `/sdcard/Download/NAME`.

@@ -44,10 +44,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn sha(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ferry::sink::hex(&Sha256::digest(data))
 }
 
 async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> TaskView {

@@ -46,10 +46,7 @@ fn body(len: u64, seed: u8) -> Vec<u8> {
 }
 
 fn sha(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ferry::sink::hex(&Sha256::digest(data))
 }
 
 fn payload_json(url: &str, name: &str) -> serde_json::Value {

@@ -7,10 +7,7 @@ use std::path::Path;
 
 /// Lowercase hex sha256, as `Result.Files[].Sha256`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ferry::sink::hex(&Sha256::digest(data))
 }
 
 /// `len` deterministic bytes that differ for each `seed` and at every offset.

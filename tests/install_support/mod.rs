@@ -159,10 +159,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ferry::sink::hex(&Sha256::digest(data))
 }
 
 /// A zip made in memory, deflated; for bundles the fixture script does not make.
