@@ -379,6 +379,9 @@ impl Config {
         if !(1..=1024).contains(&self.transfer.part_size_mib) {
             return bad("transfer.part_size_mib must be between 1 and 1024".into());
         }
+        if self.transfer.split_below_mib_s > 1 << 20 {
+            return bad("transfer.split_below_mib_s must be at most 1048576 (MiB/s; 0 opens every connection at once)".into());
+        }
         Ok(())
     }
 
@@ -512,6 +515,10 @@ mod tests {
         std::fs::write(&file, "[transfer]\nconnections = 0\n").unwrap();
         let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
         assert!(err.message.contains("connections"), "{}", err.message);
+        std::fs::write(&file, "[transfer]\nsplit_below_mib_s = 99999999999999\n").unwrap();
+        let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig);
+        assert!(err.message.contains("split_below_mib_s"), "{}", err.message);
     }
 
     #[test]
