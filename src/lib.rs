@@ -28,4 +28,6 @@ pub mod runner;
 pub mod sink;
 pub mod source;
 pub mod task;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timefmt;

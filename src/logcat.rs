@@ -1,8 +1,13 @@
 //! Logs into Android's logcat without liblog. A static binary built without the NDK cannot call
 //! `__android_log_write`, but liblog itself only sends one datagram per record to logd's
 //! socket (`/dev/socket/logdw`), and that format is small and stable, so ferry speaks it
-//! directly: when the socket exists, every `tracing` event also becomes one logcat record
-//! that `logcat -s ferry` shows with its priority.
+//! directly: when the socket can be connected to, every `tracing` event also becomes one
+//! logcat record that `logcat -s ferry` shows with its priority.
+//!
+//! The socket is connected to directly, as liblog does, never `stat()`ed first: AOSP's
+//! `write_logd` grants `write` on `logdw_socket`, not `getattr`, so on an enforcing phone a
+//! stat fails and would turn logcat off (and init discards stderr: the daemon would log
+//! nothing at all).
 //!
 //! The record, as AOSP liblog writes it (`liblog/logd_writer.cpp` `LogdWrite()`, header type
 //! `android_log_header_t` in `liblog/include/private/android_logger.h`, packed):
@@ -23,7 +28,6 @@
 
 use crate::config::Config;
 use std::io::{self, ErrorKind, Write};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,24 +89,25 @@ pub struct Logcat {
 
 impl Logcat {
     /// The logd socket of this configuration: `None` when logcat is disabled (empty
-    /// `logcat.socket`) or its socket does not exist, an error when it exists but cannot be used.
+    /// `logcat.socket`) or there is no socket at its path (ENOENT, ENOTDIR), an error naming
+    /// the path when connecting fails otherwise (not a socket, nobody listening, EACCES).
     pub fn open(config: &Config) -> Option<io::Result<Logcat>> {
         if config.logcat.socket.is_empty() {
             return None;
         }
         let path = config.system_path(&config.logcat.socket);
-        let meta = std::fs::metadata(&path).ok()?;
-        if !meta.file_type().is_socket() {
-            return Some(Err(io::Error::new(
-                ErrorKind::InvalidInput,
-                format!("{} is not a socket", path.display()),
-            )));
-        }
         let mut tag: String = config.logcat.tag.replace('\0', "");
         if tag.is_empty() {
             tag = "ferry".into();
         }
-        Some(Logcat::connect(&path, tag))
+        match Logcat::connect(&path, tag) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => None,
+            Err(e) => Some(Err(io::Error::new(
+                e.kind(),
+                format!("cannot connect to logd at {}: {e}", path.display()),
+            ))),
+            Ok(logcat) => Some(Ok(logcat)),
+        }
     }
 
     fn connect(path: &Path, tag: String) -> io::Result<Logcat> {
@@ -256,6 +261,28 @@ mod tests {
             text.starts_with("\x05ferry\x00log records dropped: 1 "),
             "{text:?}"
         );
+    }
+
+    /// AOSP's `write_logd` grants `write` on logd's socket, never `getattr`: with every path
+    /// stat refused, as on an enforcing phone, records must still reach logd.
+    #[test]
+    fn logdw_is_reached_without_stat_of_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logdw");
+        let logd = UnixDatagram::bind(&path).unwrap();
+        let mut config = Config::default();
+        config.logcat.socket = path.display().to_string();
+        let opened = crate::testing::without_path_stat(move || {
+            let logcat = Logcat::open(&config)
+                .ok_or("logcat off")?
+                .map_err(|e| e.to_string())?;
+            logcat.send(Level::INFO, "no stat");
+            Ok::<_, String>(())
+        });
+        assert_eq!(opened, Ok(()));
+        let mut buf = [0u8; 512];
+        let n = logd.recv(&mut buf).unwrap();
+        assert_eq!(&buf[HEADER_LEN..n], b"\x04ferry\0no stat\0");
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn dnsproxyd_stand_in_resolves_for_the_binary() {
     for request in requests {
         assert_eq!(
             request,
-            b"getaddrinfo files.ferry.test ^ 0 0 1 0 0\0",
+            b"getaddrinfo files.ferry.test ^ 1024 0 1 0 0\0",
             "{:?}",
             String::from_utf8_lossy(&request)
         );

@@ -36,10 +36,12 @@ pub fn work_dir(config: &Config, task_id: &str) -> PathBuf {
 /// Removes unpack folders left by a daemon that died mid-install.
 pub fn clean_stale(config: &Config) {
     let dir = config.state_dir.join("install");
-    if dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+    // Removed without a stat first: a missing folder is the usual case.
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(error = %e, "cannot remove {}", dir.display());
         }
+        _ => {}
     }
 }
 

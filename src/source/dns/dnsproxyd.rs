@@ -7,7 +7,12 @@
 //! - request: bionic `libc/dns/net/getaddrinfo.c`, `android_getaddrinfo_proxy`:
 //!   `fprintf("getaddrinfo %s %s %d %d %d %d %u", host|"^", service|"^", ai_flags, ai_family,
 //!   ai_socktype, ai_protocol, netid)` then one NUL byte (FrameworkListener ends a command
-//!   there). bionic refuses to send names containing any of ` \n\r\t^'"`.
+//!   there). bionic refuses to send names containing any of ` \n\r\t^'"`. The flags are
+//!   `AI_ADDRCONFIG`, as apps send them (Java's `InetAddress` and most native callers): netd
+//!   then leaves out AAAA (or A) records on a network without IPv6 (or IPv4).
+//! - connect: straight to the socket, never a `stat()` first: AOSP policy grants domains
+//!   `write` on `dnsproxyd_socket`, not `getattr`. Like bionic, a socket that is not there
+//!   (ENOENT) or may not be used (EACCES: SELinux, or no `inet` group) means "ask elsewhere".
 //! - answer: `packages/modules/DnsResolver` (formerly `system/netd/server`)
 //!   `DnsProxyListener.cpp`, `GetAddrInfoHandler::run` / `sendaddrinfo`: `sendCode(222)` is the
 //!   4 bytes `"222\0"`; then per result `sendBE32(1)`, flags, family, socktype, protocol as BE32,
@@ -30,11 +35,16 @@ const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
 /// `SOCK_STREAM`: one answer per address instead of one per socket type.
 const SOCK_STREAM: i32 = 1;
+/// bionic's `AI_ADDRCONFIG` (`netdb.h`).
+pub const AI_ADDRCONFIG: i32 = 0x0400;
 /// `NETID_UNSET`: netd picks the default network, as for any app without a bound network.
 const NETID_UNSET: u32 = 0;
 /// bionic's EAI codes that netd sends back (`netdb.h`), and netd's own timeout code.
 const EAI_AGAIN: i32 = 2;
 const EAI_FAIL: i32 = 4;
+/// Also what netd answers when this uid has too many lookups in flight (DnsProxyListener's
+/// per-uid limit): it passes as the others finish.
+const EAI_MEMORY: i32 = 6;
 const EAI_NODATA: i32 = 7;
 const EAI_NONAME: i32 = 8;
 const EAI_SYSTEM: i32 = 11;
@@ -49,7 +59,7 @@ pub fn encode_request(host: &str) -> Option<Vec<u8>> {
     if host.is_empty() || host.contains([' ', '\n', '\r', '\t', '^', '\'', '"']) {
         return None;
     }
-    let flags = 0;
+    let flags = AI_ADDRCONFIG;
     let family = 0; // AF_UNSPEC: A and AAAA
     let protocol = 0;
     let mut bytes =
@@ -68,7 +78,10 @@ pub async fn query(socket: &Path, host: &str, timeout: Duration) -> Answer {
         };
     };
     let exchange = async {
-        let mut stream = tokio::net::UnixStream::connect(socket).await?;
+        let mut stream = match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => stream,
+            Err(e) => return Ok(connect_failed(&e)),
+        };
         stream.write_all(&request).await?;
         stream.flush().await?;
         read_answer(&mut stream).await
@@ -81,6 +94,21 @@ pub async fn query(socket: &Path, host: &str, timeout: Duration) -> Answer {
         },
         Err(_) => Answer::Failed {
             detail: format!("no answer within {} ms", timeout.as_millis()),
+            transient: true,
+        },
+    }
+}
+
+/// A failed connect: absent (ask elsewhere, nothing to retry) unless netd may come back.
+fn connect_failed(e: &std::io::Error) -> Answer {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => Answer::Absent("absent".into()),
+        Some(libc::EACCES) | Some(libc::EPERM) => Answer::Absent(
+            "not allowed to connect (the uid needs group inet, 3003, and the SELinux domain `connectto` netd)"
+                .into(),
+        ),
+        _ => Answer::Failed {
+            detail: describe_io(e),
             transient: true,
         },
     }
@@ -196,6 +224,7 @@ fn from_eai(eai: i32) -> Answer {
         EAI_AGAIN => failed("EAI_AGAIN", true),
         NETD_RESOLV_TIMEOUT => failed("a timeout", true),
         EAI_FAIL => failed("EAI_FAIL", true),
+        EAI_MEMORY => failed("EAI_MEMORY (too many lookups in flight for this uid)", true),
         EAI_SYSTEM => failed("EAI_SYSTEM", true),
         _ => failed("EAI code", false),
     }
@@ -240,10 +269,11 @@ mod tests {
     }
 
     #[test]
-    fn request_is_what_bionic_writes() {
+    fn request_is_what_bionic_writes_with_ai_addrconfig_like_apps() {
+        // flags 1024 = AI_ADDRCONFIG (0x0400), family 0, SOCK_STREAM, protocol 0, NETID_UNSET.
         assert_eq!(
             encode_request("files.ferry.test").unwrap(),
-            b"getaddrinfo files.ferry.test ^ 0 0 1 0 0\0"
+            b"getaddrinfo files.ferry.test ^ 1024 0 1 0 0\0"
         );
         for bad in ["a b", "a^b", "a'b", "a\"b", "a\nb", ""] {
             assert_eq!(encode_request(bad), None, "{bad:?}");
@@ -292,6 +322,14 @@ mod tests {
                 ..
             }
         ));
+        // netd's per-uid limit of lookups in flight: passes, so retried.
+        assert!(matches!(
+            decode(&fail(EAI_MEMORY)).await.unwrap(),
+            Answer::Failed {
+                transient: true,
+                ref detail,
+            } if detail.contains("EAI_MEMORY")
+        ));
         assert!(matches!(
             decode(&fail(9)).await.unwrap(),
             Answer::Failed {
@@ -316,5 +354,20 @@ mod tests {
         ]
         .concat();
         assert!(decode(&huge).await.is_err());
+    }
+
+    #[test]
+    fn connect_failures_are_absent_like_bionic_unless_netd_may_come_back() {
+        let err = |code| connect_failed(&std::io::Error::from_raw_os_error(code));
+        for code in [libc::ENOENT, libc::ENOTDIR, libc::EACCES] {
+            assert!(matches!(err(code), Answer::Absent(_)), "{code}");
+        }
+        assert!(matches!(
+            err(libc::ECONNREFUSED),
+            Answer::Failed {
+                transient: true,
+                ..
+            }
+        ));
     }
 }

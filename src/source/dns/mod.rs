@@ -35,6 +35,9 @@ pub enum Answer {
     Addrs(Vec<IpAddr>),
     /// The resolver says the name does not exist or has no A/AAAA record.
     NoSuchHost(String),
+    /// Nothing to ask: netd's socket cannot be connected to because it is not there or this
+    /// process may not use it (bionic then falls back the same way).
+    Absent(String),
     /// No answer now (timeouts, refused connections, netd down, ...).
     Failed {
         detail: String,
@@ -147,16 +150,14 @@ impl AndroidResolver {
             Err((what, why)) => note(what.clone(), Miss::Absent(why.clone())),
             Ok((device, path)) => {
                 let what = format!("dnsproxyd {device}");
-                if !path.exists() {
-                    note(what, Miss::Absent("absent".into()));
-                } else {
-                    match dnsproxyd::query(path, host, self.timeout).await {
-                        Answer::Addrs(ips) if !ips.is_empty() => return Ok(ips),
-                        Answer::Addrs(_) => note(what, Miss::NoSuchHost("an empty answer".into())),
-                        Answer::NoSuchHost(d) => note(what, Miss::NoSuchHost(d)),
-                        Answer::Failed { detail, transient } => {
-                            note(what, Miss::Failed(detail, transient))
-                        }
+                // No stat first: the policy lets a domain connect to the socket, not getattr it.
+                match dnsproxyd::query(path, host, self.timeout).await {
+                    Answer::Addrs(ips) if !ips.is_empty() => return Ok(ips),
+                    Answer::Addrs(_) => note(what, Miss::NoSuchHost("an empty answer".into())),
+                    Answer::NoSuchHost(d) => note(what, Miss::NoSuchHost(d)),
+                    Answer::Absent(why) => note(what, Miss::Absent(why)),
+                    Answer::Failed { detail, transient } => {
+                        note(what, Miss::Failed(detail, transient))
                     }
                 }
             }
@@ -211,6 +212,7 @@ impl AndroidResolver {
         match conf::query(servers, host, self.timeout).await {
             Answer::Addrs(ips) => Ok(ips),
             Answer::NoSuchHost(d) => Err(Miss::NoSuchHost(d)),
+            Answer::Absent(why) => Err(Miss::Absent(why)),
             Answer::Failed { detail, transient } => Err(Miss::Failed(detail, transient)),
         }
     }

@@ -103,7 +103,7 @@ async fn dnsproxyd_answer_is_used_first() {
     );
     let server = stand_in(
         root.path(),
-        b"getaddrinfo files.ferry.test ^ 0 0 1 0 0\0",
+        b"getaddrinfo files.ferry.test ^ 1024 0 1 0 0\0",
         success_v4([10, 1, 2, 3]),
     );
     let resolver = AndroidResolver::new(&config(root.path()), &no_env);
@@ -123,7 +123,7 @@ async fn dnsproxyd_no_such_host_falls_through_then_is_network_dns() {
     .concat();
     let server = stand_in(
         root.path(),
-        b"getaddrinfo gone.ferry.test ^ 0 0 1 0 0\0",
+        b"getaddrinfo gone.ferry.test ^ 1024 0 1 0 0\0",
         nodata,
     );
     let resolver = AndroidResolver::new(&config(root.path()), &no_env);
@@ -142,7 +142,7 @@ async fn dnsproxyd_no_such_host_falls_through_then_is_network_dns() {
     // A hosts entry still wins over netd's "no such host".
     let server = stand_in(
         root.path(),
-        b"getaddrinfo gone.ferry.test ^ 0 0 1 0 0\0",
+        b"getaddrinfo gone.ferry.test ^ 1024 0 1 0 0\0",
         [
             b"401\0".as_slice(),
             &4i32.to_be_bytes(),
@@ -196,5 +196,49 @@ async fn literals_and_localhost_need_no_lookup() {
     assert_eq!(
         resolver.resolve("LocalHost.").await.unwrap(),
         vec![ip("127.0.0.1"), ip("::1")]
+    );
+}
+
+/// AOSP policy lets a domain connect to netd's socket but not stat it (`getattr` on
+/// `dnsproxyd_socket` is never granted): with every path stat refused, as an enforcing phone
+/// refuses it, the lookup must still go through netd.
+#[test]
+fn dnsproxyd_is_reached_without_stat_of_its_socket() {
+    let root = tempfile::tempdir().unwrap();
+    let config = config(root.path());
+    let ips = crate::testing::without_path_stat(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let server = stand_in(
+                root.path(),
+                b"getaddrinfo files.ferry.test ^ 1024 0 1 0 0\0",
+                success_v4([10, 1, 2, 3]),
+            );
+            let resolver = AndroidResolver::new(&config, &no_env);
+            let ips = resolver.resolve("files.ferry.test").await;
+            server.abort();
+            ips.map_err(|e| e.to_string())
+        })
+    });
+    assert_eq!(ips, Ok(vec!["10.1.2.3".parse::<IpAddr>().unwrap()]));
+}
+
+#[tokio::test]
+async fn netd_socket_that_may_not_be_used_is_passed_over_like_bionic() {
+    let root = tempfile::tempdir().unwrap();
+    // A path through a regular file: connect fails with ENOTDIR, which means "not there".
+    write(root.path(), "/dev/socket", "");
+    let err = AndroidResolver::new(&config(root.path()), &no_env)
+        .resolve("x.ferry.test")
+        .await
+        .unwrap_err();
+    assert!(!err.transient, "{err}");
+    assert!(
+        err.to_string()
+            .contains("dnsproxyd /dev/socket/dnsproxyd: absent"),
+        "{err}"
     );
 }
