@@ -24,7 +24,8 @@ pub enum Code {
     InvalidFileMd5,
     InvalidAutoInstall,
     InvalidConfig,
-    /// Only in task records written before AutoInstall worked; kept so those still load.
+    /// AutoInstall asked of a daemon configured without it (`install.enabled = false`); also
+    /// in task records written before AutoInstall worked.
     UnsupportedAutoInstall,
     InstallInvalidApk,
     InstallNotAnApk,

@@ -184,6 +184,12 @@ impl Manager {
 
     pub fn submit(&self, json: &[u8]) -> Result<Submitted> {
         let task = payload::validate(payload::parse(json)?)?;
+        if task.payload.auto_install && !self.config().install.enabled {
+            return Err(Error::new(
+                Code::UnsupportedAutoInstall,
+                "AutoInstall is turned off on this device (install.enabled = false in the ferry configuration); send the task with AutoInstall false, or enable it there",
+            ));
+        }
         self.inner.submit(task)
     }
 

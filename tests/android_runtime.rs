@@ -5,7 +5,7 @@
 
 mod cli_support;
 
-use cli_support::{text, Daemon, Files, Target};
+use cli_support::{root_or_skip, text, Daemon, Files, Target};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -242,8 +242,7 @@ fn media_scan_without_am_still_succeeds_with_a_note() {
 
 #[test]
 fn run_as_drops_root_after_binding_and_still_transfers() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: run_as needs the test to run as root");
+    if !root_or_skip("run_as") {
         return;
     }
     let t = Target::new();
@@ -256,7 +255,8 @@ fn run_as_drops_root_after_binding_and_still_transfers() {
     std::os::unix::fs::chown(&download, Some(65534), Some(65534)).unwrap();
     let flags = config(
         &t,
-        "run_as = { uid = 65534, gid = 65534, groups = [3003] }\n",
+        // uid 65534 cannot stream an APK into pm, so AutoInstall must be off for it.
+        "run_as = { uid = 65534, gid = 65534, groups = [3003] }\n[install]\nenabled = false\n",
     );
     let d = t.daemon(&args(&flags));
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
@@ -286,4 +286,51 @@ fn run_as_drops_root_after_binding_and_still_transfers() {
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
     let journal = std::fs::metadata(t.host("/data/local/ferry/tasks")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&journal), 65534);
+}
+
+/// A uid pm refuses streamed installs from runs with AutoInstall off: such tasks are refused
+/// at intake, and a reload cannot turn AutoInstall on while the daemon runs as that uid, even
+/// with a file whose own run_as would allow it (run_as only changes at a restart).
+#[test]
+fn run_as_uid_without_autoinstall_refuses_autoinstall_tasks_and_reloads_enabling_it() {
+    if !root_or_skip("run_as") {
+        return;
+    }
+    let t = Target::new();
+    let open = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(t.root().parent().unwrap(), open).unwrap();
+    let flags = config(
+        &t,
+        "run_as = { uid = 65534, gid = 65534, groups = [3003] }\n[install]\nenabled = false\n",
+    );
+    let d = t.daemon(&args(&flags));
+    let payload = serde_json::json!({
+        "SourceFilePath": "/sdcard/Download/app.apk",
+        "UploadType": "DOWNLOAD_URL",
+        "UploadUrl": "http://127.0.0.1:9/app.apk",
+        "AutoInstall": true,
+    });
+    let (status, reply) = d.submit(&payload);
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["ErrorCode"], "Unsupported.AutoInstall", "{reply}");
+    assert!(
+        reply.to_string().contains("install.enabled = false"),
+        "{reply}"
+    );
+
+    t.write("/data/local/ferry.toml", "run_as = { uid = 0, gid = 0 }\n");
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + t.timeout(Duration::from_secs(10));
+    while !d.log_text().contains("keeping the running configuration") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        d.log_text()
+            .contains("run_as uid 65534 cannot run AutoInstall"),
+        "{}",
+        d.log_text()
+    );
+    let (status, reply) = d.submit(&payload);
+    assert_eq!(status, 400, "{reply}");
 }

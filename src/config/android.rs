@@ -38,6 +38,10 @@ pub struct TlsConfig {
     /// Folders of PEM certificates trusted besides the bundled webpki roots: the system
     /// store, its updatable APEX copy (Android 14+), and user-added CAs.
     pub ca_dirs: Vec<String>,
+    /// The system CAs the user turned off (Settings > Security > Trusted credentials): a
+    /// copy of each, under the same file name as in the system store, as Android's
+    /// TrustedCertificateStore keeps them. Not trusted even though still in `ca_dirs`; "" = none.
+    pub ca_removed_dir: String,
 }
 
 impl Default for TlsConfig {
@@ -48,6 +52,7 @@ impl Default for TlsConfig {
                 "/apex/com.android.conscrypt/cacerts".into(),
                 "/data/misc/user/0/cacerts-added".into(),
             ],
+            ca_removed_dir: "/data/misc/user/0/cacerts-removed".into(),
         }
     }
 }

@@ -4,9 +4,28 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The uids `pm install -S` (a streamed install, "reverse mode" of `cmd package`) works from:
+/// root, system and shell. PackageManagerShellCommand refuses any other with "Reverse mode
+/// only supported from shell or system"; those would need INSTALL_PACKAGES, which no uid
+/// without a package can hold.
+pub const STREAM_INSTALL_UIDS: [u32; 3] = [0, 1000, 2000];
+
+/// Why AutoInstall cannot work for a daemon running as `uid`, or `None`.
+pub fn uid_problem(uid: u32) -> Option<String> {
+    (!STREAM_INSTALL_UIDS.contains(&uid)).then(|| {
+        format!(
+            "run_as uid {uid} cannot run AutoInstall: pm accepts a streamed install only from uid 0 (root), 1000 (system) or 2000 (shell); use one of those, or set install.enabled = false to run ferry as uid {uid} without AutoInstall"
+        )
+    })
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstallConfig {
+    /// Whether tasks may ask for AutoInstall. Off, a task with `AutoInstall: true` is refused
+    /// at intake (`Unsupported.AutoInstall`), and `run_as` may name any uid: pm streams an
+    /// APK only from uid 0, 1000 or 2000 (see [`STREAM_INSTALL_UIDS`]).
+    pub enabled: bool,
     /// The package manager command: a name looked up on `PATH`, or an absolute device path
     /// (`/system/bin/pm`, mapped under `system_root` like the other system commands).
     pub pm_command: String,
@@ -30,6 +49,7 @@ pub struct InstallConfig {
 impl Default for InstallConfig {
     fn default() -> Self {
         InstallConfig {
+            enabled: true,
             pm_command: "pm".into(),
             install_flags: vec!["-r".into()],
             timeout_secs: 300,

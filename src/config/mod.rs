@@ -6,7 +6,7 @@ mod install;
 mod oss;
 
 pub use android::{DnsConfig, LogcatConfig, MediaScanConfig, MediaScanMode, RunAs, TlsConfig};
-pub use install::InstallConfig;
+pub use install::{InstallConfig, STREAM_INSTALL_UIDS};
 pub use oss::OssConfig;
 
 use crate::error::{Code, Error, Result};
@@ -367,6 +367,9 @@ impl Config {
         if let Some(problem) = self.install.problem() {
             return bad(problem);
         }
+        if let Some(problem) = self.install_identity_problem(self.run_as.as_ref()) {
+            return bad(problem);
+        }
         if self.http.max_redirects > 10 {
             return bad("http.max_redirects may be at most 10".into());
         }
@@ -383,6 +386,18 @@ impl Config {
             return bad("transfer.split_below_mib_s must be at most 1048576 (MiB/s; 0 opens every connection at once)".into());
         }
         Ok(())
+    }
+
+    /// Why AutoInstall, when enabled here, cannot work in a daemon that switched to `run_as`
+    /// (`None`: the starting identity). Checked at load, and on reload against the `run_as`
+    /// in effect, since a new `run_as` only applies at the next start.
+    pub fn install_identity_problem(&self, run_as: Option<&RunAs>) -> Option<String> {
+        let uid = run_as?.uid;
+        if self.install.enabled {
+            install::uid_problem(uid)
+        } else {
+            None
+        }
     }
 
     /// Where a device system path (`/system/etc/hosts`) is on this machine.
@@ -546,5 +561,61 @@ mod tests {
         std::fs::write(&file, "max_conccurent = 1\n").unwrap();
         let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
         assert!(err.message.contains("max_conccurent"), "{}", err.message);
+    }
+
+    #[test]
+    fn run_as_uid_that_pm_refuses_streamed_installs_is_refused_while_autoinstall_is_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), &no_env, &Overrides::default())
+        };
+        for uid in [1, 1001, 3003, 10_123, 65534] {
+            let err = load(&format!("run_as = {{ uid = {uid}, gid = {uid} }}\n")).unwrap_err();
+            assert_eq!(err.code, Code::InvalidConfig);
+            for part in [
+                format!("run_as uid {uid} cannot run AutoInstall"),
+                "uid 0 (root), 1000 (system) or 2000 (shell)".into(),
+                "install.enabled = false".into(),
+            ] {
+                assert!(err.message.contains(&part), "{}", err.message);
+            }
+            let off = load(&format!(
+                "run_as = {{ uid = {uid}, gid = {uid} }}\n[install]\nenabled = false\n"
+            ));
+            assert!(!off.unwrap().install.enabled);
+        }
+        for uid in STREAM_INSTALL_UIDS {
+            load(&format!("run_as = {{ uid = {uid}, gid = {uid} }}\n")).unwrap();
+        }
+        // Without run_as the starting identity (ferry.rc: root) is kept.
+        load("[install]\nenabled = true\n").unwrap();
+    }
+
+    #[test]
+    fn reload_checks_autoinstall_against_the_run_as_in_effect() {
+        let running = RunAs {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        };
+        // A new file that is valid alone (run_as root) still cannot turn AutoInstall on in
+        // a daemon that already runs as 65534: run_as applies at the next start.
+        let new = Config {
+            run_as: Some(RunAs {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+            }),
+            ..Config::default()
+        };
+        assert!(new.validate().is_ok());
+        let problem = new.install_identity_problem(Some(&running)).unwrap();
+        assert!(problem.contains("run_as uid 65534"), "{problem}");
+        let mut off = new.clone();
+        off.install.enabled = false;
+        assert_eq!(off.install_identity_problem(Some(&running)), None);
+        assert_eq!(new.install_identity_problem(None), None);
     }
 }

@@ -252,9 +252,19 @@ pub async fn reload(manager: &Manager, file: Option<PathBuf>, overrides: Overrid
             format!("loading the configuration: {e}"),
         ))
     });
+    let old = manager.config();
+    // run_as only changes at a restart: the daemon still runs as the old one.
+    let loaded = loaded.and_then(
+        |new| match new.install_identity_problem(old.run_as.as_ref()) {
+            Some(problem) => Err(Error::new(
+                Code::InvalidConfig,
+                format!("{problem} (the daemon runs as the run_as it started with)"),
+            )),
+            None => Ok(new),
+        },
+    );
     match loaded {
         Ok(new) => {
-            let old = manager.config();
             for field in restart_only_changes(&old, &new) {
                 warn!("SIGHUP: {field} changed in {source}; that takes a restart to apply");
             }

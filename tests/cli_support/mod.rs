@@ -333,3 +333,17 @@ impl AnonSampler {
         self.thread.join().expect("the sampler thread")
     }
 }
+
+/// Whether the test runs as root. When it does not, a test that needs root says so and
+/// returns early, except under `CI=true`, where the missing privilege fails the test.
+pub fn root_or_skip(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} needs the test to run as root (CI=true: not skipped)"
+    );
+    eprintln!("SKIPPED: {what} needs the test to run as root");
+    false
+}
