@@ -167,3 +167,19 @@ fn without_the_ca_the_transfer_fails_with_network_tls_and_no_retry() {
     assert!(started.elapsed() < t.timeout(Duration::from_secs(10)));
     assert!(!t.host("/data/local/tmp/x.bin").exists());
 }
+
+/// A system CA the user turned off (Android copies it, same file name, to
+/// /data/misc/user/0/cacerts-removed) is not trusted: the transfer fails as without the CA.
+#[test]
+fn a_system_ca_listed_in_cacerts_removed_is_not_trusted() {
+    let ca = make_ca();
+    let server = HttpsServer::start(&ca);
+    let t = Target::new();
+    t.write(CA_FILE, &ca.ca_pem);
+    t.write("/data/misc/user/0/cacerts-removed/f3e2d1c0.0", &ca.ca_pem);
+    let out = fetch(&t, &server.url(), "/data/local/tmp/x.bin");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("Network.Tls: "), "{stderr}");
+    assert!(!t.host("/data/local/tmp/x.bin").exists());
+}

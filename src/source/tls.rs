@@ -5,6 +5,12 @@
 //! (Android 14+) and `/data/misc/user/0/cacerts-added`; every certificate found there is
 //! trusted on top of the bundled roots.
 //!
+//! Except the system CAs the user turned off: Android keeps a copy of each, under its system
+//! file name, in `/data/misc/user/0/cacerts-removed`, and its TrustedCertificateStore then
+//! ignores the system file. ferry does the same (same name or same certificate), and since
+//! the bundled webpki roots largely repeat the system store, a phone with any removed CA gets
+//! only its own store, so a turned-off CA cannot come back through the bundle.
+//!
 //! Each file is parsed and checked here, one by one: reqwest only decodes PEM roots when the
 //! client is built, so a single damaged file would otherwise fail every transfer. Files that
 //! hold no usable certificate are skipped with a debug log.
@@ -27,6 +33,40 @@ pub struct AndroidRoots {
     pub certs: Vec<CertificateDer<'static>>,
     /// Files that held no usable certificate.
     pub skipped: usize,
+    /// Files passed over because the user turned their CA off (`tls.ca_removed_dir`).
+    pub removed: usize,
+    /// Whether `tls.ca_removed_dir` lists any CA: the bundled roots must then be left out.
+    pub any_removed: bool,
+}
+
+/// What `tls.ca_removed_dir` holds: file names and the certificates in them.
+#[derive(Default)]
+struct Removed {
+    names: HashSet<std::ffi::OsString>,
+    certs: HashSet<Vec<u8>>,
+}
+
+impl Removed {
+    fn read(dir: &Path) -> Removed {
+        let mut removed = Removed::default();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return removed;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if let Ok(certs) = read_certs(&entry.path()) {
+                removed
+                    .certs
+                    .extend(certs.iter().map(|c| c.as_ref().to_vec()));
+            }
+            removed.names.insert(entry.file_name());
+        }
+        removed
+    }
+
+    fn covers(&self, file: &Path, certs: &[CertificateDer<'static>]) -> bool {
+        file.file_name().is_some_and(|n| self.names.contains(n))
+            || certs.iter().any(|c| self.certs.contains(c.as_ref()))
+    }
 }
 
 /// Reads every regular file of every folder of `tls.ca_dirs` (mapped by `system_root`);
@@ -34,10 +74,15 @@ pub struct AndroidRoots {
 pub fn load(config: &Config) -> AndroidRoots {
     let mut roots = AndroidRoots::default();
     let mut seen = HashSet::new();
+    let removed = match config.tls.ca_removed_dir.as_str() {
+        "" => Removed::default(),
+        dir => Removed::read(&config.system_path(dir)),
+    };
+    roots.any_removed = !removed.names.is_empty();
     for dir in &config.tls.ca_dirs {
         let path = config.system_path(dir);
         let before = roots.certs.len();
-        load_dir(&path, &mut roots, &mut seen);
+        load_dir(&path, &removed, &mut roots, &mut seen);
         let added = roots.certs.len() - before;
         if added > 0 {
             tracing::debug!(dir = %path.display(), added, "trusting CA certificates");
@@ -52,6 +97,13 @@ pub fn with_android_roots(
     config: &Config,
 ) -> reqwest::ClientBuilder {
     let roots = load(config);
+    if roots.any_removed && !roots.certs.is_empty() {
+        tracing::debug!(
+            removed = roots.removed,
+            "CAs turned off by the user: trusting the phone's store only"
+        );
+        builder = builder.tls_built_in_root_certs(false);
+    }
     for cert in &roots.certs {
         match reqwest::Certificate::from_der(cert) {
             Ok(cert) => builder = builder.add_root_certificate(cert),
@@ -61,7 +113,7 @@ pub fn with_android_roots(
     builder
 }
 
-fn load_dir(dir: &Path, roots: &mut AndroidRoots, seen: &mut HashSet<Vec<u8>>) {
+fn load_dir(dir: &Path, removed: &Removed, roots: &mut AndroidRoots, seen: &mut HashSet<Vec<u8>>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -74,11 +126,12 @@ fn load_dir(dir: &Path, roots: &mut AndroidRoots, seen: &mut HashSet<Vec<u8>>) {
     let mut files: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     files.sort();
     for file in files {
-        // Follows links: a CA folder may link its files elsewhere.
-        if !std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
-            continue;
-        }
         match read_certs(&file) {
+            Ok(certs) if certs.is_empty() => {}
+            Ok(certs) if removed.covers(&file, &certs) => {
+                roots.removed += 1;
+                tracing::debug!(file = %file.display(), "CA turned off by the user");
+            }
             Ok(certs) => {
                 for cert in certs {
                     if seen.insert(cert.as_ref().to_vec()) {
@@ -94,11 +147,17 @@ fn load_dir(dir: &Path, roots: &mut AndroidRoots, seen: &mut HashSet<Vec<u8>>) {
     }
 }
 
-/// The certificates of one PEM file, each checked the way rustls will accept a root.
+/// The certificates of one PEM file, each checked the way rustls will accept a root; none
+/// when `file` is not a regular file.
 fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    // Opened, then checked through the descriptor (links followed): no stat of the path.
     let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut bytes))
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot open it: {e}"))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(Vec::new()); // a folder or device in the folder: not a CA file, passed over
+    }
+    f.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read it: {e}"))?;
     if bytes.len() as u64 > MAX_CA_FILE_BYTES {
         return Err(format!("larger than {MAX_CA_FILE_BYTES} bytes"));
@@ -170,5 +229,40 @@ mod tests {
         with_android_roots(reqwest::Client::builder(), &config)
             .build()
             .unwrap();
+    }
+
+    #[test]
+    fn system_cas_the_user_turned_off_in_cacerts_removed_are_not_trusted() {
+        let root = tempfile::tempdir().unwrap();
+        let system = root.path().join("system/etc/security/cacerts");
+        let apex = root.path().join("apex/com.android.conscrypt/cacerts");
+        let removed = root.path().join("data/misc/user/0/cacerts-removed");
+        for dir in [&system, &apex, &removed] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let (off, kept, renamed) = (test_ca_pem(), test_ca_pem(), test_ca_pem());
+        std::fs::write(system.join("0ff0ff00.0"), &off).unwrap();
+        std::fs::write(apex.join("0ff0ff00.0"), &off).unwrap();
+        std::fs::write(system.join("6e6e6e6e.0"), &kept).unwrap();
+        // The APEX copy of a removed CA may have another name: its certificate matches.
+        std::fs::write(apex.join("7a7a7a7a.0"), &renamed).unwrap();
+        std::fs::write(removed.join("0ff0ff00.0"), &off).unwrap();
+        std::fs::write(removed.join("7b7b7b7b.0"), &renamed).unwrap();
+        let config = Config {
+            system_root: Some(root.path().to_path_buf()),
+            ..Config::default()
+        };
+        let roots = load(&config);
+        let der = |pem: &str| parse_pem(pem.as_bytes()).unwrap().remove(0);
+        assert_eq!(roots.certs, vec![der(&kept)]);
+        assert_eq!(roots.removed, 3);
+        assert!(roots.any_removed);
+
+        // Without removals (or with the setting off) everything is trusted as before.
+        let mut all = config.clone();
+        all.tls.ca_removed_dir.clear();
+        let roots = load(&all);
+        assert_eq!((roots.certs.len(), roots.removed), (3, 0));
+        assert!(!roots.any_removed);
     }
 }
