@@ -159,8 +159,14 @@ impl Roots {
         let root_host = self.host_path(root);
         if self.device_root.is_some() && create {
             // Desktop and test use: the stand-in device tree may not have the root yet.
-            std::fs::create_dir_all(&root_host)
-                .map_err(|e| Error::io("creating allowed root", &root_host, &e))?;
+            // create_dir_all stats each folder and takes "may not look" (EACCES) for
+            // "missing", then fails with EEXIST: the open below reports the real error.
+            match std::fs::create_dir_all(&root_host) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io("creating allowed root", &root_host, &e));
+                }
+                _ => {}
+            }
         }
         let mut fd = open_path(&root_host).map_err(|e| {
             let mut err = Error::io("opening allowed root", &root_host, &e);

@@ -334,3 +334,99 @@ fn run_as_uid_without_autoinstall_refuses_autoinstall_tasks_and_reloads_enabling
     let (status, reply) = d.submit(&payload);
     assert_eq!(status, 400, "{reply}");
 }
+
+// ---- shared storage as an init service sees it ----
+
+/// The `group` line of android/ferry.rc as ids: (gid, supplementary groups). Names are
+/// Android AIDs (system/core/libcutils/include/private/android_filesystem_config.h); an
+/// unknown one fails, so the rc file and this test cannot drift apart.
+fn rc_groups() -> (u32, Vec<u32>) {
+    let rc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/android/ferry.rc")).unwrap();
+    let line = rc
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("group "))
+        .expect("a group line in android/ferry.rc");
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|name| match name {
+            "root" => 0,
+            "system" => 1000,
+            "log" => 1007,
+            "sdcard_rw" => 1015,
+            "media_rw" => 1023,
+            "shell" => 2000,
+            "inet" => 3003,
+            "everybody" => 9997,
+            other => panic!("AID {other:?} of ferry.rc is not in this test's table"),
+        })
+        .collect();
+    (ids[0], ids[1..].to_vec())
+}
+
+/// Android 11+: in init's mount namespace /storage is vold's /mnt/user/0, mode 0710
+/// shell:everybody (2000:9997). ferry.rc runs uid 0 with no capabilities, so only its groups
+/// let it through: with the rc file's groups the download lands, without `everybody` it
+/// cannot (EACCES). Runs natively and in chroot mode (setpriv, see Target).
+#[test]
+fn init_groups_of_ferry_rc_reach_storage_0710_shell_everybody_without_capabilities() {
+    if !root_or_skip("dropping capabilities with setpriv") {
+        return;
+    }
+    let t = Target::new();
+    let storage = t.host("/storage");
+    std::os::unix::fs::chown(&storage, Some(2000), Some(9997)).unwrap();
+    std::fs::set_permissions(
+        &storage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o710),
+    )
+    .unwrap();
+    let files = Files::start(50_000);
+    let fetch = |gid: u32, groups: &[u32], name: &str| {
+        let path = format!("/sdcard/Download/{name}");
+        let out = t
+            .command_without_capabilities(gid, groups)
+            .args([
+                "fetch",
+                "--quiet",
+                "--url",
+                &files.url(),
+                "--source-path",
+                &path,
+            ])
+            .output()
+            .expect("running ferry fetch under setpriv");
+        (out, t.host(&path))
+    };
+    let (gid, groups) = rc_groups();
+    assert!(
+        groups.contains(&9997),
+        "ferry.rc lacks everybody: {groups:?}"
+    );
+
+    let without: Vec<u32> = groups.iter().copied().filter(|g| *g != 9997).collect();
+    let (out, landed) = fetch(gid, &without, "denied.bin");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ermission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::set_permissions(
+        &storage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(!landed.exists());
+    std::fs::set_permissions(
+        &storage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o710),
+    )
+    .unwrap();
+
+    let (out, landed) = fetch(gid, &groups, "granted.bin");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(std::fs::metadata(&landed).unwrap().len(), 50_000);
+}

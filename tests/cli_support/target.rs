@@ -36,6 +36,7 @@
 //! - [`Target::arg`]: a device path as the binary must be given it in a flag (`--config`);
 //! - [`Target::host_of_reported`]: the host path of a path the binary printed (api.json, errors);
 //! - [`Target::command`]: a `ferry` command with the right prefix and flags; add arguments;
+//!   [`Target::command_without_capabilities`]: the same with init's ids and no capabilities;
 //! - [`Target::daemon`]: `ferry daemon --listen 127.0.0.1:0` with extra global flags,
 //!   ready to use (see [`super::Daemon`]);
 //! - [`Target::timeout`]: stretches a timeout for the slower emulated binary.
@@ -201,10 +202,44 @@ impl Target {
     /// `ferry` with the root flags (native) or inside the chroot, without `--state-dir`;
     /// stdin is null and no `FERRY_*` setting is inherited.
     pub fn bare_command(&self) -> Command {
+        self.build_command(None)
+    }
+
+    /// [`Target::command`] run as an init service without capabilities: uid 0, gid `gid`,
+    /// exactly the supplementary `groups`, and an empty capability bounding set (so root
+    /// gets no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH at exec), through util-linux
+    /// `setpriv` (needs root). In chroot mode `setpriv` runs before `chroot`, which keeps
+    /// CAP_SYS_CHROOT alone to enter the root; nothing that bypasses file permissions.
+    pub fn command_without_capabilities(&self, gid: u32, groups: &[u32]) -> Command {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        let keep = if self.is_chroot() {
+            "-all,+sys_chroot"
+        } else {
+            "-all"
+        };
+        let setpriv = vec![
+            which("setpriv")
+                .expect("setpriv not found (util-linux)")
+                .into_os_string(),
+            "--reuid=0".into(),
+            format!("--regid={gid}").into(),
+            format!("--groups={}", list.join(",")).into(),
+            "--inh-caps=-all".into(),
+            format!("--bounding-set={keep}").into(),
+        ];
+        let mut cmd = self.build_command(Some(setpriv));
+        cmd.args(self.state_args());
+        cmd
+    }
+
+    /// `prefix` runs right before the binary (natively) or before `chroot` (chroot mode).
+    fn build_command(&self, prefix: Option<Vec<OsString>>) -> Command {
         let root = self.root();
+        let prefix = prefix.unwrap_or_default();
         let mut cmd = match &self.inner.mode {
             Mode::Native { words } => {
-                let mut cmd = Command::new(&words[0]);
+                let words: Vec<&OsString> = prefix.iter().chain(words).collect();
+                let mut cmd = Command::new(words[0]);
                 cmd.args(&words[1..]);
                 cmd.arg("--device-root").arg(root);
                 cmd.arg("--system-root").arg(root);
@@ -218,6 +253,7 @@ impl Target {
             Mode::Chroot { unshare, chroot } => {
                 let mut cmd = Command::new(unshare);
                 cmd.arg(format!("--mount-proc={}", root.join("proc").display()));
+                cmd.args(&prefix);
                 cmd.arg(chroot).arg(root);
                 cmd.args(["/qemu-aarch64-static", "/system/bin/ferry"]);
                 // What init gives a service on a phone; nothing of the host's (no HOME,
