@@ -256,3 +256,40 @@ fn oss_folder_marker_objects_are_not_files() {
         ["a.bin", "sub/b.bin"]
     );
 }
+
+/// A signed OSS request carries `Authorization` and `x-amz-security-token`: a redirect from
+/// the endpoint must not take them anywhere. The endpoint answers 307 to a second server,
+/// which must receive nothing; the task fails saying where the redirect pointed, without the
+/// redirect's query.
+#[test]
+fn oss_redirects_are_not_followed_and_the_target_receives_nothing() {
+    let target = TestServer::start_blocking();
+    target.put("/send/a.bin", Resource::new(b"stolen".to_vec()));
+    let endpoint = TestServer::start_blocking();
+    for status in [301, 302, 307, 308] {
+        let location = format!(
+            "http://127.0.0.1:{}/send/a.bin?X-Amz-Signature=SECRETSIG&security-token=SECRETTOKEN",
+            target.addr().port()
+        );
+        endpoint.add_redirect("/send/a.bin", &location, status);
+        endpoint.add_redirect("/", &location, status);
+        let t = phone();
+        let d = t.daemon(&[]);
+        for (id, key) in [("t-redir", "send/a.bin"), ("t-redir-dir", "send/")] {
+            let view = d.run_task(
+                &stand_in_payload(id, &endpoint, key, "/sdcard/Download"),
+                TASK_TIMEOUT,
+            );
+            assert_failed(&view, "Source.RedirectNotAllowed");
+            let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains(&format!("127.0.0.1:{}", target.addr().port())),
+                "{status} {id}: the message names the redirect's host: {msg}"
+            );
+            assert!(!msg.contains("SECRET"), "{status} {id}: {msg}");
+        }
+        assert!(files_under(&t.host("/sdcard")).is_empty());
+    }
+    let seen = target.requests("/send/a.bin");
+    assert!(seen.is_empty(), "the redirect target received {seen:?}");
+}
