@@ -293,3 +293,45 @@ fn oss_redirects_are_not_followed_and_the_target_receives_nothing() {
     let seen = target.requests("/send/a.bin");
     assert!(seen.is_empty(), "the redirect target received {seen:?}");
 }
+
+/// The OSS endpoint falls under the address policy like a DOWNLOAD_URL: by literal address
+/// (refused before the SDK runs) or by a name the phone's hosts file maps to a refused
+/// address, IPv6 forms embedding one included (refused by the resolver, before any connect).
+#[test]
+fn oss_endpoint_at_a_refused_address_is_address_not_allowed() {
+    let t = phone();
+    t.add_hosts(&format!(
+        "169.254.169.254 {BUCKET}.metadata.test\n\
+         64:ff9b::a9fe:a9fe {BUCKET}.nat64.test\n\
+         ::ffff:100.100.100.200 {BUCKET}.mapped.test\n"
+    ));
+    let d = t.daemon(&[]);
+    for (i, endpoint) in [
+        "http://metadata.test:9000",
+        "http://nat64.test:9000",
+        "http://mapped.test",
+        "http://169.254.169.254",
+        "http://[64:ff9b::a9fe:a9fe]:9000",
+        "[2002:a9fe:a9fe::1]:9000",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let view = d.run_task(
+            &json!({
+                "TaskId": format!("t-addr-{i}"),
+                "UploadType": "OSS",
+                "SourceFilePath": "/sdcard/Download",
+                "UploadUrl": format!("oss://{BUCKET}/send/a.bin"),
+                "UploadEndpoint": endpoint,
+                "Credentials": credentials(),
+            }),
+            TASK_TIMEOUT,
+        );
+        assert_eq!(view["Phase"], "FAILED", "{endpoint}: {view}");
+        assert_eq!(
+            view["ErrorCode"], "Network.AddressNotAllowed",
+            "{endpoint}: {view}"
+        );
+    }
+}

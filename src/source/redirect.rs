@@ -51,7 +51,8 @@ impl RedirectRules {
                 format!("{shown_from} redirected once more after {} redirects (http.max_redirects); the link does not lead to a file", self.max),
             ));
         }
-        let location = location.ok_or_else(|| refuse("the answer has no Location".into()))?;
+        let location = location
+            .ok_or_else(|| refuse("the answer has no Location that is ASCII text".into()))?;
         let shown = redact::url(location);
         if let Some(problem) = net::link_text_problem(location) {
             return Err(refuse(format!("Location {shown:?}: {problem}")));
