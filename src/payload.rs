@@ -422,6 +422,10 @@ fn parse_http_url(text: &str, field: &str) -> Result<Url> {
     if url.host_str().is_none_or(|h| h.is_empty()) {
         return Err(bad("the link has no host".into()));
     }
+    // `http:///x` parses as host `x`: the text itself must name the host.
+    if let Some(problem) = crate::source::net::link_text_problem(text) {
+        return Err(bad(format!("{problem}; write scheme://HOST/PATH")));
+    }
     Ok(url)
 }
 

@@ -16,6 +16,7 @@ use crate::source::http::HttpSource;
 use crate::source::limit::Bandwidth;
 use crate::source::net;
 use crate::source::oss::{OssClient, OssEndpoint};
+use crate::source::redirect::RedirectRules;
 use crate::source::{Source, SourceError};
 use crate::task::{DoneObject, FileResult, ResumeState, TaskResult};
 use std::future::Future;
@@ -152,7 +153,11 @@ pub async fn run<O: Observer>(
                 Error::new(Code::InvalidSourceFilePath, "SourceFilePath names no file")
             })?;
             let landing = Landing {
-                source: Arc::new(HttpSource::new(ctx.client.clone(), url.clone())),
+                source: Arc::new(HttpSource::new(
+                    ctx.client.clone(),
+                    url.clone(),
+                    RedirectRules::from_config(ctx.config),
+                )),
                 staging_dir: dir.clone(),
                 final_dir: dir,
                 final_name: name.to_string(),
@@ -462,7 +467,11 @@ async fn bridged<O: Observer>(
         }
     };
     net::check_literal_host(public_url, ctx.config.allow_link_local)?;
-    let source = Arc::new(HttpSource::new(ctx.client.clone(), public_url.clone()));
+    let source = Arc::new(HttpSource::new(
+        ctx.client.clone(),
+        public_url.clone(),
+        RedirectRules::from_config(ctx.config),
+    ));
     let file = ctx.land(landing(source), observer).await?;
     tracing::warn!(
         task = ctx.task_id,

@@ -256,3 +256,82 @@ fn oss_folder_marker_objects_are_not_files() {
         ["a.bin", "sub/b.bin"]
     );
 }
+
+/// A signed OSS request carries `Authorization` and `x-amz-security-token`: a redirect from
+/// the endpoint must not take them anywhere. The endpoint answers 307 to a second server,
+/// which must receive nothing; the task fails saying where the redirect pointed, without the
+/// redirect's query.
+#[test]
+fn oss_redirects_are_not_followed_and_the_target_receives_nothing() {
+    let target = TestServer::start_blocking();
+    target.put("/send/a.bin", Resource::new(b"stolen".to_vec()));
+    let endpoint = TestServer::start_blocking();
+    for status in [301, 302, 307, 308] {
+        let location = format!(
+            "http://127.0.0.1:{}/send/a.bin?X-Amz-Signature=SECRETSIG&security-token=SECRETTOKEN",
+            target.addr().port()
+        );
+        endpoint.add_redirect("/send/a.bin", &location, status);
+        endpoint.add_redirect("/", &location, status);
+        let t = phone();
+        let d = t.daemon(&[]);
+        for (id, key) in [("t-redir", "send/a.bin"), ("t-redir-dir", "send/")] {
+            let view = d.run_task(
+                &stand_in_payload(id, &endpoint, key, "/sdcard/Download"),
+                TASK_TIMEOUT,
+            );
+            assert_failed(&view, "Source.RedirectNotAllowed");
+            let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains(&format!("127.0.0.1:{}", target.addr().port())),
+                "{status} {id}: the message names the redirect's host: {msg}"
+            );
+            assert!(!msg.contains("SECRET"), "{status} {id}: {msg}");
+        }
+        assert!(files_under(&t.host("/sdcard")).is_empty());
+    }
+    let seen = target.requests("/send/a.bin");
+    assert!(seen.is_empty(), "the redirect target received {seen:?}");
+}
+
+/// The OSS endpoint falls under the address policy like a DOWNLOAD_URL: by literal address
+/// (refused before the SDK runs) or by a name the phone's hosts file maps to a refused
+/// address, IPv6 forms embedding one included (refused by the resolver, before any connect).
+#[test]
+fn oss_endpoint_at_a_refused_address_is_address_not_allowed() {
+    let t = phone();
+    t.add_hosts(&format!(
+        "169.254.169.254 {BUCKET}.metadata.test\n\
+         64:ff9b::a9fe:a9fe {BUCKET}.nat64.test\n\
+         ::ffff:100.100.100.200 {BUCKET}.mapped.test\n"
+    ));
+    let d = t.daemon(&[]);
+    for (i, endpoint) in [
+        "http://metadata.test:9000",
+        "http://nat64.test:9000",
+        "http://mapped.test",
+        "http://169.254.169.254",
+        "http://[64:ff9b::a9fe:a9fe]:9000",
+        "[2002:a9fe:a9fe::1]:9000",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let view = d.run_task(
+            &json!({
+                "TaskId": format!("t-addr-{i}"),
+                "UploadType": "OSS",
+                "SourceFilePath": "/sdcard/Download",
+                "UploadUrl": format!("oss://{BUCKET}/send/a.bin"),
+                "UploadEndpoint": endpoint,
+                "Credentials": credentials(),
+            }),
+            TASK_TIMEOUT,
+        );
+        assert_eq!(view["Phase"], "FAILED", "{endpoint}: {view}");
+        assert_eq!(
+            view["ErrorCode"], "Network.AddressNotAllowed",
+            "{endpoint}: {view}"
+        );
+    }
+}

@@ -4,14 +4,18 @@
 //! Last-Modified), so a changed object comes back whole (200) instead of as a spliced range.
 //! A bounded read (`GetOptions::end`, one part of a parallel transfer) asks for
 //! `Range: bytes=N-(END-1)`, with the same `If-Range` when it states a version.
+//! Redirects are followed here, hop by hop, under [`RedirectRules`]; every link shown in a
+//! message goes through [`crate::redact`].
 
+use super::redirect::{self, RedirectRules};
 use super::retry::parse_retry_after;
 use super::{Body, BoxFuture, GetOptions, GetResult, ObjectMeta, Source, SourceError, Validators};
 use crate::error::Code;
+use crate::redact;
 use bytes::Bytes;
 use reqwest::header::{
     HeaderMap, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED,
-    RANGE, RETRY_AFTER,
+    LOCATION, RANGE, RETRY_AFTER,
 };
 use reqwest::{StatusCode, Url};
 use std::error::Error as _;
@@ -19,26 +23,48 @@ use std::error::Error as _;
 pub struct HttpSource {
     client: reqwest::Client,
     url: Url,
+    redirects: RedirectRules,
 }
 
 impl HttpSource {
-    pub fn new(client: reqwest::Client, url: Url) -> Self {
-        HttpSource { client, url }
+    pub fn new(client: reqwest::Client, url: Url, redirects: RedirectRules) -> Self {
+        HttpSource {
+            client,
+            url,
+            redirects,
+        }
     }
 
-    /// The link without credentials or query string, which may carry signatures.
+    /// The link with its credentials and query values hidden: they may be signatures.
     fn shown_url(&self) -> String {
-        let mut url = self.url.clone();
-        let _ = url.set_password(None);
-        let _ = url.set_username("");
-        url.set_query(None);
-        url.to_string()
+        redact::url_parsed(&self.url)
     }
 
-    async fn get_inner(&self, options: GetOptions) -> Result<GetResult, SourceError> {
+    /// Sends the read to the link and to each redirect it leads to, in turn.
+    async fn send(&self, options: &GetOptions) -> Result<reqwest::Response, SourceError> {
+        let mut url = self.url.clone();
+        let mut hop = 0;
+        loop {
+            let response = self
+                .request(&url, options)
+                .send()
+                .await
+                .map_err(|e| classify(&e, &redact::url_parsed(&url)))?;
+            if !redirect::is_redirect(response.status()) {
+                return Ok(response);
+            }
+            hop += 1;
+            let location = header_str(response.headers(), LOCATION.as_str());
+            url = self
+                .redirects
+                .next(&url, response.status(), location, hop)?;
+        }
+    }
+
+    fn request(&self, url: &Url, options: &GetOptions) -> reqwest::RequestBuilder {
         let mut request = self
             .client
-            .get(self.url.clone())
+            .get(url.clone())
             // Byte counts must be of the stored object, never of a transfer encoding.
             .header(ACCEPT_ENCODING, "identity");
         let if_range = options
@@ -62,10 +88,11 @@ impl HttpSource {
         } else if options.range_from_start {
             request = request.header(RANGE, "bytes=0-");
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| classify(&e, &self.shown_url()))?;
+        request
+    }
+
+    async fn get_inner(&self, options: GetOptions) -> Result<GetResult, SourceError> {
+        let response = self.send(&options).await?;
         let status = response.status();
         let headers = response.headers();
         let validators = validators(headers);
@@ -225,6 +252,10 @@ fn status_error(status: StatusCode, headers: &HeaderMap, url: &str) -> SourceErr
             err.retry_after = header_str(headers, RETRY_AFTER.as_str()).and_then(parse_retry_after);
             err
         }
+        300..=399 => SourceError::permanent(
+            Code::SourceRedirectNotAllowed,
+            format!("{text}, a redirection ferry cannot follow"),
+        ),
         500..=599 => {
             let mut err = SourceError::transient(Code::SourceHttp5xx, text);
             err.retry_after = header_str(headers, RETRY_AFTER.as_str()).and_then(parse_retry_after);
@@ -263,6 +294,19 @@ pub(super) fn classify(err: &reqwest::Error, url: &str) -> SourceError {
                 false => SourceError::permanent(dns.code(), message),
             };
         }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse() {
+                // A malformed or oversized answer comes back the same on a retry.
+                let why = match h.is_parse_too_large() {
+                    true => "its response header is larger than ferry accepts (about 400 KiB)",
+                    false => "its response is not valid HTTP/1.1",
+                };
+                return SourceError::permanent(
+                    Code::SourceBadResponse,
+                    format!("{url} sent an unusable answer: {why} ({h})"),
+                );
+            }
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.kind(),
@@ -280,17 +324,16 @@ pub(super) fn classify(err: &reqwest::Error, url: &str) -> SourceError {
         source = e.source();
     }
     let detail = if chain.is_empty() {
-        err.to_string()
+        // reqwest's own text names the link in full.
+        let text = err.to_string();
+        match err.url() {
+            Some(link) => text.replace(link.as_str(), &redact::url_parsed(link)),
+            None => text,
+        }
     } else {
         chain.join(": ")
     };
     let lower = detail.to_lowercase();
-    if err.is_redirect() {
-        return SourceError::permanent(
-            Code::SourceTooManyRedirects,
-            format!("following redirects from {url} failed: {detail}"),
-        );
-    }
     if err.is_timeout() {
         return SourceError::transient(Code::NetworkTimeout, format!("{url} timed out: {detail}"));
     }

@@ -9,6 +9,7 @@ pub mod http;
 pub mod limit;
 pub mod net;
 pub mod oss;
+pub mod redirect;
 pub mod retry;
 pub mod tls;
 

@@ -112,6 +112,8 @@ pub enum Fault {
     Redirect { location: String, status: u16 },
     /// Headers and half the body, a pause of this length, then the rest.
     Stall(Duration),
+    /// The resource as usual, plus one response header of this many bytes.
+    HugeHeader(usize),
 }
 
 /// One request as the server saw it.
@@ -554,6 +556,11 @@ fn plan(state: &mut State, req: Recorded, allowed: bool) -> Plan {
             Plan::text(*status, vec![("Location", location.clone())])
         }
         (_, None) => Plan::text(404, vec![]),
+        (Some(Fault::HugeHeader(len)), Some(Route::Resource(res))) => {
+            let mut plan = plan_resource(res, &req);
+            plan.headers.push(("X-Filler", "a".repeat(len)));
+            plan
+        }
         (fault, Some(Route::Resource(res))) => Plan {
             fault,
             ..plan_resource(res, &req)

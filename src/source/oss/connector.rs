@@ -1,7 +1,10 @@
 //! The SDK's HTTP client is ferry's own reqwest client, so OSS requests get the same Android
 //! name resolution, CA roots, link-local policy and timeouts as DOWNLOAD_URL — and no second
-//! TLS stack (aws-lc) enters the binary.
+//! TLS stack (aws-lc) enters the binary. That client follows no redirect: a signed OSS
+//! request carries `Authorization` and `x-amz-security-token`, which must never reach
+//! another host, so a 3xx from the endpoint fails as `Source.RedirectNotAllowed`.
 
+use crate::error::Code;
 use crate::source::SourceError;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
@@ -92,9 +95,39 @@ impl HttpConnector for ReqwestHttpClient {
                         ConnectorError::io(boxed)
                     }
                 })?;
+            if response.status().is_redirection() && response.status().as_u16() != 304 {
+                let refused = refuse_redirect(&shown, &response);
+                return Err(ConnectorError::other(Box::new(Classified(refused)), None));
+            }
             let response: hyper::http::Response<reqwest::Body> = response.into();
             let response = response.map(SdkBody::from_body_1_x);
             HttpResponse::try_from(response).map_err(|e| ConnectorError::other(e.into(), None))
         })
     }
+}
+
+/// The error for a redirect from the OSS endpoint `shown`: it names where the redirect
+/// pointed (scheme, host and port only) so a wrong endpoint or region can be spotted.
+fn refuse_redirect(shown: &str, response: &reqwest::Response) -> SourceError {
+    let target = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|location| match reqwest::Url::parse(location) {
+            Ok(url) => format!(
+                "{}://{}{}",
+                url.scheme(),
+                url.host_str().unwrap_or_default(),
+                url.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ),
+            Err(_) => "a relative link on the same host".to_string(),
+        })
+        .unwrap_or_else(|| "no Location".to_string());
+    SourceError::permanent(
+        Code::SourceRedirectNotAllowed,
+        format!(
+            "the OSS endpoint {shown} answered HTTP {} redirecting to {target}; ferry follows no redirect from OSS (the signed request and its security token would go with it): set UploadEndpoint to the bucket's own region endpoint",
+            response.status()
+        ),
+    )
 }
