@@ -24,6 +24,7 @@ pub mod media_scan;
 pub mod paths;
 pub mod payload;
 pub mod privileges;
+pub mod redact;
 pub mod runner;
 pub mod sink;
 pub mod source;

@@ -63,7 +63,9 @@ pub struct TaskPayload {
 }
 
 impl TaskPayload {
-    /// The payload with secrets replaced, for the API and logs.
+    /// The payload with secrets replaced, for the API, the CLI and logs: the Credentials'
+    /// secret and token, and every query value and user part of the links (a signed link
+    /// carries `Signature=`, `security-token=` there). The journal keeps the real payload.
     pub fn redacted(&self) -> TaskPayload {
         let mut copy = self.clone();
         if let Some(c) = &mut copy.credentials {
@@ -72,16 +74,8 @@ impl TaskPayload {
                 c.security_token = Some("<redacted>".into());
             }
         }
-        if let Ok(mut url) = Url::parse(&copy.upload_url) {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("redacted"));
-                copy.upload_url = url.to_string();
-            } else if !url.username().is_empty() {
-                // A lone user part is often a token.
-                let _ = url.set_username("redacted");
-                copy.upload_url = url.to_string();
-            }
-        }
+        copy.upload_url = crate::redact::url(&copy.upload_url);
+        copy.bridged_object = copy.bridged_object.as_deref().map(crate::redact::url);
         copy
     }
 }
@@ -411,7 +405,8 @@ fn parse_md5(hex: &str) -> Result<[u8; 16]> {
 }
 
 fn parse_http_url(text: &str, field: &str) -> Result<Url> {
-    let bad = |why: String| invalid(Code::InvalidUploadUrl, format!("{field} {text:?}: {why}"));
+    let shown = crate::redact::url(text);
+    let bad = |why: String| invalid(Code::InvalidUploadUrl, format!("{field} {shown:?}: {why}"));
     if text.len() > MAX_URL_LEN {
         return Err(bad(format!("longer than {MAX_URL_LEN} bytes")));
     }
@@ -429,7 +424,10 @@ fn parse_oss_url(text: &str, field: &str) -> Result<OssObject> {
     let bad = |why: &str| {
         invalid(
             Code::InvalidUploadUrl,
-            format!("{field} {text:?} {why}; expected oss://{BUCKET_PREFIX}NAME/FOLDER/FILE"),
+            format!(
+                "{field} {:?} {why}; expected oss://{BUCKET_PREFIX}NAME/FOLDER/FILE",
+                crate::redact::url(text)
+            ),
         )
     };
     let rest = text

@@ -408,3 +408,63 @@ fn demo_sends_one_file_through_the_api_and_stops() {
         "{stdout}"
     );
 }
+
+/// A signed link carries its credentials in the query: the API, `ferry tasks` (table, detail
+/// and --json) and the daemon's log show it redacted, while the journal (0600) keeps the
+/// real link so a restart can still fetch it.
+#[test]
+fn signed_link_secrets_are_shown_nowhere_but_kept_in_the_journal() {
+    let files = Files::start(64 * 1024);
+    let d = Daemon::start(&["--log-level", "debug"]);
+    let url = format!(
+        "{}?Expires=1&Signature=SECRETSIG&security-token=STSTOKEN&X-Amz-Credential=AKIDCRED%2F20261201",
+        files.url()
+    );
+    let body = payload("t-signed", &url, "/sdcard/Download/signed.bin");
+    let (status, created) = d.request("POST", "/v1/tasks", Some(&d.token), Some(body.as_bytes()));
+    assert_eq!(status, 201, "{created}");
+    let done = d.wait_phase("t-signed", &["SUCCESS", "FAILED"], TASK_TIMEOUT);
+    assert_eq!(done["Phase"], "SUCCESS", "{done}");
+    let secrets = ["SECRETSIG", "STSTOKEN", "AKIDCRED"];
+    let (_, listed) = d.get("/v1/tasks");
+    let shown = [
+        ("POST answer", created.to_string()),
+        ("GET task", done.to_string()),
+        ("GET list", listed.to_string()),
+        ("ferry tasks", text(&d.cli(&["tasks"]).stdout)),
+        (
+            "ferry tasks ID",
+            text(&d.cli(&["tasks", "t-signed"]).stdout),
+        ),
+        (
+            "ferry tasks --json",
+            text(&d.cli(&["tasks", "--json"]).stdout),
+        ),
+        (
+            "ferry tasks ID --json",
+            text(&d.cli(&["tasks", "t-signed", "--json"]).stdout),
+        ),
+        ("daemon log", d.log_text()),
+    ];
+    for (place, text) in &shown {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} shown in {place}: {text}");
+        }
+    }
+    assert!(
+        done["Payload"]["UploadUrl"]
+            .as_str()
+            .unwrap()
+            .contains("Signature=<redacted>"),
+        "{done}"
+    );
+    let journal = d.state.join("tasks/t-signed.json");
+    let kept = std::fs::read_to_string(&journal).unwrap();
+    for secret in secrets {
+        assert!(kept.contains(secret), "the journal lost {secret}: {kept}");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&journal).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
