@@ -33,8 +33,50 @@ pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
     if name.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err("it contains NUL or control characters".into());
     }
+    if let Some(c) = name.chars().find(|c| is_hidden_char(*c)) {
+        return Err(format!(
+            "it contains the invisible or direction-changing character U+{:04X}",
+            c as u32
+        ));
+    }
     if name.len() > MAX_NAME_BYTES {
         return Err(format!("it is longer than {MAX_NAME_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// C1 controls, bidirectional overrides and marks, and zero-width characters: a name holding
+/// one displays as something else (`evil\u{202E}kpa.exe` reads as `evilexe.apk`).
+fn is_hidden_char(c: char) -> bool {
+    matches!(c,
+        '\u{80}'..='\u{9f}'
+        | '\u{061c}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2069}'
+        | '\u{feff}'
+    )
+}
+
+/// The prefix of ferry's staging files; no final name may start with it, in any case
+/// (Android's shared storage ignores case).
+pub const RESERVED_PREFIX: &str = ".ferry-";
+
+/// Whether `name` starts with [`RESERVED_PREFIX`], ignoring ASCII case.
+pub fn is_reserved(name: &str) -> bool {
+    name.as_bytes()
+        .get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
+}
+
+/// [`check_file_name`] for a name that a task's data ends up under (or a folder on its way):
+/// ferry's staging names are refused, so a task can never land on another task's partial file.
+pub fn check_final_name(name: &str) -> std::result::Result<(), String> {
+    check_file_name(name)?;
+    if is_reserved(name) {
+        return Err(format!(
+            "names starting with {RESERVED_PREFIX} (in any case) are reserved for ferry's staging files"
+        ));
     }
     Ok(())
 }
@@ -238,6 +280,11 @@ fn step_into(
     }
 }
 
+/// A regular file with no other name: safe to truncate and write as a staging file.
+fn is_own_file(st: &nix::sys::stat::FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG && st.st_nlink == 1
+}
+
 /// An open folder inside an allowed root; every file operation is relative to it.
 #[derive(Debug)]
 pub struct Dir {
@@ -302,6 +349,77 @@ impl Dir {
             )),
             Err(e) => Err(Error::io("opening", &self.host_path(name), &e.into())),
         }
+    }
+
+    /// Opens a staging file for writing, keeping its data only when it is a plain file that
+    /// nothing else links to. Whatever else sits under the name (a symlink, a FIFO, a socket, a
+    /// device node, a hard link to some other file) was not made by ferry: it is removed, never
+    /// opened for writing (a FIFO would block, a hard link would truncate its other name), and a
+    /// fresh file is created with `O_EXCL`. A folder in the way is refused.
+    pub fn open_staging(&self, name: &str) -> Result<File> {
+        let name = self.plain(name)?;
+        let at = Some(self.fd.as_raw_fd());
+        let path = self.host_path(name);
+        match fstatat(at, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if is_own_file(&st) => {
+                // O_NONBLOCK: should a FIFO be swapped in after the check, open does not block.
+                let flags =
+                    OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+                match openat(at, name, flags, Mode::empty()) {
+                    Ok(raw) => {
+                        // SAFETY: `openat` just returned this descriptor and nothing owns it.
+                        let file = unsafe { File::from_raw_fd(raw) };
+                        let st = nix::sys::stat::fstat(file.as_raw_fd())
+                            .map_err(|e| Error::io("inspecting", &path, &e.into()))?;
+                        if is_own_file(&st) {
+                            return Ok(file);
+                        }
+                        return Err(self.foreign_staging(name, "changed while being opened"));
+                    }
+                    Err(nix::errno::Errno::ENOENT) => {}
+                    Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENXIO) => {
+                        return Err(self.foreign_staging(name, "changed while being opened"))
+                    }
+                    Err(e) => return Err(Error::io("opening", &path, &e.into())),
+                }
+            }
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+                return Err(self.foreign_staging(name, "is a folder"));
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    path = %self.device.join(name),
+                    "removing a link, hard link or special file planted at a staging name"
+                );
+                self.remove(name)?;
+            }
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(Error::io("inspecting", &path, &e.into())),
+        }
+        let flags = OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_EXCL
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC;
+        match openat(at, name, flags, Mode::from_bits_truncate(0o644)) {
+            // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+            Ok(raw) => Ok(unsafe { File::from_raw_fd(raw) }),
+            Err(nix::errno::Errno::EEXIST) => {
+                Err(self.foreign_staging(name, "was created by someone else meanwhile"))
+            }
+            Err(e) => Err(Error::io("creating", &path, &e.into())),
+        }
+    }
+
+    fn foreign_staging(&self, name: &str, what: &str) -> Error {
+        Error::new(
+            Code::StoragePathNotAllowed,
+            format!(
+                "the staging file {} {what}; ferry only writes to files it created. Remove it and submit again",
+                self.device.join(name)
+            ),
+        )
     }
 
     pub fn entry(&self, name: &str) -> Result<Entry> {

@@ -62,8 +62,10 @@ async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> Ta
 }
 
 fn staging(tmp: &tempfile::TempDir, id: &str) -> PathBuf {
-    tmp.path()
-        .join(format!("dev/sdcard/Download/.ferry-{id}.part"))
+    tmp.path().join(format!(
+        "dev/sdcard/Download/{}",
+        ferry::runner::staging_name(id)
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
