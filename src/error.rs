@@ -64,6 +64,7 @@ pub enum Code {
     ApiPayloadTooLarge,
     ApiShuttingDown,
     ApiTaskIdConflict,
+    ApiClientTokenConflict,
     Internal,
 }
 
@@ -122,6 +123,7 @@ impl Code {
         Code::ApiPayloadTooLarge,
         Code::ApiShuttingDown,
         Code::ApiTaskIdConflict,
+        Code::ApiClientTokenConflict,
         Code::Internal,
     ];
 
@@ -179,6 +181,7 @@ impl Code {
             Code::ApiPayloadTooLarge => "Api.PayloadTooLarge",
             Code::ApiShuttingDown => "Api.ShuttingDown",
             Code::ApiTaskIdConflict => "Api.TaskIdConflict",
+            Code::ApiClientTokenConflict => "Api.ClientTokenConflict",
             Code::Internal => "Internal",
         }
     }

@@ -151,7 +151,11 @@ impl Manager {
                 tracing::info!(task = %record.task_id, bytes = record.bytes_done, "resuming interrupted task");
             }
             if let Some(token) = &record.payload.client_token {
-                state.tokens.insert(token.clone(), record.task_id.clone());
+                // Records load oldest first: a token stays bound to its first task.
+                state
+                    .tokens
+                    .entry(token.clone())
+                    .or_insert_with(|| record.task_id.clone());
             }
             state
                 .tasks
@@ -183,7 +187,7 @@ impl Manager {
     }
 
     pub fn submit(&self, json: &[u8]) -> Result<Submitted> {
-        let task = payload::validate(payload::parse(json)?)?;
+        let task = payload::validate(payload::parse(json)?, &self.config().allowed_roots)?;
         self.inner.submit(task)
     }
 
@@ -371,15 +375,25 @@ impl Inner {
             .client_token
             .as_ref()
             .and_then(|t| state.tokens.get(t).cloned());
-        let id = match (&task.payload.task_id, token_id) {
+        let token_conflict = |bound: &str| {
+            Error::new(
+                Code::ApiClientTokenConflict,
+                format!("ClientToken is already bound to task {bound:?} with a different request; use a new ClientToken for a new task"),
+            )
+        };
+        let id = match (&task.payload.task_id, &token_id) {
+            (Some(id), Some(bound)) if id != bound => return Err(token_conflict(bound)),
             (Some(id), _) => id.clone(),
-            (None, Some(id)) => id,
+            (None, Some(id)) => id.clone(),
             (None, None) => new_task_id(),
         };
         let mut payload = task.payload.clone();
         payload.task_id = Some(id.clone());
         if let Some(slot) = state.tasks.get_mut(&id) {
             if !same_request(&slot.record.payload, &payload) {
+                if token_id.is_some() {
+                    return Err(token_conflict(&id));
+                }
                 return Err(Error::new(
                     Code::ApiTaskIdConflict,
                     format!("TaskId {id:?} (or its ClientToken) already names a different task; use a new TaskId"),
@@ -493,7 +507,7 @@ impl Inner {
         let config = self.config();
         let client = self.client.read().expect("client lock").clone();
         let auto_install = record.payload.auto_install;
-        let outcome = match payload::validate(record.payload.clone()) {
+        let outcome = match payload::validate(record.payload.clone(), &config.allowed_roots) {
             Ok(task) => {
                 let ctx = RunContext {
                     config: &config,
@@ -637,7 +651,7 @@ impl Inner {
 
     /// Removes a task's staging data; failures are logged, the task outcome stands.
     fn discard(&self, record: &TaskRecord) {
-        if let Ok(task) = payload::validate(record.payload.clone()) {
+        if let Ok(task) = payload::validate(record.payload.clone(), &self.config().allowed_roots) {
             if let Err(e) = runner::discard_partial(&self.config(), &task, &record.task_id) {
                 tracing::warn!(task = %record.task_id, error = %e, "cannot remove partial data");
             }
@@ -672,7 +686,9 @@ impl Inner {
             for record in &doomed {
                 state.tasks.remove(&record.task_id);
                 if let Some(token) = &record.payload.client_token {
-                    state.tokens.remove(token);
+                    if state.tokens.get(token) == Some(&record.task_id) {
+                        state.tokens.remove(token);
+                    }
                 }
             }
             doomed

@@ -5,9 +5,10 @@
 //! a caller exactly which parameter to fix.
 
 use crate::error::{Code, Error, Result};
-use crate::paths::{check_file_name, DevicePath};
+use crate::paths::{check_final_name, DevicePath};
 use reqwest::Url;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// The bucket prefix the API requires for OSS sources.
@@ -22,7 +23,7 @@ const ENVELOPE_KEYS: &[&str] = &["AndroidInstanceIdList", "AndroidInstanceId", "
 
 /// STS credentials for OSS sources. Never logged or returned by the API (see `redacted`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct Credentials {
     pub access_key_id: String,
     pub access_key_secret: String,
@@ -138,9 +139,77 @@ fn invalid(code: Code, message: impl Into<String>) -> Error {
     Error::new(code, message)
 }
 
+/// A JSON value whose objects, at any depth, never repeat a key. serde_json keeps the last
+/// of two equal keys silently, so `{"UploadUrl":"a", "UploadUrl":"b"}` could mean one link to
+/// the control plane's checks and another here: such a payload is refused instead.
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        UniqueKeys::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(A::Error::custom(format!(
+                    "the key {key:?} appears twice in one object; send each field once"
+                )));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Parses raw JSON into a payload, with a precise code for each malformed field.
 pub fn parse(json: &[u8]) -> Result<TaskPayload> {
-    let value: Value = serde_json::from_slice(json).map_err(|e| {
+    let UniqueKeys(value) = serde_json::from_slice(json).map_err(|e| {
         invalid(
             Code::InvalidPayload,
             format!("the task payload is not valid JSON: {e}"),
@@ -200,7 +269,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<TaskPayload> {
         Some(v @ Value::Object(_)) => Some(serde_json::from_value::<Credentials>(v).map_err(|_| {
             invalid(
                 Code::InvalidCredentials,
-                "Credentials must be an object with string fields AccessKeyId, AccessKeySecret and optionally SecurityToken",
+                "Credentials must be an object with string fields AccessKeyId, AccessKeySecret and optionally SecurityToken, and no other field",
             )
         })?),
         Some(_) => {
@@ -250,8 +319,51 @@ fn from_map(mut map: Map<String, Value>) -> Result<TaskPayload> {
     })
 }
 
-/// Checks every rule of the API on a parsed payload.
-pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
+/// Checks every rule of the API on a parsed payload, and that its target lies strictly inside
+/// one of `allowed_roots` (the configuration's), so a path that could never be written is
+/// refused now rather than failing once the task runs.
+pub fn validate(payload: TaskPayload, allowed_roots: &[String]) -> Result<ValidTask> {
+    let task = check_rules(payload)?;
+    check_roots(&task, allowed_roots)?;
+    Ok(task)
+}
+
+/// The target must be inside an allowed root: a DOWNLOAD_URL file strictly inside (the root
+/// itself is a folder), an OSS folder inside or at the root (its files land strictly inside).
+fn check_roots(task: &ValidTask, allowed_roots: &[String]) -> Result<()> {
+    let (path, strictly) = match &task.plan {
+        Plan::Download { target, .. } => (target, true),
+        Plan::Oss { folder, .. } | Plan::OssBridged { folder, .. } => (folder, false),
+    };
+    let roots: Vec<DevicePath> = allowed_roots
+        .iter()
+        .filter_map(|r| DevicePath::parse(r).ok())
+        .collect();
+    let inside = roots.iter().any(|root| {
+        path.starts_with(root) && (!strictly || path.components().len() > root.components().len())
+    });
+    if inside {
+        return Ok(());
+    }
+    Err(invalid(
+        Code::InvalidSourceFilePath,
+        format!(
+            "SourceFilePath {path} is not inside the allowed roots ({}); choose a {} under one of them, such as /sdcard/Download/{}",
+            allowed_roots.join(", "),
+            if strictly { "file" } else { "folder" },
+            if strictly { "MyFile.txt" } else { "" },
+        ),
+    ))
+}
+
+/// Checks a payload read back from the journal with the same rules as intake (except the
+/// allowed roots, which the configuration may have changed since; a run checks them again).
+pub fn check_stored(payload: &TaskPayload) -> Result<()> {
+    check_rules(payload.clone()).map(|_| ())
+}
+
+/// Every rule of the API text that needs no configuration.
+fn check_rules(payload: TaskPayload) -> Result<ValidTask> {
     if let Some(id) = &payload.task_id {
         check_task_id(id)?;
     }
@@ -283,7 +395,7 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
     let rename = match payload.target_file_name.as_deref() {
         None | Some("") => None,
         Some(name) => {
-            check_file_name(name).map_err(|why| {
+            check_final_name(name).map_err(|why| {
                 invalid(
                     Code::InvalidTargetFileName,
                     format!("TargetFileName {name:?} must be a plain file name: {why}"),
@@ -304,12 +416,7 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
     let mut notes = Vec::new();
     let plan = match upload_type {
         UploadType::DownloadUrl => {
-            let target = DevicePath::parse(&payload.source_file_path).map_err(|why| {
-                invalid(
-                    Code::InvalidSourceFilePath,
-                    format!("SourceFilePath: {why}"),
-                )
-            })?;
+            let target = parse_source_path(&payload.source_file_path)?;
             if payload.source_file_path.ends_with('/') || target.file_name().is_none() {
                 return Err(invalid(
                     Code::InvalidSourceFilePath,
@@ -331,16 +438,21 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
             }
         }
         UploadType::Oss | UploadType::OssBridged => {
-            let folder = DevicePath::parse(&payload.source_file_path).map_err(|why| {
-                invalid(
-                    Code::InvalidSourceFilePath,
-                    format!("SourceFilePath: {why}"),
-                )
-            })?;
+            let folder = parse_source_path(&payload.source_file_path)?;
             let endpoint = parse_endpoint(payload.upload_endpoint.as_deref())?;
             if upload_type == UploadType::Oss {
+                let object = parse_oss_url(&payload.upload_url, "UploadUrl")?;
+                let key_name = object.key.rsplit('/').next().unwrap_or_default();
+                if rename.is_none() && crate::paths::is_reserved(key_name) {
+                    return Err(invalid(
+                        Code::InvalidUploadUrl,
+                        format!(
+                            "UploadUrl names the object {key_name:?}, whose name is reserved for ferry's staging files; give a TargetFileName"
+                        ),
+                    ));
+                }
                 Plan::Oss {
-                    object: parse_oss_url(&payload.upload_url, "UploadUrl")?,
+                    object,
                     endpoint,
                     folder,
                     rename,
@@ -366,6 +478,25 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
         md5,
         notes,
     })
+}
+
+/// SourceFilePath as a device path none of whose names is reserved for staging files.
+fn parse_source_path(text: &str) -> Result<DevicePath> {
+    let path = DevicePath::parse(text).map_err(|why| {
+        invalid(
+            Code::InvalidSourceFilePath,
+            format!("SourceFilePath: {why}"),
+        )
+    })?;
+    for name in path.components() {
+        check_final_name(name).map_err(|why| {
+            invalid(
+                Code::InvalidSourceFilePath,
+                format!("SourceFilePath {text:?}: component {name:?}: {why}"),
+            )
+        })?;
+    }
+    Ok(path)
 }
 
 /// Task ids name journal files, so only a safe alphabet is allowed.
