@@ -7,8 +7,7 @@
 use crate::error::{Code, Error, Result};
 use crate::paths::{check_final_name, DevicePath};
 use reqwest::Url;
-use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The bucket prefix the API requires for OSS sources.
@@ -139,77 +138,9 @@ fn invalid(code: Code, message: impl Into<String>) -> Error {
     Error::new(code, message)
 }
 
-/// A JSON value whose objects, at any depth, never repeat a key. serde_json keeps the last
-/// of two equal keys silently, so `{"UploadUrl":"a", "UploadUrl":"b"}` could mean one link to
-/// the control plane's checks and another here: such a payload is refused instead.
-struct UniqueKeys(Value);
-
-impl<'de> Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
-    }
-}
-
-struct UniqueKeysVisitor;
-
-impl<'de> Visitor<'de> for UniqueKeysVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> std::result::Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
-        UniqueKeys::deserialize(d).map(|v| v.0)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(UniqueKeys(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(A::Error::custom(format!(
-                    "the key {key:?} appears twice in one object; send each field once"
-                )));
-            }
-            let UniqueKeys(value) = map.next_value()?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
 /// Parses raw JSON into a payload, with a precise code for each malformed field.
 pub fn parse(json: &[u8]) -> Result<TaskPayload> {
-    let UniqueKeys(value) = serde_json::from_slice(json).map_err(|e| {
+    let json::UniqueKeys(value) = serde_json::from_slice(json).map_err(|e| {
         invalid(
             Code::InvalidPayload,
             format!("the task payload is not valid JSON: {e}"),
@@ -625,6 +556,9 @@ fn parse_endpoint(endpoint: Option<&str>) -> Result<String> {
     }
     Ok(endpoint.to_string())
 }
+
+#[path = "payload_json.rs"]
+mod json;
 
 #[cfg(test)]
 #[path = "payload_tests.rs"]
