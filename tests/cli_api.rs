@@ -102,6 +102,37 @@ fn bad_payloads_get_their_exact_code() {
             r#"{"TaskId":"../x","SourceFilePath":"/sdcard/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
             "InvalidParameter.TaskId",
         ),
+        // serde_json would keep the second UploadUrl silently.
+        (
+            r#"{"SourceFilePath":"/sdcard/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/","UploadUrl":"http://y/"}"#,
+            "InvalidParameter.Payload",
+        ),
+        // Outside the allowed roots, or the root itself as a file: refused before a task exists.
+        (
+            r#"{"SourceFilePath":"/proc/self/root/sdcard/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/data/system/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/sdcard","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        // Another task's staging file (any case), and a right-to-left override.
+        (
+            r#"{"SourceFilePath":"/sdcard/Download/.FERRY-t1.part","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/sdcard/Download/a\u202ekpa.exe","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/sdcard/Download","UploadType":"OSS","UploadUrl":"oss://cloudphone-saved-bucket-x/a","UploadEndpoint":"oss.example.com","Credentials":{"AccessKeyId":"a","AccessKeySecret":"b","Extra":"c"}}"#,
+            "InvalidParameter.Credentials",
+        ),
     ];
     for (body, code) in cases {
         let (status, reply) = d.request("POST", "/v1/tasks", Some(&d.token), Some(body.as_bytes()));
@@ -113,6 +144,15 @@ fn bad_payloads_get_their_exact_code() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("InvalidParameter.UploadUrl"));
     assert!(text(&out.stderr).contains("--url"));
+    let out = d.cli(&[
+        "send",
+        "--source-path",
+        "/proc/self/root/sdcard/a",
+        "--url",
+        "http://127.0.0.1:9/a",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("InvalidParameter.SourceFilePath"));
 }
 
 #[test]
