@@ -148,7 +148,7 @@ pub fn status_for(code: Code) -> u16 {
         Code::ApiBadRequest => 400,
         Code::ApiUnauthorized => 401,
         Code::ApiNotFound => 404,
-        Code::ApiTaskIdConflict => 409,
+        Code::ApiTaskIdConflict | Code::ApiClientTokenConflict => 409,
         Code::ApiPayloadTooLarge => 413,
         Code::ApiShuttingDown => 503,
         _ => 500,

@@ -67,6 +67,7 @@ pub enum Code {
     ApiPayloadTooLarge,
     ApiShuttingDown,
     ApiTaskIdConflict,
+    ApiClientTokenConflict,
     Internal,
 }
 
@@ -127,6 +128,7 @@ impl Code {
         Code::ApiPayloadTooLarge,
         Code::ApiShuttingDown,
         Code::ApiTaskIdConflict,
+        Code::ApiClientTokenConflict,
         Code::Internal,
     ];
 
@@ -186,6 +188,7 @@ impl Code {
             Code::ApiPayloadTooLarge => "Api.PayloadTooLarge",
             Code::ApiShuttingDown => "Api.ShuttingDown",
             Code::ApiTaskIdConflict => "Api.TaskIdConflict",
+            Code::ApiClientTokenConflict => "Api.ClientTokenConflict",
             Code::Internal => "Internal",
         }
     }

@@ -6,7 +6,7 @@
 //! leave half a folder behind.
 
 use crate::error::{Code, Error, Result};
-use crate::paths::check_file_name;
+use crate::paths::check_final_name;
 use crate::source::oss::ListedObject;
 use std::collections::BTreeSet;
 
@@ -110,12 +110,8 @@ fn split(relative: &str) -> std::result::Result<(Vec<String>, String), String> {
         if segment.is_empty() {
             return Err("it has an empty path segment".into());
         }
-        check_file_name(segment).map_err(|why| format!("segment {segment:?}: {why}"))?;
-        if segment.starts_with(".ferry-") {
-            return Err(
-                "names starting with .ferry- are reserved for ferry's staging files".into(),
-            );
-        }
+        // Refuses `.ferry-*` in any case: `.FERRY-t-1.part` is the same file on /sdcard.
+        check_final_name(segment).map_err(|why| format!("segment {segment:?}: {why}"))?;
         parts.push(segment.to_string());
     }
     let name = parts.pop().ok_or("it is empty")?;
@@ -161,7 +157,10 @@ mod tests {
             "send/./a",
             "send/a/..",
             "send/.ferry-t-1.part",
+            "send/.FERRY-t-1.part",
+            "send/.Ferry-x/a",
             "send/bad\u{1}name",
+            "send/bad\u{202e}kpa.exe",
         ] {
             let err = plan(
                 "send/",

@@ -3,6 +3,8 @@
 //! record, never a torn one. Files are 0600: a record may hold STS credentials for resume.
 
 use crate::error::{Code, Error, Result};
+use crate::paths::{check_file_name, is_reserved, DevicePath};
+use crate::payload;
 use crate::task::TaskRecord;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -16,7 +18,10 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (creating) the journal and loads every record; unreadable ones are set aside as
-    /// `*.corrupt` with a warning rather than stopping the daemon.
+    /// `*.corrupt`, and readable ones that break a rule of intake (a TaskId that could walk
+    /// out of `tasks/`, a record filed under another task's name, a path intake refuses) as
+    /// `*.bad`, each with a warning rather than stopping the daemon. No set-aside record is
+    /// ever used to build a path.
     pub fn open(state_dir: &Path) -> Result<(Journal, Vec<TaskRecord>)> {
         let dir = state_dir.join("tasks");
         fs::create_dir_all(&dir).map_err(|e| Error::io("creating journal folder", &dir, &e))?;
@@ -42,7 +47,13 @@ impl Journal {
                 .and_then(|bytes| {
                     serde_json::from_slice::<TaskRecord>(&bytes).map_err(|e| e.to_string())
                 }) {
-                Ok(record) => records.push(record),
+                Ok(record) => match check_record(&record, &path) {
+                    Ok(()) => records.push(record),
+                    Err(why) => {
+                        tracing::warn!(path = %path.display(), %why, "invalid task record set aside as .bad");
+                        let _ = fs::rename(&path, path.with_extension("bad"));
+                    }
+                },
                 Err(why) => {
                     tracing::warn!(path = %path.display(), %why, "unreadable task record set aside");
                     let _ = fs::rename(&path, path.with_extension("corrupt"));
@@ -53,13 +64,16 @@ impl Journal {
         Ok((Journal { dir }, records))
     }
 
-    fn path_of(&self, task_id: &str) -> PathBuf {
-        self.dir.join(format!("{task_id}.json"))
+    /// The record file of a task; the id is checked again so no caller can make a journal
+    /// path from an unchecked one.
+    fn path_of(&self, task_id: &str) -> Result<PathBuf> {
+        payload::check_task_id(task_id)?;
+        Ok(self.dir.join(format!("{task_id}.json")))
     }
 
     /// Replaces the record of `record.task_id` durably.
     pub fn save(&self, record: &TaskRecord) -> Result<()> {
-        let path = self.path_of(&record.task_id);
+        let path = self.path_of(&record.task_id)?;
         let tmp = path.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::new(Code::Internal, format!("encoding task record: {e}")))?;
@@ -79,13 +93,51 @@ impl Journal {
     }
 
     pub fn remove(&self, task_id: &str) -> Result<()> {
-        let path = self.path_of(task_id);
+        let path = self.path_of(task_id)?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("removing task record", &path, &e)),
         }
     }
+}
+
+/// Why a loaded record must not be used, if it must not: every field that names a file is
+/// checked with intake's rules, and the record must be filed under its own TaskId.
+fn check_record(record: &TaskRecord, file: &Path) -> std::result::Result<(), String> {
+    payload::check_task_id(&record.task_id).map_err(|e| e.message)?;
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    if stem != record.task_id {
+        return Err(format!(
+            "the record of TaskId {:?} is filed as {stem:?}",
+            record.task_id
+        ));
+    }
+    if record
+        .payload
+        .task_id
+        .as_deref()
+        .is_some_and(|id| id != record.task_id)
+    {
+        return Err("its payload names another TaskId".into());
+    }
+    payload::check_stored(&record.payload).map_err(|e| e.message)?;
+    if let Some(resume) = &record.resume {
+        let name = &resume.staging_name;
+        if !name.is_empty() && (check_file_name(name).is_err() || !is_reserved(name)) {
+            return Err(format!("its staging name {name:?} is not a staging name"));
+        }
+        for done in &resume.folder_done {
+            DevicePath::parse(&done.file.path).map_err(|why| format!("a landed file: {why}"))?;
+        }
+    }
+    for file in record.result.iter().flat_map(|r| &r.files) {
+        DevicePath::parse(&file.path).map_err(|why| format!("a result file: {why}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -99,7 +151,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (journal, records) = Journal::open(tmp.path()).unwrap();
         assert!(records.is_empty());
-        let mut rec = TaskRecord::new("t-1".into(), TaskPayload::default(), vec![]);
+        let payload = TaskPayload {
+            source_file_path: "/sdcard/Download/a.bin".into(),
+            upload_type: "DOWNLOAD_URL".into(),
+            upload_url: "https://example.com/a.bin".into(),
+            ..TaskPayload::default()
+        };
+        let mut rec = TaskRecord::new("t-1".into(), payload, vec![]);
         rec.phase = Phase::Running;
         journal.save(&rec).unwrap();
         let mode = fs::metadata(tmp.path().join("tasks/t-1.json"))
@@ -113,6 +171,73 @@ mod tests {
         assert_eq!(records, vec![rec]);
         assert!(tmp.path().join("tasks/t-2.corrupt").exists());
         assert!(!tmp.path().join("tasks/t-3.tmp").exists());
+    }
+
+    /// A record is JSON anyone with the state folder could plant: its TaskId must not walk
+    /// out of `tasks/` when the record is saved again, nor its payload name a path intake
+    /// refuses.
+    #[test]
+    fn planted_records_with_unsafe_fields_are_set_aside_and_never_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path()).unwrap();
+        let good = TaskPayload {
+            source_file_path: "/sdcard/Download/a.bin".into(),
+            upload_type: "DOWNLOAD_URL".into(),
+            upload_url: "https://example.com/a.bin".into(),
+            ..TaskPayload::default()
+        };
+        let ok = TaskRecord::new("t-ok".into(), good.clone(), vec![]);
+        journal.save(&ok).unwrap();
+        let plant = |file: &str, id: &str, payload: TaskPayload, staging: Option<&str>| {
+            let mut rec = TaskRecord::new(id.into(), payload, vec![]);
+            rec.phase = Phase::Running;
+            rec.resume = staging.map(|s| crate::task::ResumeState {
+                staging_name: s.into(),
+                ..Default::default()
+            });
+            fs::write(
+                tmp.path().join("tasks").join(file),
+                serde_json::to_vec(&rec).unwrap(),
+            )
+            .unwrap();
+        };
+        plant("escape.json", "../../x", good.clone(), None);
+        plant("other.json", "t-ok2", good.clone(), None);
+        plant(
+            "t-path.json",
+            "t-path",
+            TaskPayload {
+                source_file_path: "/sdcard/../../etc/x".into(),
+                ..good.clone()
+            },
+            None,
+        );
+        plant(
+            "t-stage.json",
+            "t-stage",
+            TaskPayload {
+                source_file_path: "/sdcard/Download/.ferry-t-ok.part".into(),
+                ..good.clone()
+            },
+            None,
+        );
+        plant("t-name.json", "t-name", good.clone(), Some("../../x"));
+        let mut other_id = good.clone();
+        other_id.task_id = Some("t-ok".into());
+        plant("t-mixed.json", "t-mixed", other_id, None);
+        let (journal, records) = Journal::open(tmp.path()).unwrap();
+        assert_eq!(records, vec![ok]);
+        for bad in ["escape", "other", "t-path", "t-stage", "t-name", "t-mixed"] {
+            let aside = tmp.path().join(format!("tasks/{bad}.bad"));
+            assert!(aside.exists(), "{bad} was not set aside");
+        }
+        assert!(!tmp.path().join("x").exists() && !tmp.path().join("x.json").exists());
+        // And no caller can make the journal write outside its folder.
+        let mut escape = TaskRecord::new("../../x".into(), good, vec![]);
+        escape.phase = Phase::Running;
+        assert_eq!(journal.save(&escape).unwrap_err().code, Code::InvalidTaskId);
+        assert!(journal.remove("../x").is_err());
+        assert!(!tmp.path().parent().unwrap().join("x.json").exists());
     }
 
     /// Records written by earlier builds must keep loading (STYLE: keep old journal files).

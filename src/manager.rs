@@ -27,6 +27,9 @@ use tokio_util::task::TaskTracker;
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// How long `shutdown` waits for running transfers to checkpoint.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// First and longest pause between attempts to save a task's outcome that the journal refused.
+const JOURNAL_RETRY_FIRST: Duration = Duration::from_millis(200);
+const JOURNAL_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct Submitted {
     pub view: TaskView,
@@ -75,6 +78,16 @@ struct State {
     /// Tasks holding a transfer slot (INSTALLING ones have given theirs back).
     running: usize,
     failures: HashMap<TaskCode, u64>,
+}
+
+/// A task's outcome ready to be saved and then shown (see `Inner::commit_outcome`).
+struct Settled {
+    record: TaskRecord,
+    /// Remove the partial data: the task will not resume.
+    discard: bool,
+    failure: Option<TaskCode>,
+    /// The task still holds a transfer slot (it did not reach INSTALLING).
+    held_slot: bool,
 }
 
 struct Slot {
@@ -151,7 +164,11 @@ impl Manager {
                 tracing::info!(task = %record.task_id, bytes = record.bytes_done, "resuming interrupted task");
             }
             if let Some(token) = &record.payload.client_token {
-                state.tokens.insert(token.clone(), record.task_id.clone());
+                // Records load oldest first: a token stays bound to its first task.
+                state
+                    .tokens
+                    .entry(token.clone())
+                    .or_insert_with(|| record.task_id.clone());
             }
             state
                 .tasks
@@ -183,8 +200,9 @@ impl Manager {
     }
 
     pub fn submit(&self, json: &[u8]) -> Result<Submitted> {
-        let task = payload::validate(payload::parse(json)?)?;
-        if task.payload.auto_install && !self.config().install.enabled {
+        let config = self.config();
+        let task = payload::validate(payload::parse(json)?, &config.allowed_roots)?;
+        if task.payload.auto_install && !config.install.enabled {
             return Err(Error::new(
                 Code::UnsupportedAutoInstall,
                 "AutoInstall is turned off on this device (install.enabled = false in the ferry configuration); send the task with AutoInstall false, or enable it there",
@@ -377,15 +395,25 @@ impl Inner {
             .client_token
             .as_ref()
             .and_then(|t| state.tokens.get(t).cloned());
-        let id = match (&task.payload.task_id, token_id) {
+        let token_conflict = |bound: &str| {
+            Error::new(
+                Code::ApiClientTokenConflict,
+                format!("ClientToken is already bound to task {bound:?} with a different request; use a new ClientToken for a new task"),
+            )
+        };
+        let id = match (&task.payload.task_id, &token_id) {
+            (Some(id), Some(bound)) if id != bound => return Err(token_conflict(bound)),
             (Some(id), _) => id.clone(),
-            (None, Some(id)) => id,
+            (None, Some(id)) => id.clone(),
             (None, None) => new_task_id(),
         };
         let mut payload = task.payload.clone();
         payload.task_id = Some(id.clone());
         if let Some(slot) = state.tasks.get_mut(&id) {
             if !same_request(&slot.record.payload, &payload) {
+                if token_id.is_some() {
+                    return Err(token_conflict(&id));
+                }
                 return Err(Error::new(
                     Code::ApiTaskIdConflict,
                     format!("TaskId {id:?} (or its ClientToken) already names a different task; use a new TaskId"),
@@ -499,7 +527,7 @@ impl Inner {
         let config = self.config();
         let client = self.client.read().expect("client lock").clone();
         let auto_install = record.payload.auto_install;
-        let outcome = match payload::validate(record.payload.clone()) {
+        let outcome = match payload::validate(record.payload.clone(), &config.allowed_roots) {
             Ok(task) => {
                 let ctx = RunContext {
                     config: &config,
@@ -530,14 +558,8 @@ impl Inner {
             }
             other => other,
         };
-        let inner = self.clone();
-        let owned = id.clone();
-        let finished = tokio::task::spawn_blocking(move || inner.finish(&owned, outcome)).await;
-        match finished {
-            Ok(Err(e)) => tracing::error!(task = %id, error = %e, "cannot save task record"),
-            Err(e) => tracing::error!(task = %id, error = %e, "finishing the task"),
-            Ok(Ok(())) => {}
-        }
+        let settled = self.settle(&id, outcome);
+        self.commit_outcome(settled).await;
         let inner = self.clone();
         let _ = tokio::task::spawn_blocking(move || inner.prune()).await;
         self.wake.notify_one();
@@ -566,68 +588,120 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    /// Records a transfer's outcome. The journal lock is held from the phase change until the
-    /// record is saved (and the partial data removed, when the outcome calls for it), so a
-    /// re-submit of this TaskId waits for that and never races the cleanup or the write.
-    fn finish(&self, id: &str, outcome: Result<TaskResult>) -> Result<()> {
-        let journal = self.journal();
-        let (record, discard) = {
-            let mut state = self.lock();
-            let slot = state
-                .tasks
-                .get_mut(id)
-                .expect("running tasks stay in the map");
-            let run = slot.run.take();
-            let by_user = run.as_ref().is_some_and(|r| r.by_user);
-            let held_slot = !run.is_some_and(|r| r.installing);
-            let record = &mut slot.record;
-            let mut discard = false;
-            let mut failure = None;
-            match outcome {
-                Ok(result) => {
-                    // AutoInstall is part of the task: a refused install fails it (the file
-                    // stays in place and the result still lists it); NotAnApk does not.
-                    let refused = result
-                        .install
-                        .as_ref()
-                        .and_then(|i| i.failure().map(|code| (code.clone(), i.message.clone())));
-                    record.phase = Phase::Success;
-                    record.bytes_done = result.files.iter().map(|f| f.size).sum();
-                    record.bytes_total = Some(record.bytes_done);
-                    record.result = Some(result);
-                    record.resume = None;
-                    if let Some((code, message)) = refused {
-                        record.phase = Phase::Failed;
-                        record.error_code = Some(code.clone());
-                        record.error_msg = Some(message);
-                        failure = Some(code);
-                    }
-                    record.finish_now();
-                }
-                Err(e) if e.code == Code::Cancelled && !by_user => {
-                    // Daemon stopping: stay RUNNING in the journal so the next start resumes.
-                    record.updated_ms = unix_millis_now();
-                }
-                Err(e) => {
-                    let e = if by_user { cancelled() } else { e };
-                    // Keep partial data only when there is some and the failure may pass.
-                    discard = by_user || !e.code.keeps_partial() || record.bytes_done == 0;
-                    if discard {
-                        record.resume = record.resume.take().and_then(ResumeState::landed_only);
-                    }
-                    record.fail(&e);
-                    failure = Some(e.code.into());
-                }
+    /// Saves a task's outcome and only then shows it, retrying with backoff while the journal
+    /// refuses the write: the API never reports an outcome the journal does not hold (a
+    /// SUCCESS shown but lost would run the task, and its AutoInstall, again after a restart).
+    /// Meanwhile the task stays RUNNING (or INSTALLING) with a note saying why. A daemon
+    /// stopping gives up: the journal still says RUNNING and the next start resumes the task.
+    async fn commit_outcome(self: &Arc<Self>, settled: Settled) {
+        let settled = Arc::new(settled);
+        let mut delay = JOURNAL_RETRY_FIRST;
+        loop {
+            let (inner, attempt) = (self.clone(), settled.clone());
+            let saved = tokio::task::spawn_blocking(move || inner.finish(&attempt))
+                .await
+                .map_err(|e| Error::new(Code::Internal, format!("finishing the task: {e}")))
+                .and_then(|r| r);
+            let Err(e) = saved else { return };
+            let id = &settled.record.task_id;
+            tracing::error!(task = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot save the task's outcome; it stays running until the journal takes it");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => return,
             }
-            let record = record.clone();
-            if held_slot {
+            delay = (delay * 2).min(JOURNAL_RETRY_MAX);
+        }
+    }
+
+    /// A transfer's outcome applied to a copy of its record; nothing is shown yet.
+    fn settle(&self, id: &str, outcome: Result<TaskResult>) -> Settled {
+        let state = self.lock();
+        let slot = state.tasks.get(id).expect("running tasks stay in the map");
+        let by_user = slot.run.as_ref().is_some_and(|r| r.by_user);
+        let held_slot = !slot.run.as_ref().is_some_and(|r| r.installing);
+        let mut record = slot.record.clone();
+        let mut discard = false;
+        let mut failure = None;
+        match outcome {
+            Ok(result) => {
+                // AutoInstall is part of the task: a refused install fails it (the file
+                // stays in place and the result still lists it); NotAnApk does not.
+                let refused = result
+                    .install
+                    .as_ref()
+                    .and_then(|i| i.failure().map(|code| (code.clone(), i.message.clone())));
+                record.phase = Phase::Success;
+                record.bytes_done = result.files.iter().map(|f| f.size).sum();
+                record.bytes_total = Some(record.bytes_done);
+                record.result = Some(result);
+                record.resume = None;
+                if let Some((code, message)) = refused {
+                    record.phase = Phase::Failed;
+                    record.error_code = Some(code.clone());
+                    record.error_msg = Some(message);
+                    failure = Some(code);
+                }
+                record.finish_now();
+            }
+            Err(e) if e.code == Code::Cancelled && !by_user => {
+                // Daemon stopping: stay RUNNING in the journal so the next start resumes.
+                record.updated_ms = unix_millis_now();
+            }
+            Err(e) => {
+                let e = if by_user { cancelled() } else { e };
+                // Keep partial data only when there is some and the failure may pass.
+                discard = by_user || !e.code.keeps_partial() || record.bytes_done == 0;
+                if discard {
+                    record.resume = record.resume.take().and_then(ResumeState::landed_only);
+                }
+                record.fail(&e);
+                failure = Some(e.code.into());
+            }
+        }
+        Settled {
+            record,
+            discard,
+            failure,
+            held_slot,
+        }
+    }
+
+    /// Saves a settled outcome, then shows it. The journal lock is held from before the save
+    /// until the record in memory is replaced (and the partial data removed, when the outcome
+    /// calls for it), so a re-submit of this TaskId waits for that and never races the
+    /// cleanup or the write. When the save fails nothing is shown but a note.
+    fn finish(&self, settled: &Settled) -> Result<()> {
+        let journal = self.journal();
+        let record = &settled.record;
+        let id = record.task_id.as_str();
+        if settled.discard {
+            self.discard(record);
+        }
+        if let Err(e) = journal.save(record) {
+            let note = format!(
+                "the outcome of this task could not be saved to the journal ({e}); it shows as running until the save succeeds (retrying)"
+            );
+            if let Some(slot) = self.lock().tasks.get_mut(id) {
+                slot.record
+                    .notes
+                    .retain(|n| !n.starts_with("the outcome of this task could not be saved"));
+                slot.record.notes.push(note);
+            }
+            return Err(e);
+        }
+        {
+            let mut state = self.lock();
+            if let Some(slot) = state.tasks.get_mut(id) {
+                slot.record = record.clone();
+                slot.run = None;
+            }
+            if settled.held_slot {
                 state.running -= 1;
             }
-            if let Some(code) = failure {
-                *state.failures.entry(code).or_default() += 1;
+            if let Some(code) = &settled.failure {
+                *state.failures.entry(code.clone()).or_default() += 1;
             }
-            (record, discard)
-        };
+        }
         match (&record.error_code, record.phase) {
             (Some(code), _) => {
                 tracing::warn!(task = %id, code = %code, error = record.error_msg.as_deref().unwrap_or(""), "task failed")
@@ -635,15 +709,12 @@ impl Inner {
             (None, Phase::Success) => tracing::info!(task = %id, "task succeeded"),
             _ => tracing::info!(task = %id, "task interrupted; it resumes on the next start"),
         }
-        if discard {
-            self.discard(&record);
-        }
-        journal.save(&record)
+        Ok(())
     }
 
     /// Removes a task's staging data; failures are logged, the task outcome stands.
     fn discard(&self, record: &TaskRecord) {
-        if let Ok(task) = payload::validate(record.payload.clone()) {
+        if let Ok(task) = payload::validate(record.payload.clone(), &self.config().allowed_roots) {
             if let Err(e) = runner::discard_partial(&self.config(), &task, &record.task_id) {
                 tracing::warn!(task = %record.task_id, error = %e, "cannot remove partial data");
             }
@@ -678,7 +749,9 @@ impl Inner {
             for record in &doomed {
                 state.tasks.remove(&record.task_id);
                 if let Some(token) = &record.payload.client_token {
-                    state.tokens.remove(token);
+                    if state.tokens.get(token) == Some(&record.task_id) {
+                        state.tokens.remove(token);
+                    }
                 }
             }
             doomed

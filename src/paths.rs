@@ -33,8 +33,50 @@ pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
     if name.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err("it contains NUL or control characters".into());
     }
+    if let Some(c) = name.chars().find(|c| is_hidden_char(*c)) {
+        return Err(format!(
+            "it contains the invisible or direction-changing character U+{:04X}",
+            c as u32
+        ));
+    }
     if name.len() > MAX_NAME_BYTES {
         return Err(format!("it is longer than {MAX_NAME_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// C1 controls, bidirectional overrides and marks, and zero-width characters: a name holding
+/// one displays as something else (`evil\u{202E}kpa.exe` reads as `evilexe.apk`).
+fn is_hidden_char(c: char) -> bool {
+    matches!(c,
+        '\u{80}'..='\u{9f}'
+        | '\u{061c}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2069}'
+        | '\u{feff}'
+    )
+}
+
+/// The prefix of ferry's staging files; no final name may start with it, in any case
+/// (Android's shared storage ignores case).
+pub const RESERVED_PREFIX: &str = ".ferry-";
+
+/// Whether `name` starts with [`RESERVED_PREFIX`], ignoring ASCII case.
+pub fn is_reserved(name: &str) -> bool {
+    name.as_bytes()
+        .get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
+}
+
+/// [`check_file_name`] for a name that a task's data ends up under (or a folder on its way):
+/// ferry's staging names are refused, so a task can never land on another task's partial file.
+pub fn check_final_name(name: &str) -> std::result::Result<(), String> {
+    check_file_name(name)?;
+    if is_reserved(name) {
+        return Err(format!(
+            "names starting with {RESERVED_PREFIX} (in any case) are reserved for ferry's staging files"
+        ));
     }
     Ok(())
 }
@@ -365,6 +407,9 @@ impl Dir {
         Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 }
+
+#[path = "paths_staging.rs"]
+mod staging;
 
 #[cfg(test)]
 #[path = "paths_tests.rs"]

@@ -468,3 +468,76 @@ fn free_bytes_and_sync_work_on_an_open_folder() {
     assert!(dir.free_bytes().unwrap() > 0);
     dir.sync().unwrap();
 }
+
+/// A staging name is only ever written when it holds a plain file of ferry's own. A hard
+/// link planted there would have its other name truncated, a FIFO would block the writer
+/// (and then fail as `Storage.Io` "Invalid argument"), a symlink would redirect the data.
+#[test]
+fn staging_open_removes_foreign_objects_and_never_writes_through_them() {
+    let d = Device::new();
+    let dir = d.open("/sdcard/Download");
+    let victim = d.outside().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let staging = d.dev("sdcard/Download/.ferry-t1.part");
+
+    std::fs::hard_link(&victim, &staging).unwrap();
+    let mut file = dir.open_staging(".ferry-t1.part").unwrap();
+    file.set_len(0).unwrap();
+    file.write_all(b"new").unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(std::fs::metadata(&staging).unwrap().nlink(), 1);
+    std::fs::remove_file(&staging).unwrap();
+
+    symlink(&victim, &staging).unwrap();
+    let mut file = dir.open_staging(".ferry-t1.part").unwrap();
+    file.write_all(b"new").unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(!std::fs::symlink_metadata(&staging).unwrap().is_symlink());
+    std::fs::remove_file(&staging).unwrap();
+
+    nix::unistd::mkfifo(&staging, Mode::from_bits_truncate(0o644)).unwrap();
+    // A FIFO would block this thread forever if it were opened: guard with a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir2 = d.open("/sdcard/Download");
+    std::thread::spawn(move || {
+        let opened = dir2.open_staging(".ferry-t1.part").map(|mut f| {
+            f.write_all(b"data").unwrap();
+        });
+        tx.send(opened.map_err(|e| e.to_string())).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("opening a staging name holding a FIFO blocked")
+        .unwrap();
+    assert!(std::fs::metadata(&staging).unwrap().is_file());
+    assert_eq!(std::fs::read_to_string(&staging).unwrap(), "data");
+
+    // Its own plain file is kept for resume.
+    let mut again = dir.open_staging(".ferry-t1.part").unwrap();
+    assert_eq!(read(&mut again), "data");
+
+    // A folder is not removed: the error says what is there.
+    std::fs::create_dir(d.dev("sdcard/Download/.ferry-t2.part")).unwrap();
+    let err = dir.open_staging(".ferry-t2.part").unwrap_err();
+    assert_eq!(err.code, Code::StoragePathNotAllowed);
+    assert!(err.message.contains("is a folder"), "{}", err.message);
+}
+
+#[test]
+fn final_names_reserved_for_staging_and_invisible_characters_are_refused() {
+    for bad in [
+        ".ferry-t1.part",
+        ".FERRY-t1.part",
+        ".Ferry-",
+        "a\u{202e}kpa.exe",
+        "a\u{85}b",
+        "a\u{200b}b",
+        "\u{feff}a",
+        "a\u{2066}b",
+        "a\u{61c}b",
+    ] {
+        assert!(check_final_name(bad).is_err(), "{bad:?} accepted");
+    }
+    for good in [".ferry", "ferry-x", "x.ferry-1", "été.apk", "日本.txt"] {
+        assert_eq!(check_final_name(good), Ok(()), "{good:?}");
+    }
+}

@@ -5,7 +5,7 @@
 //! a caller exactly which parameter to fix.
 
 use crate::error::{Code, Error, Result};
-use crate::paths::{check_file_name, DevicePath};
+use crate::paths::{check_final_name, DevicePath};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -22,7 +22,7 @@ const ENVELOPE_KEYS: &[&str] = &["AndroidInstanceIdList", "AndroidInstanceId", "
 
 /// STS credentials for OSS sources. Never logged or returned by the API (see `redacted`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct Credentials {
     pub access_key_id: String,
     pub access_key_secret: String,
@@ -63,7 +63,9 @@ pub struct TaskPayload {
 }
 
 impl TaskPayload {
-    /// The payload with secrets replaced, for the API and logs.
+    /// The payload with secrets replaced, for the API, the CLI and logs: the Credentials'
+    /// secret and token, and every query value and user part of the links (a signed link
+    /// carries `Signature=`, `security-token=` there). The journal keeps the real payload.
     pub fn redacted(&self) -> TaskPayload {
         let mut copy = self.clone();
         if let Some(c) = &mut copy.credentials {
@@ -72,16 +74,8 @@ impl TaskPayload {
                 c.security_token = Some("<redacted>".into());
             }
         }
-        if let Ok(mut url) = Url::parse(&copy.upload_url) {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("redacted"));
-                copy.upload_url = url.to_string();
-            } else if !url.username().is_empty() {
-                // A lone user part is often a token.
-                let _ = url.set_username("redacted");
-                copy.upload_url = url.to_string();
-            }
-        }
+        copy.upload_url = crate::redact::url(&copy.upload_url);
+        copy.bridged_object = copy.bridged_object.as_deref().map(crate::redact::url);
         copy
     }
 }
@@ -146,7 +140,7 @@ fn invalid(code: Code, message: impl Into<String>) -> Error {
 
 /// Parses raw JSON into a payload, with a precise code for each malformed field.
 pub fn parse(json: &[u8]) -> Result<TaskPayload> {
-    let value: Value = serde_json::from_slice(json).map_err(|e| {
+    let json::UniqueKeys(value) = serde_json::from_slice(json).map_err(|e| {
         invalid(
             Code::InvalidPayload,
             format!("the task payload is not valid JSON: {e}"),
@@ -206,7 +200,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<TaskPayload> {
         Some(v @ Value::Object(_)) => Some(serde_json::from_value::<Credentials>(v).map_err(|_| {
             invalid(
                 Code::InvalidCredentials,
-                "Credentials must be an object with string fields AccessKeyId, AccessKeySecret and optionally SecurityToken",
+                "Credentials must be an object with string fields AccessKeyId, AccessKeySecret and optionally SecurityToken, and no other field",
             )
         })?),
         Some(_) => {
@@ -256,8 +250,51 @@ fn from_map(mut map: Map<String, Value>) -> Result<TaskPayload> {
     })
 }
 
-/// Checks every rule of the API on a parsed payload.
-pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
+/// Checks every rule of the API on a parsed payload, and that its target lies strictly inside
+/// one of `allowed_roots` (the configuration's), so a path that could never be written is
+/// refused now rather than failing once the task runs.
+pub fn validate(payload: TaskPayload, allowed_roots: &[String]) -> Result<ValidTask> {
+    let task = check_rules(payload)?;
+    check_roots(&task, allowed_roots)?;
+    Ok(task)
+}
+
+/// The target must be inside an allowed root: a DOWNLOAD_URL file strictly inside (the root
+/// itself is a folder), an OSS folder inside or at the root (its files land strictly inside).
+fn check_roots(task: &ValidTask, allowed_roots: &[String]) -> Result<()> {
+    let (path, strictly) = match &task.plan {
+        Plan::Download { target, .. } => (target, true),
+        Plan::Oss { folder, .. } | Plan::OssBridged { folder, .. } => (folder, false),
+    };
+    let roots: Vec<DevicePath> = allowed_roots
+        .iter()
+        .filter_map(|r| DevicePath::parse(r).ok())
+        .collect();
+    let inside = roots.iter().any(|root| {
+        path.starts_with(root) && (!strictly || path.components().len() > root.components().len())
+    });
+    if inside {
+        return Ok(());
+    }
+    Err(invalid(
+        Code::InvalidSourceFilePath,
+        format!(
+            "SourceFilePath {path} is not inside the allowed roots ({}); choose a {} under one of them, such as /sdcard/Download/{}",
+            allowed_roots.join(", "),
+            if strictly { "file" } else { "folder" },
+            if strictly { "MyFile.txt" } else { "" },
+        ),
+    ))
+}
+
+/// Checks a payload read back from the journal with the same rules as intake (except the
+/// allowed roots, which the configuration may have changed since; a run checks them again).
+pub fn check_stored(payload: &TaskPayload) -> Result<()> {
+    check_rules(payload.clone()).map(|_| ())
+}
+
+/// Every rule of the API text that needs no configuration.
+fn check_rules(payload: TaskPayload) -> Result<ValidTask> {
     if let Some(id) = &payload.task_id {
         check_task_id(id)?;
     }
@@ -289,7 +326,7 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
     let rename = match payload.target_file_name.as_deref() {
         None | Some("") => None,
         Some(name) => {
-            check_file_name(name).map_err(|why| {
+            check_final_name(name).map_err(|why| {
                 invalid(
                     Code::InvalidTargetFileName,
                     format!("TargetFileName {name:?} must be a plain file name: {why}"),
@@ -310,12 +347,7 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
     let mut notes = Vec::new();
     let plan = match upload_type {
         UploadType::DownloadUrl => {
-            let target = DevicePath::parse(&payload.source_file_path).map_err(|why| {
-                invalid(
-                    Code::InvalidSourceFilePath,
-                    format!("SourceFilePath: {why}"),
-                )
-            })?;
+            let target = parse_source_path(&payload.source_file_path)?;
             if payload.source_file_path.ends_with('/') || target.file_name().is_none() {
                 return Err(invalid(
                     Code::InvalidSourceFilePath,
@@ -337,16 +369,21 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
             }
         }
         UploadType::Oss | UploadType::OssBridged => {
-            let folder = DevicePath::parse(&payload.source_file_path).map_err(|why| {
-                invalid(
-                    Code::InvalidSourceFilePath,
-                    format!("SourceFilePath: {why}"),
-                )
-            })?;
+            let folder = parse_source_path(&payload.source_file_path)?;
             let endpoint = parse_endpoint(payload.upload_endpoint.as_deref())?;
             if upload_type == UploadType::Oss {
+                let object = parse_oss_url(&payload.upload_url, "UploadUrl")?;
+                let key_name = object.key.rsplit('/').next().unwrap_or_default();
+                if rename.is_none() && crate::paths::is_reserved(key_name) {
+                    return Err(invalid(
+                        Code::InvalidUploadUrl,
+                        format!(
+                            "UploadUrl names the object {key_name:?}, whose name is reserved for ferry's staging files; give a TargetFileName"
+                        ),
+                    ));
+                }
                 Plan::Oss {
-                    object: parse_oss_url(&payload.upload_url, "UploadUrl")?,
+                    object,
                     endpoint,
                     folder,
                     rename,
@@ -372,6 +409,25 @@ pub fn validate(payload: TaskPayload) -> Result<ValidTask> {
         md5,
         notes,
     })
+}
+
+/// SourceFilePath as a device path none of whose names is reserved for staging files.
+fn parse_source_path(text: &str) -> Result<DevicePath> {
+    let path = DevicePath::parse(text).map_err(|why| {
+        invalid(
+            Code::InvalidSourceFilePath,
+            format!("SourceFilePath: {why}"),
+        )
+    })?;
+    for name in path.components() {
+        check_final_name(name).map_err(|why| {
+            invalid(
+                Code::InvalidSourceFilePath,
+                format!("SourceFilePath {text:?}: component {name:?}: {why}"),
+            )
+        })?;
+    }
+    Ok(path)
 }
 
 /// Task ids name journal files, so only a safe alphabet is allowed.
@@ -411,7 +467,8 @@ fn parse_md5(hex: &str) -> Result<[u8; 16]> {
 }
 
 fn parse_http_url(text: &str, field: &str) -> Result<Url> {
-    let bad = |why: String| invalid(Code::InvalidUploadUrl, format!("{field} {text:?}: {why}"));
+    let shown = crate::redact::url(text);
+    let bad = |why: String| invalid(Code::InvalidUploadUrl, format!("{field} {shown:?}: {why}"));
     if text.len() > MAX_URL_LEN {
         return Err(bad(format!("longer than {MAX_URL_LEN} bytes")));
     }
@@ -433,7 +490,10 @@ fn parse_oss_url(text: &str, field: &str) -> Result<OssObject> {
     let bad = |why: &str| {
         invalid(
             Code::InvalidUploadUrl,
-            format!("{field} {text:?} {why}; expected oss://{BUCKET_PREFIX}NAME/FOLDER/FILE"),
+            format!(
+                "{field} {:?} {why}; expected oss://{BUCKET_PREFIX}NAME/FOLDER/FILE",
+                crate::redact::url(text)
+            ),
         )
     };
     let rest = text
@@ -500,6 +560,9 @@ fn parse_endpoint(endpoint: Option<&str>) -> Result<String> {
     }
     Ok(endpoint.to_string())
 }
+
+#[path = "payload_json.rs"]
+mod json;
 
 #[cfg(test)]
 #[path = "payload_tests.rs"]

@@ -7,9 +7,17 @@ const ENDPOINT: &str = "oss-cn-hangzhou-internal.aliyuncs.com";
 const SECRET: &str = "s3cr3t-AccessKeySecret-value";
 const TOKEN: &str = "sts-SecurityToken-value";
 
+/// The default (Android) allowed roots.
+fn roots() -> Vec<String> {
+    crate::config::ANDROID_ROOTS
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
+}
+
 /// parse + validate, as the daemon does.
 fn intake(json: &str) -> Result<ValidTask> {
-    validate(parse(json.as_bytes())?)
+    validate(parse(json.as_bytes())?, &roots())
 }
 
 fn accepted(json: &str) -> ValidTask {
@@ -114,6 +122,26 @@ fn bad_payloads() -> Vec<(Code, &'static str, Vec<String>)> {
             ],
         ),
         (
+            // serde_json would keep the last of two equal keys silently.
+            Code::InvalidPayload,
+            "appears twice",
+            vec![
+                s(
+                    r#"{"SourceFilePath": "/sdcard/Download/a", "UploadType": "DOWNLOAD_URL",
+                    "UploadUrl": "https://example.com/a", "UploadUrl": "https://evil.example/a"}"#,
+                ),
+                s(
+                    r#"{"SourceFilePath": "/sdcard/Download/a", "UploadType": "DOWNLOAD_URL",
+                    "UploadUrl": "https://example.com/a", "SourceFilePath": "/sdcard/Download/b"}"#,
+                ),
+                oss(
+                    "Credentials",
+                    r#"{"AccessKeyId": "a", "AccessKeySecret": "x", "AccessKeyId": "b"}"#,
+                ),
+                oss("RequestId", r#"[{"k": 1, "k": 2}]"#),
+            ],
+        ),
+        (
             Code::InvalidUnknownField,
             "TargetFilename",
             vec![oss("TargetFilename", r#""a.txt""#)],
@@ -149,6 +177,27 @@ fn bad_payloads() -> Vec<(Code, &'static str, Vec<String>)> {
                 oss(path, r#""/sdcard/a\u0000b""#),
                 oss(path, r#""/sdcard/a\nb""#),
                 oss(path, r#""/sdcard/a\u007fb""#),
+                // C1 controls, bidi overrides and marks, zero-width characters.
+                oss(path, r#""/sdcard/a\u0085b""#),
+                dl(path, r#""/sdcard/Download/evil\u202ekpa.exe""#),
+                dl(path, r#""/sdcard/Download/a\u2066b.apk""#),
+                dl(path, r#""/sdcard/Download/a\u200fb.apk""#),
+                dl(path, r#""/sdcard/Download/a\u061cb.apk""#),
+                dl(path, r#""/sdcard/Download/a\u200bb.apk""#),
+                dl(path, r#""/sdcard/Download/\ufeffa.apk""#),
+                // Another task's staging file, in any case, and staging-named folders.
+                dl(path, r#""/sdcard/Download/.ferry-t-1.part""#),
+                dl(path, r#""/sdcard/Download/.FERRY-t-1.part""#),
+                dl(path, r#""/sdcard/.Ferry-x/a.apk""#),
+                oss(path, r#""/sdcard/Download/.ferry-t1""#),
+                // Outside the allowed roots (lexically), or the root itself as a file.
+                dl(path, r#""/proc/self/root/sdcard/x""#),
+                dl(path, r#""/data/system/x""#),
+                dl(path, r#""/sdcard""#),
+                dl(path, r#""/storage/emulated/0""#),
+                dl(path, r#""/sdcardx/a""#),
+                oss(path, r#""/data/system""#),
+                bridged(path, r#""/etc""#),
                 oss(path, &long_path),
                 oss(path, &long_component),
                 oss(path, r#"["/sdcard"]"#),
@@ -165,6 +214,11 @@ fn bad_payloads() -> Vec<(Code, &'static str, Vec<String>)> {
             Code::InvalidUploadUrl,
             "UploadUrl",
             vec![
+                oss(
+                    url,
+                    r#""oss://cloudphone-saved-bucket-example/send/.ferry-t-1.part""#,
+                ),
+                oss(url, r#""oss://cloudphone-saved-bucket-example/.FERRY-x""#),
                 with(OSS, url, None),
                 oss(url, "5"),
                 dl(url, "true"),
@@ -245,6 +299,11 @@ fn bad_payloads() -> Vec<(Code, &'static str, Vec<String>)> {
                 oss(target, r#""a\tb""#),
                 oss(target, &long_name),
                 oss(target, "3"),
+                oss(target, r#"".ferry-t-1.part""#),
+                oss(target, r#"".FeRrY-T1.part""#),
+                bridged(target, r#"".ferry-x""#),
+                oss(target, r#""a\u202eb""#),
+                oss(target, r#""a\u009bb""#),
                 bridged(target, r#""a/b""#),
                 // Refused for DOWNLOAD_URL too, although it has no effect there.
                 dl(target, r#""../x""#),
@@ -270,6 +329,8 @@ fn bad_payloads() -> Vec<(Code, &'static str, Vec<String>)> {
                 r#"{"AccessKeyId": "LTAI5t"}"#,
                 r#"{"AccessKeyId": 5, "AccessKeySecret": "x"}"#,
                 r#"{"AccessKeyId": "a", "AccessKeySecret": "x", "SecurityToken": false}"#,
+                r#"{"AccessKeyId": "a", "AccessKeySecret": "x", "Extra": "y"}"#,
+                r#"{"AccessKeyId": "a", "AccessKeySecret": "x", "securityToken": "t"}"#,
                 "true",
                 r#""LTAI5t""#,
             ]
@@ -619,7 +680,7 @@ fn serialised_payload_parses_back_to_the_same_payload() {
     for payload in [full, minimal] {
         let json = serde_json::to_vec(&payload).unwrap();
         assert_eq!(parse(&json).unwrap(), payload);
-        validate(parse(&json).unwrap()).unwrap();
+        validate(parse(&json).unwrap(), &roots()).unwrap();
     }
     // A payload read from JSON serialises back to what it was read from.
     let base = [OSS, &[("TaskId", r#""t-9""#)][..]].concat();
@@ -633,7 +694,7 @@ fn serialised_payload_parses_back_to_the_same_payload() {
 fn redacted_hides_secrets_and_url_passwords() {
     let json = format!(
         r#"{{"SourceFilePath": "/sdcard/Download/a.txt", "UploadType": "DOWNLOAD_URL",
-            "UploadUrl": "https://alice:hunter2@example.com/a.txt",
+            "UploadUrl": "https://alice:hunter2@example.com/a.txt?Signature=SIG&security-token=STS",
             "Credentials": {{"AccessKeyId": "LTAI5t", "AccessKeySecret": "{SECRET}", "SecurityToken": "{TOKEN}"}}}}"#
     );
     let payload = parse(json.as_bytes()).unwrap();
@@ -643,15 +704,15 @@ fn redacted_hides_secrets_and_url_passwords() {
     assert_ne!(creds.access_key_secret, SECRET);
     assert!(creds.security_token.is_some());
     assert_ne!(creds.security_token.as_deref(), Some(TOKEN));
-    let url = Url::parse(&redacted.upload_url).unwrap();
-    assert_eq!(url.username(), "alice");
-    assert_eq!(url.host_str(), Some("example.com"));
-    assert_eq!(url.path(), "/a.txt");
+    assert_eq!(
+        redacted.upload_url,
+        "https://<redacted>@example.com/a.txt?Signature=<redacted>&security-token=<redacted>"
+    );
     for text in [
         serde_json::to_string(&redacted).unwrap(),
         format!("{redacted:?}"),
     ] {
-        for secret in [SECRET, TOKEN, "hunter2"] {
+        for secret in [SECRET, TOKEN, "hunter2", "alice", "SIG", "STS"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
     }
@@ -665,9 +726,9 @@ fn redacted_hides_secrets_and_url_passwords() {
     let mut bare = payload.clone();
     bare.credentials.as_mut().unwrap().security_token = None;
     assert_eq!(bare.redacted().credentials.unwrap().security_token, None);
-    // A URL without a password is left exactly as it was.
+    // A URL without user part, query or fragment is left exactly as it was.
     let mut plain = payload;
-    plain.upload_url = "https://example.com/a.txt?x=1".into();
+    plain.upload_url = "https://example.com:8443/dir/a.txt".into();
     assert_eq!(plain.redacted().upload_url, plain.upload_url);
 }
 

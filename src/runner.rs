@@ -9,7 +9,7 @@ use crate::error::{Code, Error, Result};
 use crate::folder::{self, FolderEntry};
 use crate::install::{self, InstallLock};
 use crate::media_scan;
-use crate::paths::{check_file_name, DevicePath, Dir, Entry, Roots};
+use crate::paths::{check_final_name, DevicePath, Dir, Entry, Roots};
 use crate::payload::{OssObject, Plan, ValidTask};
 use crate::sink;
 use crate::source::http::HttpSource;
@@ -31,9 +31,44 @@ pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 /// how many were left to the next periodic scan (each announcement starts a process).
 const MAX_MEDIA_SCANS: usize = 100;
 
-/// The hidden staging name of a task's file: unique per task, short whatever the final name.
+/// The hidden staging name of a task's file: unique per task, short whatever the final name,
+/// and unique even where case is ignored (Android's `/sdcard`: TaskIds `T1` and `t1` must not
+/// share a file), so it carries the lowercased id plus a hash of the exact one.
 pub fn staging_name(task_id: &str) -> String {
-    format!(".ferry-{task_id}.part")
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(task_id.as_bytes());
+    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}{}-{tag}.part",
+        crate::paths::RESERVED_PREFIX,
+        task_id.to_ascii_lowercase()
+    )
+}
+
+/// The staging name of builds before case-unique names.
+fn legacy_staging_name(task_id: &str) -> String {
+    format!("{}{task_id}.part", crate::paths::RESERVED_PREFIX)
+}
+
+/// A record left RUNNING by an older build names its legacy staging file: move that file to
+/// the current name so the upgrade keeps the partial data (a missing file is no error: the
+/// run then starts from byte 0 as it would have anyway).
+async fn adopt_legacy_staging(dir: &Arc<Dir>, task_id: &str, resume: Option<&ResumeState>) {
+    let legacy = legacy_staging_name(task_id);
+    if resume.is_none_or(|r| r.staging_name != legacy) {
+        return;
+    }
+    let (dir, current) = (dir.clone(), staging_name(task_id));
+    let moved = tokio::task::spawn_blocking(move || {
+        if dir.entry(&legacy)? != Entry::File {
+            return Ok(());
+        }
+        dir.rename(&legacy, &current)
+    })
+    .await;
+    if let Ok(Err(e)) = moved {
+        tracing::warn!(task = task_id, error = %e, "cannot adopt the staging file of an older build");
+    }
 }
 
 /// The folder holding a task's staging file (and, except for folder sends, its final file).
@@ -91,6 +126,7 @@ impl RunContext<'_> {
                 ),
             ));
         }
+        adopt_legacy_staging(&landing.staging_dir, self.task_id, landing.resume.as_ref()).await;
         let final_dir = (!Arc::ptr_eq(&landing.staging_dir, &landing.final_dir))
             .then(|| landing.final_dir.clone());
         let job = Job {
@@ -233,7 +269,7 @@ pub async fn run<O: Observer>(
 /// The last segment of an object key, which names the file when TargetFileName does not.
 fn object_file_name(object: &OssObject) -> Result<String> {
     let name = object.key.rsplit('/').next().unwrap_or_default();
-    check_file_name(name).map_err(|why| {
+    check_final_name(name).map_err(|why| {
         Error::new(
             Code::SourceUnsafeObjectKey,
             format!(
@@ -489,7 +525,7 @@ async fn bridged<O: Observer>(
 fn link_file_name(url: &reqwest::Url) -> Option<String> {
     let segment = url.path_segments()?.next_back()?;
     let decoded = percent_decode(segment)?;
-    check_file_name(&decoded).ok().map(|()| decoded)
+    check_final_name(&decoded).ok().map(|()| decoded)
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -582,5 +618,23 @@ mod tests {
         assert_eq!(link_file_name(&url("https://x/a/%2e%2e")), None);
         assert_eq!(link_file_name(&url("https://x/a%2Fb")), None);
         assert_eq!(link_file_name(&url("https://x/%zz")), None);
+        // A bridged name may not be another task's staging file either.
+        assert_eq!(link_file_name(&url("https://x/.FERRY-t1.part")), None);
+        assert_eq!(link_file_name(&url("https://x/%2Eferry-t1.part")), None);
+    }
+
+    /// Android's /sdcard ignores case: TaskIds `T1` and `t1` must not share a staging file.
+    #[test]
+    fn staging_names_differ_where_case_is_ignored() {
+        let (upper, lower) = (staging_name("T1"), staging_name("t1"));
+        assert_ne!(upper.to_lowercase(), lower.to_lowercase());
+        for id in ["T1", "t1", "a.B-c_D"] {
+            let name = staging_name(id);
+            assert!(crate::paths::is_reserved(&name), "{name}");
+            assert_eq!(crate::paths::check_file_name(&name), Ok(()));
+            assert_eq!(name, name.to_lowercase(), "one spelling per task: {name}");
+        }
+        let longest = staging_name(&"x".repeat(64));
+        assert!(longest.len() < 100, "{longest}");
     }
 }

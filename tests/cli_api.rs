@@ -102,6 +102,37 @@ fn bad_payloads_get_their_exact_code() {
             r#"{"TaskId":"../x","SourceFilePath":"/sdcard/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
             "InvalidParameter.TaskId",
         ),
+        // serde_json would keep the second UploadUrl silently.
+        (
+            r#"{"SourceFilePath":"/sdcard/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/","UploadUrl":"http://y/"}"#,
+            "InvalidParameter.Payload",
+        ),
+        // Outside the allowed roots, or the root itself as a file: refused before a task exists.
+        (
+            r#"{"SourceFilePath":"/proc/self/root/sdcard/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/data/system/a","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/sdcard","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        // Another task's staging file (any case), and a right-to-left override.
+        (
+            r#"{"SourceFilePath":"/sdcard/Download/.FERRY-t1.part","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/sdcard/Download/a\u202ekpa.exe","UploadType":"DOWNLOAD_URL","UploadUrl":"http://x/"}"#,
+            "InvalidParameter.SourceFilePath",
+        ),
+        (
+            r#"{"SourceFilePath":"/sdcard/Download","UploadType":"OSS","UploadUrl":"oss://cloudphone-saved-bucket-x/a","UploadEndpoint":"oss.example.com","Credentials":{"AccessKeyId":"a","AccessKeySecret":"b","Extra":"c"}}"#,
+            "InvalidParameter.Credentials",
+        ),
     ];
     for (body, code) in cases {
         let (status, reply) = d.request("POST", "/v1/tasks", Some(&d.token), Some(body.as_bytes()));
@@ -113,6 +144,15 @@ fn bad_payloads_get_their_exact_code() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("InvalidParameter.UploadUrl"));
     assert!(text(&out.stderr).contains("--url"));
+    let out = d.cli(&[
+        "send",
+        "--source-path",
+        "/proc/self/root/sdcard/a",
+        "--url",
+        "http://127.0.0.1:9/a",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("InvalidParameter.SourceFilePath"));
 }
 
 #[test]
@@ -407,4 +447,64 @@ fn demo_sends_one_file_through_the_api_and_stops() {
         stdout.contains("device path: /sdcard/Download/ferry-demo.bin"),
         "{stdout}"
     );
+}
+
+/// A signed link carries its credentials in the query: the API, `ferry tasks` (table, detail
+/// and --json) and the daemon's log show it redacted, while the journal (0600) keeps the
+/// real link so a restart can still fetch it.
+#[test]
+fn signed_link_secrets_are_shown_nowhere_but_kept_in_the_journal() {
+    let files = Files::start(64 * 1024);
+    let d = Daemon::start(&["--log-level", "debug"]);
+    let url = format!(
+        "{}?Expires=1&Signature=SECRETSIG&security-token=STSTOKEN&X-Amz-Credential=AKIDCRED%2F20261201",
+        files.url()
+    );
+    let body = payload("t-signed", &url, "/sdcard/Download/signed.bin");
+    let (status, created) = d.request("POST", "/v1/tasks", Some(&d.token), Some(body.as_bytes()));
+    assert_eq!(status, 201, "{created}");
+    let done = d.wait_phase("t-signed", &["SUCCESS", "FAILED"], TASK_TIMEOUT);
+    assert_eq!(done["Phase"], "SUCCESS", "{done}");
+    let secrets = ["SECRETSIG", "STSTOKEN", "AKIDCRED"];
+    let (_, listed) = d.get("/v1/tasks");
+    let shown = [
+        ("POST answer", created.to_string()),
+        ("GET task", done.to_string()),
+        ("GET list", listed.to_string()),
+        ("ferry tasks", text(&d.cli(&["tasks"]).stdout)),
+        (
+            "ferry tasks ID",
+            text(&d.cli(&["tasks", "t-signed"]).stdout),
+        ),
+        (
+            "ferry tasks --json",
+            text(&d.cli(&["tasks", "--json"]).stdout),
+        ),
+        (
+            "ferry tasks ID --json",
+            text(&d.cli(&["tasks", "t-signed", "--json"]).stdout),
+        ),
+        ("daemon log", d.log_text()),
+    ];
+    for (place, text) in &shown {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} shown in {place}: {text}");
+        }
+    }
+    assert!(
+        done["Payload"]["UploadUrl"]
+            .as_str()
+            .unwrap()
+            .contains("Signature=<redacted>"),
+        "{done}"
+    );
+    let journal = d.state.join("tasks/t-signed.json");
+    let kept = std::fs::read_to_string(&journal).unwrap();
+    for secret in secrets {
+        assert!(kept.contains(secret), "the journal lost {secret}: {kept}");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&journal).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
 }

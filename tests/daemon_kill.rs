@@ -51,7 +51,10 @@ fn kill_9_mid_transfer_resumes_after_restart() {
     server.put("/big.bin", Resource::new(body.clone()));
     server.set_rate("/big.bin", Some(1 << 20));
     let final_path = t.host("/sdcard/Download/big.bin");
-    let staging = t.host("/sdcard/Download/.ferry-t-kill.part");
+    let staging = t.host(format!(
+        "/sdcard/Download/{}",
+        ferry::runner::staging_name("t-kill")
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let (watcher, seen) = watch(final_path.clone(), stop.clone());
 

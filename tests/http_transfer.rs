@@ -65,7 +65,10 @@ async fn fetch(fx: &Fixture, url: &str, name: &str) -> Result<TaskResult, Error>
 }
 
 async fn fetch_json(fx: &Fixture, json: &serde_json::Value) -> Result<TaskResult, Error> {
-    let task = payload::validate(payload::parse(json.to_string().as_bytes())?)?;
+    let task = payload::validate(
+        payload::parse(json.to_string().as_bytes())?,
+        &fx.config.allowed_roots,
+    )?;
     let progress: ProgressFn = Arc::new(|_, _| {});
     fetch_once(&fx.config, task, progress, CancellationToken::new()).await
 }
@@ -349,6 +352,7 @@ async fn slow_body_reports_growing_progress() {
             .as_bytes(),
         )
         .unwrap(),
+        &fx.config.allowed_roots,
     )
     .unwrap();
     let result = fetch_once(&fx.config, task, progress, CancellationToken::new())
@@ -452,7 +456,14 @@ async fn escapes_and_outside_roots_are_refused_before_any_request() {
     let url = server.url("/z.bin");
     let cases = [
         ("/sdcard/../etc/passwd", Code::InvalidSourceFilePath, None),
-        ("/etc/ferry-test", Code::StoragePathNotAllowed, None),
+        // Refused at intake now, before a task exists.
+        ("/etc/ferry-test", Code::InvalidSourceFilePath, None),
+        (
+            "/proc/self/root/sdcard/x",
+            Code::InvalidSourceFilePath,
+            None,
+        ),
+        ("/sdcard", Code::InvalidSourceFilePath, None),
         (
             "/sdcard/Download/z.bin",
             Code::InvalidTargetFileName,

@@ -62,8 +62,10 @@ async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> Ta
 }
 
 fn staging(tmp: &tempfile::TempDir, id: &str) -> PathBuf {
-    tmp.path()
-        .join(format!("dev/sdcard/Download/.ferry-{id}.part"))
+    tmp.path().join(format!(
+        "dev/sdcard/Download/{}",
+        ferry::runner::staging_name(id)
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,4 +331,149 @@ async fn resubmitting_right_as_a_task_fails_keeps_the_journal_in_order() {
         .filter(|n| n != "t-race.json")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn journal_of(tmp: &tempfile::TempDir, id: &str) -> serde_json::Value {
+    let path = tmp.path().join(format!("state/tasks/{id}.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A SUCCESS the journal could not save must not be shown: after a restart the task would run
+/// (and AutoInstall) again. The task stays RUNNING, says why, and shows SUCCESS once saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_the_journal_cannot_save_is_not_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let body = data(1 << 20);
+    server.put("/j.bin", Resource::new(body.clone()));
+    server.set_rate("/j.bin", Some(1 << 20));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    m.submit(&payload("t-j", &server.url("/j.bin"), "j.bin"))
+        .unwrap();
+    // Bytes flow only after the RUNNING record was saved.
+    wait_for(&m, "t-j", |v| v.bytes_done > 0).await;
+    // The journal writes `t-j.tmp` then renames it: a folder there makes every save fail
+    // (chmod would not stop root).
+    let blocker = tmp.path().join("state/tasks/t-j.tmp");
+    // A checkpoint may be writing that very file right now: try again until it is gone.
+    let mut tries = 0;
+    while let Err(e) = std::fs::create_dir(&blocker) {
+        tries += 1;
+        assert!(tries < 500, "cannot plant {}: {e}", blocker.display());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let final_path = tmp.path().join("dev/sdcard/Download/j.bin");
+    for _ in 0..500 {
+        if final_path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(final_path.exists(), "the transfer never finished");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let view = m.describe("t-j").unwrap();
+    assert_eq!(view.phase, Phase::Running, "{view:?}");
+    assert!(
+        view.notes
+            .iter()
+            .any(|n| n.contains("could not be saved to the journal")),
+        "{view:?}"
+    );
+    assert_eq!(journal_of(&tmp, "t-j")["Phase"], "RUNNING");
+    std::fs::remove_dir(&blocker).unwrap();
+    let done = wait_for(&m, "t-j", |v| v.phase.is_finished()).await;
+    assert_eq!(done.phase, Phase::Success, "{done:?}");
+    assert!(done.notes.is_empty(), "{done:?}");
+    assert_eq!(done.result.unwrap().files[0].sha256, sha(&body));
+    assert_eq!(journal_of(&tmp, "t-j")["Phase"], "SUCCESS");
+    m.shutdown().await;
+}
+
+/// A ClientToken names one task for good: a different TaskId (or request) under it is refused,
+/// also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_stays_bound_to_its_first_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    server.put("/c.bin", Resource::new(data(10)));
+    let with_token = |id: &str, name: &str| {
+        serde_json::json!({
+            "TaskId": id,
+            "ClientToken": "ct-1",
+            "SourceFilePath": format!("/sdcard/Download/{name}"),
+            "UploadType": "DOWNLOAD_URL",
+            "UploadUrl": server.url("/c.bin"),
+        })
+        .to_string()
+    };
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    m.submit(with_token("t-a", "a.bin").as_bytes()).unwrap();
+    wait_for(&m, "t-a", |v| v.phase.is_finished()).await;
+    let err = m
+        .submit(with_token("t-b", "b.bin").as_bytes())
+        .err()
+        .unwrap();
+    assert_eq!(err.code, Code::ApiClientTokenConflict, "{}", err.message);
+    assert!(err.message.contains("t-a"), "{}", err.message);
+    assert!(m.describe("t-b").is_err(), "nothing was created");
+    let no_id = serde_json::json!({
+        "ClientToken": "ct-1",
+        "SourceFilePath": "/sdcard/Download/other.bin",
+        "UploadType": "DOWNLOAD_URL",
+        "UploadUrl": server.url("/c.bin"),
+    })
+    .to_string();
+    let err = m.submit(no_id.as_bytes()).err().unwrap();
+    assert_eq!(err.code, Code::ApiClientTokenConflict, "{}", err.message);
+    m.shutdown().await;
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let err = m
+        .submit(with_token("t-b", "b.bin").as_bytes())
+        .err()
+        .unwrap();
+    assert_eq!(err.code, Code::ApiClientTokenConflict, "after a restart");
+    let again = m.submit(with_token("t-a", "a.bin").as_bytes()).unwrap();
+    assert!(!again.created);
+    m.shutdown().await;
+}
+
+/// A record left RUNNING by a build that named staging files `.ferry-ID.part` still resumes
+/// from its partial data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_the_old_staging_name_still_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let body = data(3 << 20);
+    server.put("/o.bin", Resource::new(body.clone()));
+    server.set_rate("/o.bin", Some(1 << 20));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    m.submit(&payload("t-old", &server.url("/o.bin"), "o.bin"))
+        .unwrap();
+    wait_for(&m, "t-old", |v| v.bytes_done > 512 * 1024).await;
+    m.shutdown().await;
+    // Make it look as the older build left it.
+    let legacy = tmp.path().join("dev/sdcard/Download/.ferry-t-old.part");
+    std::fs::rename(staging(&tmp, "t-old"), &legacy).unwrap();
+    let mut record = journal_of(&tmp, "t-old");
+    assert_eq!(record["Phase"], "RUNNING");
+    record["Resume"]["StagingName"] = ".ferry-t-old.part".into();
+    std::fs::write(
+        tmp.path().join("state/tasks/t-old.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    let kept = std::fs::metadata(&legacy).unwrap().len();
+    assert!(kept > 0);
+    server.set_rate("/o.bin", None);
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let done = wait_for(&m, "t-old", |v| v.phase.is_finished()).await;
+    assert_eq!(done.phase, Phase::Success, "{done:?}");
+    assert_eq!(done.result.unwrap().files[0].sha256, sha(&body));
+    let last = server.requests("/o.bin").pop().unwrap();
+    assert_eq!(
+        last.header("range"),
+        Some(format!("bytes={kept}-").as_str())
+    );
+    assert!(!legacy.exists() && !staging(&tmp, "t-old").exists());
+    m.shutdown().await;
 }

@@ -557,7 +557,10 @@ fn rotated_credentials_fail_keeping_partial_data_and_a_resubmit_resumes() {
     assert_failed(&failed, "Source.InvalidAccessKeyId");
     let done_before = failed["BytesDone"].as_u64().unwrap();
     assert!(done_before >= 1 << 20, "{failed}");
-    let staging = t.host("/sdcard/Download/.ferry-t-rotate.part");
+    let staging = t.host(format!(
+        "/sdcard/Download/{}",
+        ferry::runner::staging_name("t-rotate")
+    ));
     assert!(
         staging.exists(),
         "the partial data must be kept for a re-submit"

@@ -64,7 +64,7 @@ async fn fetch(
     progress: ProgressFn,
 ) -> Result<TaskResult, Error> {
     let json = payload_json(url, name).to_string();
-    let task = payload::validate(payload::parse(json.as_bytes())?)?;
+    let task = payload::validate(payload::parse(json.as_bytes())?, &config.allowed_roots)?;
     fetch_once(config, task, progress, CancellationToken::new()).await
 }
 
@@ -488,7 +488,11 @@ async fn file_md5_is_checked_over_the_parts() {
     ] {
         let mut json = payload_json(&server.url("/m.bin"), name);
         json["FileMd5"] = md5.into();
-        let task = payload::validate(payload::parse(json.to_string().as_bytes()).unwrap()).unwrap();
+        let task = payload::validate(
+            payload::parse(json.to_string().as_bytes()).unwrap(),
+            &config.allowed_roots,
+        )
+        .unwrap();
         let result = fetch_once(&config, task, no_progress(), CancellationToken::new()).await;
         match ok {
             true => assert_eq!(result.unwrap().files[0].sha256, sha(&data)),
@@ -524,8 +528,10 @@ async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> Ta
 }
 
 fn staging(tmp: &tempfile::TempDir, id: &str) -> PathBuf {
-    tmp.path()
-        .join(format!("dev/sdcard/Download/.ferry-{id}.part"))
+    tmp.path().join(format!(
+        "dev/sdcard/Download/{}",
+        ferry::runner::staging_name(id)
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

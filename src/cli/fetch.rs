@@ -45,7 +45,8 @@ pub async fn run(global: &GlobalArgs, args: FetchArgs) -> u8 {
                 format!("reading the payload: {e}"),
             ))
         });
-    let task = match loaded.and_then(|(_, parsed)| payload::validate(parsed)) {
+    let task = match loaded.and_then(|(_, parsed)| payload::validate(parsed, &config.allowed_roots))
+    {
         Ok(task) => task,
         Err(e) => return usage(&e),
     };

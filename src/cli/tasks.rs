@@ -26,7 +26,8 @@ pub async fn run(global: &GlobalArgs, args: TasksArgs) -> u8 {
         Err(e) => return report(&e),
     };
     let printed = match &args.id {
-        Some(id) => match client.describe(id).await {
+        // Redacted again here: a daemon of an older build may show signed links verbatim.
+        Some(id) => match client.describe(id).await.map(redacted) {
             Ok(view) if args.json => print_json(&view),
             Ok(view) => {
                 print!("{}", detail(&view));
@@ -34,7 +35,11 @@ pub async fn run(global: &GlobalArgs, args: TasksArgs) -> u8 {
             }
             Err(e) => Err(e),
         },
-        None => match client.list().await {
+        None => match client
+            .list()
+            .await
+            .map(|tasks| tasks.into_iter().map(redacted).collect::<Vec<_>>())
+        {
             Ok(tasks) if args.json => print_json(&TaskList { tasks }),
             Ok(tasks) => {
                 print!("{}", table(&tasks));
@@ -47,6 +52,12 @@ pub async fn run(global: &GlobalArgs, args: TasksArgs) -> u8 {
         Ok(()) => EXIT_OK,
         Err(e) => report(&e),
     }
+}
+
+/// The view with its payload's secrets (query values, Credentials) replaced.
+fn redacted(mut view: TaskView) -> TaskView {
+    view.payload = view.payload.redacted();
+    view
 }
 
 fn bytes_column(view: &TaskView) -> String {

@@ -1,13 +1,15 @@
 //! The API's bearer token: created once in `STATE_DIR/token` (mode 0600, 64 hex digits from
 //! the kernel's random source), kept private, and compared in constant time.
 //!
-//! Anyone who can read the token file can drive the agent, so the file's permissions are
-//! checked on every start and tightened if they are looser than 0600.
+//! Anyone who can read the token file can drive the agent, so it is checked on every start:
+//! a token file that others could read or write (mode looser than 0600), that another user
+//! owns, that has other hard links, or that is a symbolic link or not a regular file may have
+//! leaked or been planted. It is then not trusted: a fresh token replaces it atomically.
 
 use crate::api::TOKEN_FILE;
 use crate::error::{Code, Error, Result};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use tracing::warn;
 
@@ -27,34 +29,73 @@ pub fn token_path(state_dir: &Path) -> PathBuf {
     state_dir.join(TOKEN_FILE)
 }
 
-/// Returns the daemon's token, creating the file on first start.
+/// Returns the daemon's token, creating the file on first start and replacing it when it
+/// cannot be trusted (see the module text). The token itself is never logged.
 pub fn load_or_create_token(state_dir: &Path) -> Result<String> {
     let path = token_path(state_dir);
-    match std::fs::metadata(&path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                warn!(
-                    "the API token file {} had mode {mode:o}; setting it to 600",
-                    path.display()
-                );
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| Error::io("restricting the API token file", &path, &e))?;
-            }
-            let token = read_token(&path)?;
-            if token.is_empty() {
-                // A crash between creating and writing the file leaves it empty.
-                warn!(
-                    "the API token file {} was empty; making a new token",
-                    path.display()
-                );
-                return write_new_token(&path);
-            }
-            Ok(token)
+    // O_NOFOLLOW: a symlink is judged, never read through; O_NONBLOCK: a FIFO cannot stall us.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return write_new_token(&path),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return replace_untrusted(&path, "is a symbolic link")
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new_token(&path),
-        Err(e) => Err(Error::io("inspecting the API token file", &path, &e)),
+        Err(e) => return Err(Error::io("opening the API token file", &path, &e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("inspecting the API token file", &path, &e))?;
+    if let Some(why) = untrusted(&meta) {
+        return replace_untrusted(&path, &why);
     }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::io("reading the API token file", &path, &e))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        // A crash between creating and writing the file leaves it empty.
+        warn!(
+            "the API token file {} was empty; making a new token",
+            path.display()
+        );
+        return write_new_token(&path);
+    }
+    Ok(token)
+}
+
+/// Why a token file cannot be trusted to be private, if it cannot.
+fn untrusted(meta: &std::fs::Metadata) -> Option<String> {
+    let mode = meta.mode() & 0o7777;
+    if !meta.file_type().is_file() {
+        Some("is not a regular file".into())
+    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
+        Some(format!(
+            "is owned by uid {}, not by the daemon's user",
+            meta.uid()
+        ))
+    } else if mode & 0o077 != 0 {
+        Some(format!(
+            "had mode {mode:o}: other users could read or change it"
+        ))
+    } else if meta.nlink() != 1 {
+        Some("has other hard links, through which it could be read".into())
+    } else {
+        None
+    }
+}
+
+/// Replaces a token file that may have leaked: whoever read it must not keep access.
+fn replace_untrusted(path: &Path, why: &str) -> Result<String> {
+    warn!(
+        "the API token file {} {why}; it is replaced by a new token (clients read the new file, \
+         FERRY_TOKEN users must update it)",
+        path.display()
+    );
+    write_new_token(path)
 }
 
 /// Reads a token file, trimming the trailing newline editors add.
@@ -64,22 +105,29 @@ pub fn read_token(path: &Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
+/// Writes a new token durably and atomically: a fresh temporary file (`O_EXCL`, so nothing
+/// planted under its name is written through; mode 0600 from its creation), then a rename
+/// over the old name, which replaces a symlink or hard link itself, not what it points to.
 fn write_new_token(path: &Path) -> Result<String> {
     let token = random_hex(TOKEN_BYTES)?;
-    let tmp = path.with_file_name(format!(".{TOKEN_FILE}.{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(format!(".{TOKEN_FILE}.{}.tmp", random_hex(8)?));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
         file.write_all(token.as_bytes())?;
         file.write_all(b"\n")?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
-    result.map_err(|e| {
+    result.map_err(|e: std::io::Error| {
         let _ = std::fs::remove_file(&tmp);
         Error::io("creating the API token file", path, &e)
     })?;
@@ -136,6 +184,7 @@ pub fn unauthorized(state_dir: &Path) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn token_is_created_private_and_reused() {
@@ -153,15 +202,72 @@ mod tests {
         assert_eq!(load_or_create_token(&state).unwrap(), token);
     }
 
+    fn assert_fresh_private_token(path: &Path, token: &str, old: &str) {
+        assert_ne!(token, old, "a token that may have leaked must not be kept");
+        assert_eq!(token.len(), 64);
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.nlink(), 1);
+        assert_eq!(std::fs::read_to_string(path).unwrap().trim(), token);
+    }
+
     #[test]
-    fn loose_token_permissions_are_tightened() {
+    fn loose_token_file_is_replaced_not_kept() {
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = token_path(dir.path());
+            std::fs::write(&path, "abc\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let token = load_or_create_token(dir.path()).unwrap();
+            assert_fresh_private_token(&path, &token, "abc");
+            assert_eq!(
+                load_or_create_token(dir.path()).unwrap(),
+                token,
+                "then kept"
+            );
+        }
+    }
+
+    #[test]
+    fn token_symlink_or_hard_link_is_replaced_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_path(dir.path());
+        let elsewhere = dir.path().join("planted");
+        std::fs::write(&elsewhere, "abc\n").unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let token = load_or_create_token(dir.path()).unwrap();
+        assert_fresh_private_token(&path, &token, "abc");
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "abc\n");
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&elsewhere, &path).unwrap();
+        let token = load_or_create_token(dir.path()).unwrap();
+        assert_fresh_private_token(&path, &token, "abc");
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "abc\n");
+    }
+
+    #[test]
+    fn token_file_of_another_owner_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = token_path(dir.path());
         std::fs::write(&path, "abc\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(load_or_create_token(dir.path()).unwrap(), "abc");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && std::env::var("CI").as_deref() != Ok("true") {
+            // Giving a file away needs root; CI runs as root, so this never passes unchecked.
+            eprintln!("not root: cannot give the token file to another user");
+            return;
+        }
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(me.as_raw() + 1)),
+            None,
+        )
+        .expect("chown the token file to another uid (needs root)");
+        let token = load_or_create_token(dir.path()).unwrap();
+        assert_fresh_private_token(&path, &token, "abc");
     }
 
     #[test]

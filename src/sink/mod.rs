@@ -160,9 +160,7 @@ struct Writer {
 
 impl Writer {
     fn open(dir: Arc<Dir>, name: String, trusted: Option<u64>, want_md5: bool) -> Result<Writer> {
-        let file = dir
-            .open_file(&name, true)?
-            .expect("created files always open");
+        let file = dir.open_staging(&name)?;
         let path = dir.host_path(&name);
         let on_disk = file
             .metadata()
@@ -340,6 +338,17 @@ pub fn commit(dir: &Dir, staging: &str, final_name: &str) -> Result<()> {
 /// `commit` into another folder of the same filesystem (a folder send stages every file in
 /// the target folder and moves each into its sub-folder).
 pub fn commit_into(dir: &Dir, staging: &str, target: &Dir, final_name: &str) -> Result<()> {
+    // Intake refuses these already; here too, so no path can land a file on another task's
+    // staging file (which that task would then report as its own verified data).
+    if let Err(why) = crate::paths::check_final_name(final_name) {
+        return Err(Error::new(
+            Code::StoragePathNotAllowed,
+            format!(
+                "{} cannot be a final name: {why}",
+                target.device_path().join(final_name)
+            ),
+        ));
+    }
     if target.entry(final_name)? == Entry::Other {
         return Err(Error::new(
             Code::StoragePathNotAllowed,
@@ -399,6 +408,26 @@ mod tests {
         commit(&dir, ".s.part", "a.txt").unwrap();
         assert_eq!(std::fs::read(&final_path).unwrap(), b"hello world");
         assert!(!tmp.path().join("sdcard/Download/.s.part").exists());
+    }
+
+    /// Defence in depth behind intake: the sink itself never lands a file on a name that is
+    /// (in any case) another task's staging file.
+    #[tokio::test]
+    async fn commit_refuses_staging_names_as_final_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = folder(tmp.path());
+        let (sink, _) = Sink::open(dir.clone(), ".ferry-a.part".into(), None, false)
+            .await
+            .unwrap();
+        sink.write(Bytes::from_static(b"evil")).await.unwrap();
+        sink.finish().await.unwrap();
+        let victim = tmp.path().join("sdcard/Download/.ferry-t1.part");
+        std::fs::write(&victim, b"victim").unwrap();
+        for name in [".ferry-t1.part", ".FERRY-T1.PART"] {
+            let err = commit(&dir, ".ferry-a.part", name).unwrap_err();
+            assert_eq!(err.code, Code::StoragePathNotAllowed, "{name}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
     }
 
     #[tokio::test]

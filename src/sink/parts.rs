@@ -166,9 +166,7 @@ impl PartWriter {
         kept: Option<Vec<u64>>,
         want_md5: bool,
     ) -> Result<PartWriter> {
-        let file = dir
-            .open_file(&name, true)?
-            .expect("created files always open");
+        let file = dir.open_staging(&name)?;
         let path = dir.host_path(&name);
         let on_disk = file
             .metadata()
