@@ -150,3 +150,24 @@ async fn a_lone_split_is_refused_and_a_missing_pm_reported() {
     assert!(result.message.contains("not found"), "{}", result.message);
     assert_eq!(result.package.as_deref(), Some("com.ferry.fixture"));
 }
+
+#[tokio::test]
+async fn an_apk_declaring_more_entries_than_the_cap_is_refused_before_its_directory_is_read() {
+    let d = Device::new();
+    // 100,000 entries (5.4 MB): before the cap the zip reader held all of them (a million
+    // took the daemon from 11 to 224 MB).
+    let apk = d.landed(
+        "/sdcard/Download/many.apk",
+        &install_support::zip_with_empty_entries(100_000),
+    );
+    let result = d.install(&[apk]).await;
+    assert_eq!(result.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(
+        result
+            .message
+            .contains("declares 100000 zip entries, more than install.max_apk_entries (65535)"),
+        "{}",
+        result.message
+    );
+    assert_eq!(d.pm.calls(), "");
+}

@@ -16,6 +16,7 @@ pub mod bundle;
 mod obb;
 pub mod plan;
 pub mod pm;
+pub mod zipend;
 
 use crate::config::Config;
 use crate::error::{Code, Error, Result, TaskCode};
