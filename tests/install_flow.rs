@@ -171,3 +171,28 @@ async fn an_apk_declaring_more_entries_than_the_cap_is_refused_before_its_direct
     );
     assert_eq!(d.pm.calls(), "");
 }
+
+#[tokio::test]
+async fn a_bundle_bomb_is_refused_with_the_limit_named() {
+    let d = Device::new();
+    let zeros = vec![0u8; 30 << 20];
+    let bomb = install_support::zip_of(&[
+        ("splits/base-master.apk", &zeros),
+        ("splits/base-fr.apk", &zeros),
+    ]);
+    assert!(bomb.len() < 100 << 10, "{}", bomb.len());
+    let landed = d.landed("/sdcard/Download/bomb.apks", &bomb);
+    let result = d.install(&[landed]).await;
+    assert_eq!(result.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(
+        result.message.contains("more than 100 to 1"),
+        "{}",
+        result.message
+    );
+    let install_dir = d.config.state_dir.join("install");
+    let left: Vec<_> = std::fs::read_dir(&install_dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(d.pm.calls(), "");
+}

@@ -188,3 +188,45 @@ fn too_many_entries_and_no_apks_are_refused() {
         Err(BundleError::NoApks)
     ));
 }
+
+#[test]
+fn a_bundle_declaring_far_more_than_it_packs_is_refused_before_anything_is_written() {
+    // 20 MiB of zeros deflate to about 20 KiB: a 1000:1 bomb, well under max_bundle_bytes.
+    let zeros = vec![0u8; 20 << 20];
+    let mut case = Case::new(&zip_bytes(&[("splits/base-master.apk", &zeros)]));
+    let err = case.unpack(&InstallConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::Ratio(ref n, size, _) if n == "splits/base-master.apk" && size == 20 << 20),
+        "{err}"
+    );
+    assert!(err.to_string().contains("100 to 1"), "{err}");
+    assert!(!case.work().exists(), "the work folder was created");
+
+    // The same for an XAPK's expansion file, which is unpacked later, to /sdcard.
+    let manifest = br#"{"package_name":"com.ferry.fixture",
+        "expansions":[{"file":"Android/obb/com.ferry.fixture/main.7.com.ferry.fixture.obb"}]}"#;
+    let mut xapk = Case::new(&zip_bytes(&[
+        ("manifest.json", manifest),
+        ("com.ferry.fixture.apk", b"base"),
+        (
+            "Android/obb/com.ferry.fixture/main.7.com.ferry.fixture.obb",
+            &zeros,
+        ),
+    ]));
+    let err = xapk.unpack(&InstallConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::Ratio(ref n, ..) if n.ends_with(".obb")),
+        "{err}"
+    );
+    assert!(!xapk.work().exists(), "the work folder was created");
+
+    // Data that packs like real APKs passes.
+    let noise: Vec<u8> = (0..1u32 << 18)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut fine = Case::new(&zip_bytes(&[("splits/base-master.apk", &noise)]));
+    assert_eq!(
+        fine.unpack(&InstallConfig::default()).unwrap().apks[0].size,
+        1 << 18
+    );
+}
