@@ -504,3 +504,24 @@ fn kill_9_during_install_takes_pm_along_and_the_restart_abandons_its_session() {
     assert!(!record.exists(), "the session record outlived its session");
     drop(files);
 }
+
+#[test]
+fn a_million_entry_apk_is_refused_without_the_daemon_holding_its_directory() {
+    let phone = Phone::new("");
+    // 54 MB: one local header, a million central-directory headers, ZIP64 end records.
+    let apk = install_support::zip_with_empty_entries(1_000_000);
+    let view = phone.send("t-million", apk, "/sdcard/Download/million.apk");
+    // Parsing the directory took the daemon from 11 to 224 MB; the transfer alone stays far
+    // under 64 MiB.
+    let hwm = phone.daemon.vm_hwm_kib();
+    eprintln!("daemon VmHWM after the million-entry APK: {hwm} KiB");
+    let message = install_of(&view)["Message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("declares 1000000 zip entries, more than install.max_apk_entries"),
+        "VmHWM {hwm} KiB: {view}"
+    );
+    assert_eq!(view["Phase"], "FAILED", "{view}");
+    assert_eq!(view["ErrorCode"], "Install.InvalidApk", "{view}");
+    assert!(hwm < 64 << 10, "daemon VmHWM {hwm} KiB");
+    assert_eq!(phone.pm.calls(), "");
+}
