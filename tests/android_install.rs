@@ -442,3 +442,86 @@ fn installs_wait_for_each_other_while_transfers_go_on() {
     assert_eq!(second["Phase"], "SUCCESS", "{second}");
     assert_eq!(phone.pm.packages(), "com.ferry.fixture 7 base.apk\n");
 }
+
+#[test]
+fn kill_9_during_install_takes_pm_along_and_the_restart_abandons_its_session() {
+    let phone = Phone::new("timeout_secs = 120");
+    phone.pm.fail("install-write hang");
+    phone.start("t-kill", fixture("split.apks"), "/sdcard/Download/k.apks");
+    let deadline = Instant::now() + phone.target().timeout(Duration::from_secs(30));
+    while phone.pm.hang_pid().is_none() {
+        assert!(Instant::now() < deadline, "pm never reached install-write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = phone.pm.hang_pid().unwrap();
+    let first = phone.pm.open_sessions();
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Recorded before the first write, so it is there while pm hangs in it.
+    let record = phone
+        .target()
+        .host("/data/local/ferry/install/t-kill.session");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap().trim(),
+        first[0],
+        "{}",
+        record.display()
+    );
+
+    let Phone {
+        pm,
+        mut daemon,
+        files,
+    } = phone;
+    let target = daemon.target.clone();
+    daemon.child.kill().unwrap(); // SIGKILL
+    daemon.child.wait().unwrap();
+    drop(daemon);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "pm ({pid}) outlived the daemon killed with -9");
+    assert_eq!(pm.open_sessions(), first, "the session is still open");
+
+    pm.succeed();
+    let flag = target.arg("/data/local/ferry.toml").display().to_string();
+    let daemon = target.daemon(&["--config", &flag]);
+    let view = daemon.wait_phase("t-kill", &["SUCCESS", "FAILED"], Duration::from_secs(60));
+    assert_eq!(view["Phase"], "SUCCESS", "{view}");
+    assert_eq!(install_of(&view)["ErrorCode"], Value::Null, "{view}");
+    let calls = pm.calls();
+    assert!(
+        calls.contains(&format!("install-abandon {}\n", first[0])),
+        "{calls}"
+    );
+    assert_eq!(calls.matches("install-create").count(), 2, "{calls}");
+    assert_eq!(calls.matches("install-commit").count(), 1, "{calls}");
+    assert!(pm.open_sessions().is_empty(), "{:?}", pm.open_sessions());
+    assert_eq!(
+        pm.packages(),
+        "com.ferry.fixture.split 3 base.apk,split_config.fr.apk\n"
+    );
+    assert!(!record.exists(), "the session record outlived its session");
+    drop(files);
+}
+
+#[test]
+fn a_million_entry_apk_is_refused_without_the_daemon_holding_its_directory() {
+    let phone = Phone::new("");
+    // 54 MB: one local header, a million central-directory headers, ZIP64 end records.
+    let apk = install_support::zip_with_empty_entries(1_000_000);
+    let view = phone.send("t-million", apk, "/sdcard/Download/million.apk");
+    // Parsing the directory took the daemon from 11 to 224 MB; the transfer alone stays far
+    // under 64 MiB.
+    let hwm = phone.daemon.vm_hwm_kib();
+    eprintln!("daemon VmHWM after the million-entry APK: {hwm} KiB");
+    let message = install_of(&view)["Message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("declares 1000000 zip entries, more than install.max_apk_entries"),
+        "VmHWM {hwm} KiB: {view}"
+    );
+    assert_eq!(view["Phase"], "FAILED", "{view}");
+    assert_eq!(view["ErrorCode"], "Install.InvalidApk", "{view}");
+    assert!(hwm < 64 << 10, "daemon VmHWM {hwm} KiB");
+    assert_eq!(phone.pm.calls(), "");
+}

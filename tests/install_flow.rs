@@ -150,3 +150,49 @@ async fn a_lone_split_is_refused_and_a_missing_pm_reported() {
     assert!(result.message.contains("not found"), "{}", result.message);
     assert_eq!(result.package.as_deref(), Some("com.ferry.fixture"));
 }
+
+#[tokio::test]
+async fn an_apk_declaring_more_entries_than_the_cap_is_refused_before_its_directory_is_read() {
+    let d = Device::new();
+    // 100,000 entries (5.4 MB): before the cap the zip reader held all of them (a million
+    // took the daemon from 11 to 224 MB).
+    let apk = d.landed(
+        "/sdcard/Download/many.apk",
+        &install_support::zip_with_empty_entries(100_000),
+    );
+    let result = d.install(&[apk]).await;
+    assert_eq!(result.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(
+        result
+            .message
+            .contains("declares 100000 zip entries, more than install.max_apk_entries (65535)"),
+        "{}",
+        result.message
+    );
+    assert_eq!(d.pm.calls(), "");
+}
+
+#[tokio::test]
+async fn a_bundle_bomb_is_refused_with_the_limit_named() {
+    let d = Device::new();
+    let zeros = vec![0u8; 30 << 20];
+    let bomb = install_support::zip_of(&[
+        ("splits/base-master.apk", &zeros),
+        ("splits/base-fr.apk", &zeros),
+    ]);
+    assert!(bomb.len() < 100 << 10, "{}", bomb.len());
+    let landed = d.landed("/sdcard/Download/bomb.apks", &bomb);
+    let result = d.install(&[landed]).await;
+    assert_eq!(result.error_code, Some(Code::InstallInvalidApk.into()));
+    assert!(
+        result.message.contains("more than 100 to 1"),
+        "{}",
+        result.message
+    );
+    let install_dir = d.config.state_dir.join("install");
+    let left: Vec<_> = std::fs::read_dir(&install_dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(d.pm.calls(), "");
+}

@@ -41,6 +41,16 @@ pub struct InstallConfig {
     pub max_bundle_bytes: u64,
     /// Most entries a bundle may hold (a zip of millions of empty entries is a bomb too).
     pub max_bundle_entries: usize,
+    /// Most entries any zip opened for install (an APK, a bundle, an APK inside a bundle)
+    /// may declare in its end record, checked before its directory is read: the zip reader
+    /// keeps every entry in memory. 65,535 is the most a zip without ZIP64 can hold, and
+    /// Android before 12 cannot install a ZIP64 APK; real APKs hold a few thousand, the
+    /// largest games about 10,000.
+    pub max_apk_entries: u64,
+    /// Largest central directory any zip opened for install may declare, checked with the
+    /// entry count: 65,535 entries with 200-byte names take about 16 MiB (real APKs: about
+    /// 100 bytes an entry).
+    pub max_zip_directory_bytes: u64,
     /// Where XAPK expansion files go: `OBB_ROOT/PACKAGE/main.N.PACKAGE.obb`. Must be inside
     /// `allowed_roots`.
     pub obb_root: String,
@@ -55,6 +65,8 @@ impl Default for InstallConfig {
             timeout_secs: 300,
             max_bundle_bytes: 8 << 30,
             max_bundle_entries: 10_000,
+            max_apk_entries: 65_535,
+            max_zip_directory_bytes: 16 << 20,
             obb_root: "/sdcard/Android/obb".into(),
         }
     }
@@ -72,6 +84,12 @@ impl InstallConfig {
         }
         if self.timeout_secs == 0 {
             return Some("install.timeout_secs must be at least 1".into());
+        }
+        if self.max_apk_entries == 0 || self.max_zip_directory_bytes == 0 {
+            return Some(
+                "install.max_apk_entries and install.max_zip_directory_bytes must be at least 1"
+                    .into(),
+            );
         }
         if let Some(flag) = self
             .install_flags

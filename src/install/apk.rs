@@ -4,6 +4,8 @@
 //! result and the logs. Blocking: call from `spawn_blocking`.
 
 use super::axml::{self, Manifest};
+use super::zipend::{self, Caps, EndError};
+use crate::config::InstallConfig;
 use std::io::{Read, Seek};
 
 /// Largest AndroidManifest.xml read; real ones are kilobytes, the biggest apps' under 2 MiB.
@@ -22,6 +24,17 @@ pub enum ApkError {
     ManifestTooLarge,
     #[error(transparent)]
     Manifest(#[from] axml::AxmlError),
+    /// Its end records are missing, inconsistent, or declare more than the caps allow.
+    #[error(transparent)]
+    Directory(#[from] EndError),
+}
+
+/// The caps every zip opened for install is held to before its directory is read.
+pub fn caps(limits: &InstallConfig) -> Caps {
+    Caps {
+        entries: limits.max_apk_entries,
+        directory_bytes: limits.max_zip_directory_bytes,
+    }
 }
 
 /// What kind of content a file holds, from its first bytes.
@@ -50,8 +63,17 @@ pub fn sniff(file: &mut (impl Read + Seek)) -> std::io::Result<Sniffed> {
     })
 }
 
-/// Opens the zip's central directory; a truncated or garbled archive fails here.
-pub fn open_zip<R: Read + Seek>(reader: R) -> Result<zip::ZipArchive<R>, ApkError> {
+/// Opens the zip's central directory; a truncated or garbled archive fails here. Its end
+/// records are checked against `caps` first, so an archive declaring a million entries is
+/// refused before any of them is read (see [`zipend`]).
+pub fn open_zip<R: Read + Seek>(mut reader: R, caps: Caps) -> Result<zip::ZipArchive<R>, ApkError> {
+    match zipend::check(&mut reader, caps) {
+        Ok(_) => {}
+        Err(e @ (EndError::NoEnd | EndError::Io(_))) => {
+            return Err(ApkError::NotZip(e.to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    }
     zip::ZipArchive::new(reader).map_err(|e| match e {
         zip::result::ZipError::InvalidArchive(_) | zip::result::ZipError::Io(_) => {
             ApkError::NotZip(e.to_string())
@@ -90,8 +112,8 @@ pub fn read_manifest<R: Read + Seek>(zip: &mut zip::ZipArchive<R>) -> Result<Man
 }
 
 /// The whole check of one APK file.
-pub fn inspect<R: Read + Seek>(reader: R) -> Result<Manifest, ApkError> {
-    read_manifest(&mut open_zip(reader)?)
+pub fn inspect<R: Read + Seek>(reader: R, caps: Caps) -> Result<Manifest, ApkError> {
+    read_manifest(&mut open_zip(reader, caps)?)
 }
 
 /// The session name pm stores a split under: `base.apk`, or `split_NAME.apk`.
@@ -113,7 +135,7 @@ pub fn valid_split_name(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Cursor, Write};
     use zip::write::SimpleFileOptions;
@@ -130,6 +152,10 @@ mod tests {
         w.finish().unwrap().into_inner()
     }
 
+    fn inspect_default(reader: Cursor<Vec<u8>>) -> Result<Manifest, ApkError> {
+        inspect(reader, caps(&InstallConfig::default()))
+    }
+
     fn base_axml() -> Vec<u8> {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/axml/base.axml");
@@ -140,7 +166,7 @@ mod tests {
     fn an_apk_yields_its_manifest() {
         let apk = zip_of(&[("AndroidManifest.xml", &base_axml()), ("classes.dex", b"x")]);
         assert_eq!(sniff(&mut Cursor::new(&apk)).unwrap(), Sniffed::Zip);
-        let m = inspect(Cursor::new(apk)).unwrap();
+        let m = inspect_default(Cursor::new(apk)).unwrap();
         assert_eq!(m.package, "com.ferry.fixture");
         assert_eq!(session_name(&m), "base.apk");
     }
@@ -150,20 +176,20 @@ mod tests {
         let text = b"just some text, not an archive".to_vec();
         assert_eq!(sniff(&mut Cursor::new(&text)).unwrap(), Sniffed::Other);
         assert!(matches!(
-            inspect(Cursor::new(text)),
+            inspect_default(Cursor::new(text)),
             Err(ApkError::NotZip(_))
         ));
 
         let apk = zip_of(&[("AndroidManifest.xml", &base_axml())]);
         let cut = apk[..apk.len() - 30].to_vec();
-        let err = inspect(Cursor::new(cut)).unwrap_err();
+        let err = inspect_default(Cursor::new(cut)).unwrap_err();
         assert!(matches!(err, ApkError::NotZip(_)), "{err}");
 
         // A flipped byte inside the stored manifest: the CRC check catches it.
         let mut bent = apk.clone();
         let at = bent.windows(4).position(|w| w == [3, 0, 8, 0]).unwrap() + 40;
         bent[at] ^= 0x55;
-        let err = inspect(Cursor::new(bent)).unwrap_err();
+        let err = inspect_default(Cursor::new(bent)).unwrap_err();
         assert!(
             matches!(err, ApkError::Damaged(_) | ApkError::Manifest(_)),
             "{err}"
@@ -171,12 +197,12 @@ mod tests {
 
         let no_manifest = zip_of(&[("classes.dex", b"dex")]);
         assert!(matches!(
-            inspect(Cursor::new(no_manifest)),
+            inspect_default(Cursor::new(no_manifest)),
             Err(ApkError::NoManifest)
         ));
         let text_manifest = zip_of(&[("AndroidManifest.xml", b"<manifest package=\"a.b\"/>")]);
         assert!(matches!(
-            inspect(Cursor::new(text_manifest)),
+            inspect_default(Cursor::new(text_manifest)),
             Err(ApkError::Manifest(_))
         ));
     }

@@ -6,7 +6,8 @@
 //! A bundle comes from the network, so before anything is written every entry name is
 //! checked (one that could escape a folder — `..`, absolute, backslashes, NUL — rejects the
 //! whole bundle: it was made to attack), the declared sizes of what would be unpacked must fit
-//! `install.max_bundle_bytes` and the free space, and while unpacking no entry may yield more
+//! `install.max_bundle_bytes` and the free space, no entry may declare more than
+//! [`MAX_RATIO`] times its compressed size, and while unpacking no entry may yield more
 //! than it declared (a zip bomb that lies in its headers is cut off at once). Blocking: call
 //! from `spawn_blocking`.
 
@@ -21,6 +22,10 @@ use std::path::{Path, PathBuf};
 const MAX_XAPK_MANIFEST: u64 = 1 << 20;
 /// Free space left in the state folder's filesystem after unpacking.
 const RESERVE_BYTES: u64 = 64 << 20;
+/// Most bytes an entry may declare for each compressed byte. An APK or OBB is mostly
+/// compressed data already (deflating one, stored native libraries and all, gains a few
+/// times at most); deflate itself reaches 1032:1, which only a bomb of zeros approaches.
+pub const MAX_RATIO: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -32,6 +37,8 @@ pub enum BundleError {
     TooLarge(u64, u64),
     #[error("entry {0:?} unpacks to more bytes than its header declares (a zip bomb?)")]
     LyingEntry(String),
+    #[error("entry {0:?} declares {1} bytes from {2} compressed, more than {MAX_RATIO} to 1 (a zip bomb?); nothing was unpacked")]
+    Ratio(String, u64, u64),
     #[error("the bundle holds no APK to install")]
     NoApks,
     #[error("manifest.json: {0}")]
@@ -62,6 +69,8 @@ pub struct Expansion {
     /// The plain file name it gets in `OBB_ROOT/PACKAGE/`.
     pub name: String,
     pub size: u64,
+    /// Its compressed size, for the ratio check.
+    pub compressed: u64,
 }
 
 #[derive(Debug)]
@@ -151,11 +160,16 @@ pub fn unpack(
         return Err(BundleError::NoApks);
     }
     let mut sizes = Vec::with_capacity(apk_names.len());
+    let mut compressed = Vec::with_capacity(apk_names.len() + expansions.len());
     for name in &apk_names {
         let entry = zip
             .by_name(name)
             .map_err(|e| BundleError::Entry(name.clone(), e.to_string()))?;
         sizes.push(entry.size());
+        compressed.push((name.clone(), entry.size(), entry.compressed_size()));
+    }
+    for exp in &expansions {
+        compressed.push((exp.entry.clone(), exp.size, exp.compressed));
     }
     let total = sizes
         .iter()
@@ -164,14 +178,20 @@ pub fn unpack(
     if total > limits.max_bundle_bytes {
         return Err(BundleError::TooLarge(total, limits.max_bundle_bytes));
     }
-    let apk_bytes: u64 = sizes.iter().sum();
+    // Only now, with every declared size known to fit, is anything written.
+    for (name, size, packed) in compressed {
+        if size > packed.saturating_mul(MAX_RATIO) {
+            return Err(BundleError::Ratio(name, size, packed));
+        }
+    }
+    let apk_bytes: u64 = sizes.iter().fold(0u64, |a, b| a.saturating_add(*b));
     create_work_dir(work)?;
     let free = free_bytes(work)?;
     if apk_bytes.saturating_add(RESERVE_BYTES) > free {
         return Err(BundleError::Local(crate::error::Error::new(
             crate::error::Code::StorageDiskFull,
             format!(
-                "unpacking the bundle needs {apk_bytes} bytes in {}, which has {free} free",
+                "unpacking the bundle needs {apk_bytes} bytes and a reserve of {RESERVE_BYTES} in {}, which has {free} free; nothing was unpacked",
                 work.display()
             ),
         )));
@@ -261,10 +281,12 @@ fn xapk_contents(
         let index = zip
             .index_for_name(&exp.file)
             .ok_or_else(|| missing(&exp.file))?;
-        let size = zip
-            .by_index(index)
-            .map_err(|e| BundleError::Entry(exp.file.clone(), e.to_string()))?
-            .size();
+        let (size, compressed) = {
+            let entry = zip
+                .by_index(index)
+                .map_err(|e| BundleError::Entry(exp.file.clone(), e.to_string()))?;
+            (entry.size(), entry.compressed_size())
+        };
         let target = exp.install_path.as_deref().unwrap_or(&exp.file);
         let name = target.rsplit('/').next().unwrap_or_default().to_string();
         crate::paths::check_file_name(&name).map_err(|why| {
@@ -277,6 +299,7 @@ fn xapk_contents(
             entry: exp.file.clone(),
             name,
             size,
+            compressed,
         });
     }
     Ok((apks, expansions, manifest.package_name))

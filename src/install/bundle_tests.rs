@@ -188,3 +188,83 @@ fn too_many_entries_and_no_apks_are_refused() {
         Err(BundleError::NoApks)
     ));
 }
+
+#[test]
+fn a_bundle_declaring_far_more_than_it_packs_is_refused_before_anything_is_written() {
+    // 20 MiB of zeros deflate to about 20 KiB: a 1000:1 bomb, well under max_bundle_bytes.
+    let zeros = vec![0u8; 20 << 20];
+    let mut case = Case::new(&zip_bytes(&[("splits/base-master.apk", &zeros)]));
+    let err = case.unpack(&InstallConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::Ratio(ref n, size, _) if n == "splits/base-master.apk" && size == 20 << 20),
+        "{err}"
+    );
+    assert!(err.to_string().contains("100 to 1"), "{err}");
+    assert!(!case.work().exists(), "the work folder was created");
+
+    // The same for an XAPK's expansion file, which is unpacked later, to /sdcard.
+    let manifest = br#"{"package_name":"com.ferry.fixture",
+        "expansions":[{"file":"Android/obb/com.ferry.fixture/main.7.com.ferry.fixture.obb"}]}"#;
+    let mut xapk = Case::new(&zip_bytes(&[
+        ("manifest.json", manifest),
+        ("com.ferry.fixture.apk", b"base"),
+        (
+            "Android/obb/com.ferry.fixture/main.7.com.ferry.fixture.obb",
+            &zeros,
+        ),
+    ]));
+    let err = xapk.unpack(&InstallConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::Ratio(ref n, ..) if n.ends_with(".obb")),
+        "{err}"
+    );
+    assert!(!xapk.work().exists(), "the work folder was created");
+
+    // Data that packs like real APKs passes.
+    let noise: Vec<u8> = (0..1u32 << 18)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut fine = Case::new(&zip_bytes(&[("splits/base-master.apk", &noise)]));
+    assert_eq!(
+        fine.unpack(&InstallConfig::default()).unwrap().apks[0].size,
+        1 << 18
+    );
+}
+
+#[test]
+fn a_bundle_declaring_more_than_the_free_space_is_refused_before_unpacking() {
+    // Stored entries (ratio 1) that each claim almost 4 GiB: together more than the free
+    // space of the folder the test unpacks into, though the bundle is a few hundred bytes.
+    let probe = tempfile::tempdir().unwrap();
+    let claim = 0xFFFF_FFFEu64;
+    let count = free_bytes(probe.path()).unwrap() / claim + 2;
+    let names: Vec<String> = (0..count).map(|i| format!("splits/s{i}.apk")).collect();
+    let stored = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for name in &names {
+        w.start_file(name.as_str(), stored).unwrap();
+        w.write_all(b"x").unwrap();
+    }
+    let mut bytes = w.finish().unwrap().into_inner();
+    let lie = (claim as u32).to_le_bytes();
+    let mut at = 0;
+    while let Some(p) = bytes[at..].windows(4).position(|w| w == b"PK\x01\x02") {
+        let p = at + p;
+        bytes[p + 20..p + 24].copy_from_slice(&lie);
+        bytes[p + 24..p + 28].copy_from_slice(&lie);
+        at = p + 4;
+    }
+    let mut case = Case::new(&bytes);
+    let limits = InstallConfig {
+        max_bundle_bytes: u64::MAX,
+        ..InstallConfig::default()
+    };
+    let err = case.unpack(&limits).unwrap_err();
+    let BundleError::Local(e) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(e.code, crate::error::Code::StorageDiskFull, "{err}");
+    assert!(e.message.contains("free; nothing was unpacked"), "{err}");
+    let written = std::fs::read_dir(case.work()).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "files were unpacked");
+}

@@ -4,6 +4,8 @@
 //! APK at all) and checks them; [`pm`] streams them into Android's package manager, one APK
 //! with `pm install -S SIZE`, a set of splits as one `install-create/-write/-commit` session
 //! that is abandoned on any failure; [`obb`] places an XAPK's expansion files afterwards.
+//! A session's id is recorded ([`sessions`]) before anything is written to it, so a session
+//! a killed daemon left open is abandoned on the next start.
 //!
 //! Installs are serialised daemon-wide by an [`InstallLock`] (pm handles one install at a
 //! time reliably), taken only around pm itself: checking and unpacking happen before, and
@@ -16,12 +18,15 @@ pub mod bundle;
 mod obb;
 pub mod plan;
 pub mod pm;
+pub mod sessions;
+pub mod zipend;
 
 use crate::config::Config;
 use crate::error::{Code, Error, Result, TaskCode};
 use crate::task::{FileResult, InstallResult};
 use plan::{Apk, Plan, Refusal};
 use pm::{Input, Pm, PmError, Verdict};
+use sessions::Sessions;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -33,13 +38,50 @@ pub fn work_dir(config: &Config, task_id: &str) -> PathBuf {
     config.state_dir.join("install").join(task_id)
 }
 
-/// Removes unpack folders left by a daemon that died mid-install.
+fn sessions_of(config: &Config) -> Sessions {
+    Sessions::new(config.state_dir.join("install"))
+}
+
+/// After a daemon died mid-install: abandons the pm sessions it left open and removes its
+/// unpack folders. A record whose session pm could not be asked about (pm missing or hung)
+/// is kept for the next start. Blocking (it waits for pm): call from `spawn_blocking`, or
+/// outside any runtime.
 pub fn clean_stale(config: &Config) {
     let dir = config.state_dir.join("install");
-    // Removed without a stat first: a missing folder is the usual case.
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!(error = %e, "cannot remove {}", dir.display());
+    let sessions = sessions_of(config);
+    for (task, id) in sessions.all() {
+        let pm = Pm::new(config, CancellationToken::new());
+        let settled = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.block_on(abandon(&pm, id)),
+            Err(_) => match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(abandon(&pm, id)),
+                Err(e) => {
+                    tracing::warn!(error = %e, session = id, "cannot run pm install-abandon");
+                    false
+                }
+            },
+        };
+        if settled {
+            sessions.forget(&task);
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if Sessions::is_record(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "cannot remove {}", path.display());
         }
         _ => {}
     }
@@ -86,15 +128,27 @@ async fn run(
     lock: &InstallLock,
     cancel: &CancellationToken,
 ) -> Result<InstallResult> {
-    let planned = {
+    let sessions = sessions_of(config);
+    let (planned, left_open) = {
         let (config, files, work) = (config.clone(), files.to_vec(), work.to_path_buf());
+        let (sessions, task_id) = (sessions.clone(), task_id.to_string());
         tokio::task::spawn_blocking(move || {
             remove_work(&work);
-            plan::plan(&config, &files, &work)
+            (
+                plan::plan(&config, &files, &work),
+                sessions.recorded(&task_id),
+            )
         })
         .await
         .map_err(|e| Error::new(Code::Internal, format!("checking the APK: {e}")))?
     };
+    if let Some(id) = left_open {
+        // An earlier run of this install died with its session open.
+        let _turn = lock.lock().await;
+        if abandon(&Pm::new(config, CancellationToken::new()), id).await {
+            forget(&sessions, task_id).await;
+        }
+    }
     let plan = match planned {
         Ok(plan) => plan,
         Err(Refusal { code, message }) => return Ok(refused(code, message)),
@@ -119,7 +173,7 @@ async fn run(
             bundle,
             ignored,
         } => {
-            let mut result = session(&pm, apks).await?;
+            let mut result = session(&pm, apks, &sessions, task_id).await?;
             if !ignored.is_empty() {
                 result.message.push_str(&format!(
                     "; not APKs, so not installed: {}",
@@ -214,8 +268,14 @@ async fn single(pm: &Pm, apk: Apk) -> Result<InstallResult> {
     judged(result, &what, pm.install(input).await)
 }
 
-/// One session for a base and its splits; abandoned unless pm judged the commit.
-async fn session(pm: &Pm, apks: Vec<Apk>) -> Result<InstallResult> {
+/// One session for a base and its splits; abandoned unless pm judged the commit. Its id is
+/// recorded before the first write and forgotten once pm is done with it.
+async fn session(
+    pm: &Pm,
+    apks: Vec<Apk>,
+    sessions: &Sessions,
+    task_id: &str,
+) -> Result<InstallResult> {
     let base = &apks[0];
     let names: Vec<String> = apks
         .iter()
@@ -229,6 +289,22 @@ async fn session(pm: &Pm, apks: Vec<Apk>) -> Result<InstallResult> {
         Ok(Err(refusal)) => return judged(result, &what, Ok(refusal)),
         Err(e) => return judged(result, &what, Err(e)),
     };
+    let recorded = {
+        let (sessions, task_id) = (sessions.clone(), task_id.to_string());
+        tokio::task::spawn_blocking(move || sessions.record(&task_id, id))
+            .await
+            .unwrap_or_else(|e| Err(Error::new(Code::Internal, format!("recording: {e}"))))
+    };
+    if let Err(e) = recorded {
+        abandon(pm, id).await;
+        let mut result = result;
+        result.error_code = Some(e.code.into());
+        result.message = format!(
+            "{}; the install session was abandoned and {what} not installed",
+            e.message
+        );
+        return Ok(result);
+    }
     let mut outcome = Ok(Verdict::Success(String::new()));
     for (apk, name) in apks.into_iter().zip(&names) {
         let input = Input {
@@ -246,19 +322,34 @@ async fn session(pm: &Pm, apks: Vec<Apk>) -> Result<InstallResult> {
     }
     // A refused commit is cleaned up by pm itself; anything else leaves the session open.
     let judged_commit = committed && outcome.is_ok();
-    if !judged_commit {
-        abandon(pm, id).await;
+    // Kept when pm could not be asked to abandon: the next start tries again.
+    if judged_commit || abandon(pm, id).await {
+        forget(sessions, task_id).await;
     }
     judged(result, &what, outcome)
 }
 
-async fn abandon(pm: &Pm, id: u32) {
+async fn forget(sessions: &Sessions, task_id: &str) {
+    let (sessions, task_id) = (sessions.clone(), task_id.to_string());
+    let _ = tokio::task::spawn_blocking(move || sessions.forget(&task_id)).await;
+}
+
+/// `pm install-abandon ID`; whether pm gave a verdict (a session it no longer knows is
+/// settled too: pm answers with a SecurityException).
+async fn abandon(pm: &Pm, id: u32) -> bool {
     match pm.abandon(id).await {
-        Ok(Verdict::Success(_)) => tracing::info!(session = id, "abandoned the install session"),
-        Ok(Verdict::Failure { line, .. }) => {
-            tracing::warn!(session = id, "pm install-abandon: {line}")
+        Ok(Verdict::Success(_)) => {
+            tracing::info!(session = id, "abandoned the install session");
+            true
         }
-        Err(e) => tracing::warn!(session = id, "pm install-abandon: {e}"),
+        Ok(Verdict::Failure { line, .. }) => {
+            tracing::warn!(session = id, "pm install-abandon: {line}");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(session = id, "pm install-abandon: {e}");
+            false
+        }
     }
 }
 

@@ -34,7 +34,7 @@ pub fn place(
             format!("the expansion files need {need} bytes in {folder}, which has {free} free"),
         ));
     }
-    let mut zip = zip::ZipArchive::new(bundle)
+    let mut zip = super::apk::open_zip(bundle, super::apk::caps(&config.install))
         .map_err(|e| Error::new(Code::StorageIo, format!("re-reading the bundle: {e}")))?;
     let staging = format!(".ferry-{task_id}.obb.part");
     let mut placed = Vec::with_capacity(expansions.len());

@@ -156,7 +156,7 @@ fn plan_file(config: &Config, landed: &FileResult, work: &Path) -> Result<Plan, 
     if sniffed == Sniffed::Other {
         return not_apk(ApkError::NotZip("no zip signature".into()).to_string());
     }
-    let mut zip = match apk::open_zip(file) {
+    let mut zip = match apk::open_zip(file, apk::caps(&config.install)) {
         Ok(zip) => zip,
         Err(e) => return not_apk(e.to_string()),
     };
@@ -190,7 +190,7 @@ fn plan_file(config: &Config, landed: &FileResult, work: &Path) -> Result<Plan, 
     let mut apks = Vec::with_capacity(unpacked.apks.len());
     for part in unpacked.apks {
         let origin = format!("{shown}!{}", part.entry);
-        apks.push(open_apk(&part.path, part.size, origin)?);
+        apks.push(open_apk(config, &part.path, part.size, origin)?);
     }
     let apks = order_session(apks, unpacked.declared_package.as_deref())?;
     Ok(Plan::Session {
@@ -201,9 +201,10 @@ fn plan_file(config: &Config, landed: &FileResult, work: &Path) -> Result<Plan, 
     })
 }
 
-fn open_apk(path: &PathBuf, size: u64, origin: String) -> Result<Apk, Refusal> {
+fn open_apk(config: &Config, path: &PathBuf, size: u64, origin: String) -> Result<Apk, Refusal> {
     let file = File::open(path).map_err(|e| Error::io("opening", path, &e))?;
-    let manifest = apk::inspect(&file).map_err(|e| invalid(format!("{origin}: {e}")))?;
+    let manifest = apk::inspect(&file, apk::caps(&config.install))
+        .map_err(|e| invalid(format!("{origin}: {e}")))?;
     let file = File::open(path).map_err(|e| Error::io("opening", path, &e))?;
     Ok(Apk {
         file,
@@ -226,8 +227,8 @@ fn plan_folder(config: &Config, files: &[FileResult]) -> Result<Plan, Refusal> {
     let mut checked = Vec::with_capacity(apks.len());
     for landed in apks {
         let mut file = open_verified(config, landed)?;
-        let manifest =
-            apk::inspect(&mut file).map_err(|e| invalid(format!("{}: {e}", landed.path)))?;
+        let manifest = apk::inspect(&mut file, apk::caps(&config.install))
+            .map_err(|e| invalid(format!("{}: {e}", landed.path)))?;
         file.rewind()
             .map_err(|e| Error::io("rewinding", Path::new(&landed.path), &e))?;
         checked.push(Apk {

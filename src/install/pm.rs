@@ -13,12 +13,15 @@
 //!
 //! Every command runs in its own process group under one deadline for the whole install; past
 //! it, or when the task is cancelled, the group is killed (pm is a shell script that execs
-//! `cmd package`, so killing the group reaches whatever it started).
+//! `cmd package`, so killing the group reaches whatever it started). pm also dies with the
+//! daemon: a `kill -9` of ferry must not leave it streaming into a session nobody commits
+//! (see [`spawn_tied`]).
 
 use crate::config::Config;
 use crate::error::TaskCode;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -218,7 +221,8 @@ impl Pm {
         cancel: &CancellationToken,
     ) -> Result<Verdict, PmError> {
         let shown = format!("{} {}", self.name, args.join(" "));
-        let mut child = tokio::process::Command::new(&self.program)
+        let mut command = tokio::process::Command::new(&self.program);
+        command
             .args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
@@ -228,14 +232,13 @@ impl Pm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    PmError::NotRunnable(format!("{}: not found", self.name))
-                }
-                _ => PmError::NotRunnable(format!("{}: {e}", self.name)),
-            })?;
+            .kill_on_drop(true);
+        let mut child = spawn_tied(command).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                PmError::NotRunnable(format!("{}: not found", self.name))
+            }
+            _ => PmError::NotRunnable(format!("{}: {e}", self.name)),
+        })?;
         let pid = child.id();
         let stdin = child.stdin.take();
         let feed = async move {
@@ -272,6 +275,83 @@ impl Pm {
             }
         }
     }
+}
+
+/// A spawn request for the launcher thread.
+struct Launch {
+    command: tokio::process::Command,
+    runtime: tokio::runtime::Handle,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>,
+}
+
+/// Spawns `command` so that the child gets SIGKILL when the daemon dies, however it dies.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process.
+/// Tokio's threads come and go (`block_in_place` hands a worker's core to a new thread; idle
+/// blocking threads exit after seconds), and a pm forked by one of them would be killed in
+/// the middle of an install. So every pm is forked by one thread that lives as long as the
+/// process and does nothing else; it enters the caller's runtime so the child is reaped there.
+///
+/// The daemon can also die between the fork and the `prctl` in the child, before the death
+/// signal is armed: the child then checks that its parent is still the daemon (`getppid`
+/// would name the reaper that adopted it) and gives up instead of running orphaned.
+pub async fn spawn_tied(
+    mut command: tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    static LAUNCHER: OnceLock<Option<std::sync::mpsc::Sender<Launch>>> = OnceLock::new();
+    let daemon = std::process::id() as nix::libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only makes two system calls, which
+    // are async-signal-safe; it does not allocate (the error is a raw OS error).
+    unsafe {
+        command.pre_exec(move || {
+            use nix::libc;
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != daemon {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let launcher = LAUNCHER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Launch>();
+        std::thread::Builder::new()
+            .name("ferry-pm".into())
+            .spawn(move || {
+                for mut launch in rx {
+                    let _runtime = launch.runtime.enter();
+                    // A caller gone meanwhile drops the child, which kill_on_drop kills.
+                    let _ = launch.reply.send(launch.command.spawn());
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let Some(launcher) = launcher else {
+        return Err(std::io::Error::other(
+            "cannot start the thread that runs pm",
+        ));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let launch = Launch {
+        command,
+        runtime: tokio::runtime::Handle::current(),
+        reply,
+    };
+    launcher
+        .send(launch)
+        .map_err(|_| std::io::Error::other("the thread that runs pm is gone"))?;
+    answer
+        .await
+        .map_err(|_| std::io::Error::other("the thread that runs pm is gone"))?
 }
 
 /// SIGKILL to the process group led by `pid` (the child was made its leader at spawn).

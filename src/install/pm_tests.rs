@@ -238,3 +238,42 @@ async fn cancel_kills_pm_but_abandon_still_runs() {
     assert!(gone(commit_pid).await);
     assert!(text.contains("install-abandon"), "{text}");
 }
+
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn pm_outlives_the_thread_that_asked_for_it() {
+    // PR_SET_PDEATHSIG fires when the forking *thread* ends; pm asked for from a thread that
+    // ends at once (as tokio's threads may) must keep running: only the daemon's death ends it.
+    let pid = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut command = tokio::process::Command::new("sleep");
+            command.arg("30").kill_on_drop(false);
+            let child = spawn_tied(command).await.unwrap();
+            child.id().unwrap() as i32
+        })
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = process_alive(pid);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(alive, "pm died with the thread that started it");
+}

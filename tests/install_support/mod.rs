@@ -174,3 +174,42 @@ pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     }
     w.finish().unwrap().into_inner()
 }
+
+/// A zip of `n` empty entries as a tiny writer lays it out: one local header (nothing reads
+/// the others before an entry is opened; every entry points at it), a central directory of
+/// `n` headers, then the ZIP64 end record, its locator and the end record (ZIP64, as more
+/// than 65,535 entries need).
+pub fn zip_with_empty_entries(n: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n as usize * 54 + 200);
+    out.extend_from_slice(b"PK\x03\x04");
+    out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0; 12]); // crc, compressed and uncompressed sizes
+    out.extend_from_slice(&8u16.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(b"e0000000");
+    let offset = out.len() as u64;
+    for i in 0..n {
+        let name = format!("e{i:07}");
+        out.extend_from_slice(b"PK\x01\x02");
+        out.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&[0; 12]); // crc, compressed and uncompressed sizes
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0; 16]); // extra, comment, disk, attributes, offset 0
+        out.extend_from_slice(name.as_bytes());
+    }
+    let size = out.len() as u64 - offset;
+    let record = out.len() as u64;
+    out.extend_from_slice(b"PK\x06\x06");
+    out.extend_from_slice(&44u64.to_le_bytes());
+    out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    for v in [n, n, size, offset] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"PK\x06\x07\0\0\0\0");
+    out.extend_from_slice(&record.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+    out.extend_from_slice(&[0xff; 12]);
+    out.extend_from_slice(&[0, 0]);
+    out
+}
