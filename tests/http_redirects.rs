@@ -67,7 +67,10 @@ async fn fetch(fx: &Fixture, url: &str) -> Result<TaskResult, Error> {
         "UploadType": "DOWNLOAD_URL",
         "UploadUrl": url,
     });
-    let task = payload::validate(payload::parse(json.to_string().as_bytes())?)?;
+    let task = payload::validate(
+        payload::parse(json.to_string().as_bytes())?,
+        &fx.config.allowed_roots,
+    )?;
     let progress: ProgressFn = Arc::new(|_, _| {});
     fetch_once(&fx.config, task, progress, CancellationToken::new()).await
 }
@@ -199,8 +202,11 @@ fn download_url_naming_no_host_is_refused_at_intake() {
             "UploadType": "DOWNLOAD_URL",
             "UploadUrl": link,
         });
-        let err =
-            payload::validate(payload::parse(json.to_string().as_bytes()).unwrap()).unwrap_err();
+        let err = payload::validate(
+            payload::parse(json.to_string().as_bytes()).unwrap(),
+            &ferry::config::Config::default().allowed_roots,
+        )
+        .unwrap_err();
         assert_eq!(err.code, Code::InvalidUploadUrl, "{link:?}: {err:?}");
     }
 }

@@ -83,7 +83,6 @@ pub fn clean_stale(config: &Config) {
         if let Err(e) = removed {
             tracing::warn!(error = %e, "cannot remove {}", path.display());
         }
-        _ => {}
     }
 }
 
