@@ -296,3 +296,42 @@ async fn redirect_chains_stop_at_max_redirects_without_the_query() {
     let start = server.redirect_chain("/ok", 3, "/end.bin");
     fetch(&fx, &server.url(&start)).await.unwrap();
 }
+
+/// Every failure message of the HTTP source shows the link with its query values hidden:
+/// status errors, failures after retries, refused connections, redirects.
+#[tokio::test]
+async fn failure_messages_never_carry_the_link_query() {
+    let fx = fixture();
+    let server = TestServer::start().await;
+    server.put("/busy.bin", Resource::new(vec![1u8; 10]));
+    for _ in 0..8 {
+        server.push_fault("/busy.bin", Fault::Status(503));
+    }
+    server.put("/cut.bin", Resource::new(vec![1u8; 1000]));
+    for _ in 0..8 {
+        server.push_fault("/cut.bin", Fault::ResetAfter(0));
+    }
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let query = format!("?X-Amz-Credential={SECRET}&X-Amz-Signature={SECRET}&{SECRET}");
+    for (link, code) in [
+        (server.url("/missing.bin"), Code::SourceNotFound),
+        (server.url("/busy.bin"), Code::SourceHttp5xx),
+        (server.url("/cut.bin"), Code::NetworkReset),
+        (format!("http://127.0.0.1:{closed}/x"), Code::NetworkConnect),
+        (
+            format!("http://user:{SECRET}@127.0.0.1:{closed}/x"),
+            Code::NetworkConnect,
+        ),
+    ] {
+        let err = fetch(&fx, &format!("{link}{query}")).await.unwrap_err();
+        assert_eq!(err.code, code, "{link}: {err:?}");
+        assert_no_secret(&err);
+        assert!(
+            err.message.contains("X-Amz-Signature=<redacted>"),
+            "{err:?}"
+        );
+    }
+}

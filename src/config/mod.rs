@@ -47,8 +47,9 @@ pub struct Config {
     pub http: HttpConfig,
     pub retry: RetryConfig,
     pub prune: PruneConfig,
-    /// Allow DOWNLOAD_URL hosts in link-local or cloud metadata ranges (169.254.0.0/16,
-    /// 100.100.100.200, fe80::/10). Off: those addresses expose instance credentials.
+    /// Allow DOWNLOAD_URL, redirect and OSS endpoint hosts in link-local or cloud metadata
+    /// ranges (169.254.0.0/16, 100.100.100.200, fe80::/10, fd00:ec2::/32, and IPv6 forms
+    /// embedding those IPv4 addresses). Off: those addresses expose instance credentials.
     pub allow_link_local: bool,
     /// The staging file is fsync'd and the journal checkpointed after this many bytes, bounding
     /// what a power loss can cost on resume.

@@ -286,6 +286,8 @@ mod tests {
             "http://2852039166/",
             "http://0251.0376.0251.0376/",
             "http://0xa9.0xfe.0xa9.0xfe/",
+            "http://169.254.169.254./",
+            "http://0xa9fea9fe/",
         ] {
             let url = reqwest::Url::parse(literal).unwrap();
             assert_eq!(
