@@ -26,7 +26,8 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// How often a source may change under us before the task gives up.
+/// How often a source may change under us, or be fetched again whole because an attempt
+/// could not be resumed, before the task gives up.
 const MAX_RESTARTS: u32 = 3;
 
 /// Receives progress from a running transfer.
@@ -121,7 +122,7 @@ pub async fn transfer<O: Observer>(
         cancel,
         boot: boot_id(),
     };
-    let mut restarts = 0;
+    let mut restarts = Restarts::default();
     let mut retries = 0;
     let written = loop {
         let ended = match start {
@@ -136,7 +137,7 @@ pub async fn transfer<O: Observer>(
         match ended.written {
             Some(written) => break written,
             None => {
-                count_restart(&mut restarts, &*job.source)?;
+                restarts.changed(&*job.source)?;
                 start = Start::Fresh;
             }
         }
@@ -181,11 +182,12 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
         };
         let response = tokio::select! {
             _ = ctx.cancel.cancelled() => return Err(cancelled()),
-            r = ctx.job.source.get(options) => r,
+            r = ctx.job.source.get(options.clone()) => r,
         };
         match response {
             Ok(result) => {
                 *retries += backoff.retries();
+                check_range(&options, &result, None, &*ctx.job.source)?;
                 let meta = &result.meta;
                 let parallel = meta.ranges
                     && result.offset == 0
@@ -211,23 +213,127 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
     }
 }
 
+/// Checks that a range answer (206) is the range asked for: it starts at the byte asked, ends
+/// where asked (asked open-ended: at the object's last byte), and states the object's size
+/// when the transfer already knows it. Every ranged read goes through here before a byte of
+/// its body is written: a body of another range, written where the asked one belongs, would
+/// splice the file. A 206 without a usable Content-Range is refused by the source itself.
+fn check_range(
+    asked: &GetOptions,
+    got: &GetResult,
+    known_size: Option<u64>,
+    source: &dyn Source,
+) -> Result<()> {
+    if !got.meta.ranges {
+        return Ok(());
+    }
+    let size = got.meta.size;
+    let show = |v: Option<u64>| v.map_or("*".to_string(), |v| v.to_string());
+    let last = |end: Option<u64>| show(end.map(|e| e.saturating_sub(1)));
+    let wrong = if got.offset != asked.offset {
+        format!("starts at byte {} instead of {}", got.offset, asked.offset)
+    } else if let Some(end) = asked.end.or(size).filter(|e| got.end != Some(*e)) {
+        format!(
+            "ends at byte {} instead of {}",
+            last(got.end),
+            end.saturating_sub(1)
+        )
+    } else if let Some(known) = known_size.filter(|k| size != Some(*k)) {
+        format!("gives the object {} bytes instead of {known}", show(size))
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(
+        Code::SourceBadContentRange,
+        format!(
+            "{} answered a request for bytes {}-{} with Content-Range bytes {}-{}/{}, which {wrong}; nothing of it was written (the server's range support is broken)",
+            source.describe(),
+            asked.offset,
+            asked.end.map_or(String::new(), |e| e.saturating_sub(1).to_string()),
+            got.offset,
+            last(got.end),
+            show(size),
+        ),
+    ))
+}
+
 fn cancelled() -> Error {
     Error::new(Code::Cancelled, "the task was stopped")
 }
 
-/// Counts one proven change of the source; too many fail the task.
-fn count_restart(restarts: &mut u32, source: &dyn Source) -> Result<()> {
-    *restarts += 1;
-    if *restarts > MAX_RESTARTS {
-        return Err(Error::new(
-            Code::IntegritySourceChanged,
-            format!(
-                "{} changed {MAX_RESTARTS} times during the transfer; retry when it is stable",
+/// Why a transfer starts over from byte zero, each bounded on its own.
+#[derive(Default)]
+struct Restarts {
+    /// Proven changes of the source (another validator or size).
+    changes: u32,
+    /// Failed attempts that could not be resumed, so the whole object was fetched again.
+    /// Each attempt brings at most the object, so this also bounds the bytes: at most
+    /// `MAX_RESTARTS + 1` times the object (the retry budget alone allowed thousands).
+    refetches: u32,
+}
+
+/// Why an attempt could not be resumed.
+#[derive(Clone, Copy)]
+enum NoResume {
+    /// The source sends neither a strong ETag nor Last-Modified.
+    NoValidator,
+    /// The source answers a range of the same version with the whole object.
+    NoRanges,
+}
+
+impl Restarts {
+    /// Counts one proven change of the source; too many fail the task.
+    fn changed(&mut self, source: &dyn Source) -> Result<()> {
+        self.changes += 1;
+        if self.changes > MAX_RESTARTS {
+            return Err(Error::new(
+                Code::IntegritySourceChanged,
+                format!(
+                    "{} changed {MAX_RESTARTS} times during the transfer; retry when it is stable",
+                    source.describe()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts one attempt that failed after `sent` bytes (of `total`, when known) and cannot
+    /// be resumed. Past [`MAX_RESTARTS`] such restarts the task fails with the code of the
+    /// attempts' `failure`, saying why it could not resume.
+    fn refetch(
+        &mut self,
+        sent: u64,
+        total: Option<u64>,
+        failure: Option<&SourceError>,
+        why: NoResume,
+        source: &dyn Source,
+    ) -> Result<()> {
+        self.refetches += 1;
+        if self.refetches <= MAX_RESTARTS {
+            return Ok(());
+        }
+        // Without a validator, "fewer bytes than announced" is what the task proves, however
+        // the connection ended; without ranges, how it ended is the news.
+        let short = matches!(why, NoResume::NoValidator) && total.is_some_and(|t| sent < t);
+        let code = match failure {
+            Some(f) if !short => f.code,
+            _ => Code::IntegritySizeMismatch,
+        };
+        let of = total.map_or(String::new(), |t| format!(" of {t}"));
+        let times = self.refetches;
+        let message = match why {
+            NoResume::NoValidator => format!(
+                "{} sent {sent}{of} bytes {times} times and cannot resume (no ETag/Last-Modified), so each retry started over; giving up",
                 source.describe()
             ),
-        ));
+            NoResume::NoRanges => format!(
+                "{} does not support ranges and dropped the transfer {times} times (the last after {sent}{of} bytes), so each retry started over; giving up",
+                source.describe()
+            ),
+        };
+        let last = failure.map_or(String::new(), |f| format!(" (last failure: {})", f.message));
+        Err(Error::new(code, format!("{message}{last}")))
     }
-    Ok(())
 }
 
 /// Waits out the backoff for `err`: `Ok(true)` to retry, `Ok(false)` when cancelled

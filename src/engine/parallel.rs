@@ -14,7 +14,7 @@
 //! part, so a restarted daemon fetches only what is missing.
 
 use super::ramp::Ramp;
-use super::{cancelled, Ctx, Ended, Observer};
+use super::{cancelled, check_range, Ctx, Ended, Observer};
 use crate::config::TransferConfig;
 use crate::error::{Code, Error, Result};
 use crate::sink::{Layout, PartSink};
@@ -473,20 +473,18 @@ async fn request<O: Observer>(
         expect: Some(shared.validators.clone()),
         range_from_start: false,
     };
-    let result = match ctx.job.source.get(options).await {
+    let result = match ctx.job.source.get(options.clone()).await {
         // The object no longer reaches this far: it changed.
         Err(e) if e.code == Code::SourceRangeNotSatisfiable => return Err(Abort::Changed),
         Err(e) => return Ok(Err(e)),
         Ok(result) => result,
     };
     let meta = &result.meta;
-    if !meta.ranges
-        || result.offset != at
-        || meta.size != Some(total)
-        || !shared.validators.matches(&meta.validators)
-    {
+    if !meta.ranges || !shared.validators.matches(&meta.validators) {
         return Err(Abort::Changed);
     }
+    // The same version: a range other than the one asked for is a broken server, not a change.
+    check_range(&options, &result, Some(total), &*ctx.job.source).map_err(Abort::Failed)?;
     Ok(Ok(Reading {
         result,
         at,

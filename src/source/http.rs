@@ -71,6 +71,7 @@ impl HttpSource {
         let validators = validators(headers);
         let offset;
         let size;
+        let mut range_end = None;
         match status {
             StatusCode::OK => {
                 offset = 0;
@@ -78,11 +79,12 @@ impl HttpSource {
             }
             StatusCode::PARTIAL_CONTENT => {
                 let (start, end, total) = parse_content_range(headers).ok_or_else(|| {
-                    SourceError::transient(
-                        Code::SourceHttp5xx,
+                    SourceError::permanent(
+                        Code::SourceBadContentRange,
                         format!(
-                            "{} answered 206 without a usable Content-Range",
-                            self.shown_url()
+                            "{} answered 206 without a usable Content-Range ({:?}); the server's range support is broken",
+                            self.shown_url(),
+                            header_str(headers, CONTENT_RANGE.as_str()).unwrap_or("none")
                         ),
                     )
                 })?;
@@ -100,6 +102,7 @@ impl HttpSource {
                 }
                 offset = start;
                 size = total;
+                range_end = Some(end + 1);
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 return Err(SourceError::permanent(
@@ -121,6 +124,7 @@ impl HttpSource {
         Ok(GetResult {
             meta,
             offset,
+            end: range_end,
             body: Box::new(HttpBody {
                 response,
                 shown_url: self.shown_url(),

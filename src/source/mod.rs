@@ -82,6 +82,10 @@ pub struct GetResult {
     pub meta: ObjectMeta,
     /// Where the body starts in the object; 0 when the source sent the whole object.
     pub offset: u64,
+    /// Where the body ends in the object (exclusive) as a range answer stated it
+    /// (`Content-Range` end + 1); `None` for a whole object. Checked against the request by
+    /// the engine, so a range that is not the one asked for is never written.
+    pub end: Option<u64>,
     pub body: Box<dyn Body>,
 }
 

@@ -112,6 +112,13 @@ pub enum Fault {
     Redirect { location: String, status: u16 },
     /// Headers and half the body, a pause of this length, then the rest.
     Stall(Duration),
+    /// A 206 (whatever was asked) carrying bytes `first..=last` of the resource and this
+    /// `Content-Range` value (`None` omits the header): a server lying about its range.
+    Partial {
+        first: u64,
+        last: u64,
+        content_range: Option<String>,
+    },
 }
 
 /// One request as the server saw it.
@@ -554,6 +561,22 @@ fn plan(state: &mut State, req: Recorded, allowed: bool) -> Plan {
             Plan::text(*status, vec![("Location", location.clone())])
         }
         (_, None) => Plan::text(404, vec![]),
+        (
+            Some(Fault::Partial {
+                first,
+                last,
+                content_range,
+            }),
+            Some(Route::Resource(res)),
+        ) => {
+            let mut plan = plan_resource(res, &req);
+            plan.status = 206;
+            plan.headers.retain(|(name, _)| *name != "Content-Range");
+            plan.headers
+                .extend(content_range.map(|value| ("Content-Range", value)));
+            plan.body = res.body.slice(first as usize..=last as usize);
+            plan
+        }
         (fault, Some(Route::Resource(res))) => Plan {
             fault,
             ..plan_resource(res, &req)
