@@ -10,6 +10,7 @@
 //! and opening more only while they bring speed ([`ramp`]); anything else (a 200, a small
 //! object, no validator) is a single stream that goes on with that body ([`single`]).
 
+mod pace;
 mod parallel;
 mod ramp;
 mod single;
@@ -22,6 +23,7 @@ use crate::source::limit::Bandwidth;
 use crate::source::retry::Backoff;
 use crate::source::{GetOptions, GetResult, Source, SourceError};
 use crate::task::ResumeState;
+use pace::Pace;
 use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -85,8 +87,11 @@ struct Ctx<'a, O> {
     job: &'a Job,
     config: &'a Config,
     observer: &'a O,
+    /// The task's cancellation, and the pace watchdog's: a transfer stopped for either syncs
+    /// and checkpoints what it has, as for a shutdown.
     cancel: &'a CancellationToken,
     boot: String,
+    pace: &'a Pace,
 }
 
 /// How one attempt ended: the file, or `None` when the source changed under a parallel
@@ -108,37 +113,37 @@ pub async fn transfer<O: Observer>(
     observer: &O,
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
-    let mut start = match job.resume.take() {
+    let start = match job.resume.take() {
         Some(r) if r.is_parallel() => {
             parallel::Plan::resumed(&r).map_or(Start::Fresh, Start::Parts)
         }
         Some(r) => Start::Resume(r),
         None => Start::Fresh,
     };
+    let stop = cancel.child_token();
+    let pace = Pace::new(&config.transfer);
     let ctx = Ctx {
         job: &job,
         config,
         observer,
-        cancel,
+        cancel: &stop,
         boot: boot_id(),
+        pace: &pace,
     };
-    let mut restarts = Restarts::default();
-    let mut retries = 0;
-    let written = loop {
-        let ended = match start {
-            Start::Parts(plan) => parallel::run(&ctx, plan, None).await?,
-            Start::Resume(r) => single::run(&ctx, Some(r), None, &mut restarts).await?,
-            Start::Fresh => match probe(&ctx, &mut retries).await? {
-                Probed::Parallel(plan, first) => parallel::run(&ctx, plan, Some(first)).await?,
-                Probed::Single(first) => single::run(&ctx, None, first, &mut restarts).await?,
-            },
-        };
-        retries += ended.retries;
-        match ended.written {
-            Some(written) => break written,
-            None => {
-                restarts.changed(&*job.source)?;
-                start = Start::Fresh;
+    let shown = job.source.describe();
+    let watch = pace.watch(&shown);
+    let attempts = attempts(&ctx, start);
+    tokio::pin!(attempts);
+    let (written, retries) = tokio::select! {
+        r = &mut attempts => r?,
+        err = watch => {
+            // Stop the transfer as for a shutdown (its data synced and checkpointed), then
+            // report why.
+            tracing::warn!(code = %err.code, error = %err.message, "stopping the transfer");
+            stop.cancel();
+            match attempts.await {
+                Err(e) if e.code == Code::Cancelled && !cancel.is_cancelled() => return Err(err),
+                other => other?,
             }
         }
     };
@@ -159,6 +164,31 @@ pub async fn transfer<O: Observer>(
     let target = job.final_dir.as_ref().unwrap_or(&job.dir);
     sink::commit_into(&job.dir, &job.staging, target, &job.final_name)?;
     Ok(Outcome { written, retries })
+}
+
+/// Transfers until the file is complete, starting over (boundedly) when the source changes;
+/// returns it with the retries it took.
+async fn attempts<O: Observer>(ctx: &Ctx<'_, O>, mut start: Start) -> Result<(Written, u32)> {
+    let mut restarts = Restarts::default();
+    let mut retries = 0;
+    loop {
+        let ended = match start {
+            Start::Parts(plan) => parallel::run(ctx, plan, None).await?,
+            Start::Resume(r) => single::run(ctx, Some(r), None, &mut restarts).await?,
+            Start::Fresh => match probe(ctx, &mut retries).await? {
+                Probed::Parallel(plan, first) => parallel::run(ctx, plan, Some(first)).await?,
+                Probed::Single(first) => single::run(ctx, None, first, &mut restarts).await?,
+            },
+        };
+        retries += ended.retries;
+        match ended.written {
+            Some(written) => return Ok((written, retries)),
+            None => {
+                restarts.changed(&*ctx.job.source)?;
+                start = Start::Fresh;
+            }
+        }
+    }
 }
 
 /// The answer to the first request, whose body the chosen mode goes on reading.
@@ -205,7 +235,7 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
                 return Ok(Probed::Single(None));
             }
             Err(e) => {
-                if !wait_before_retry(e, &mut backoff, ctx.observer, ctx.cancel).await? {
+                if !wait_before_retry(ctx, e, &mut backoff).await? {
                     return Err(cancelled());
                 }
             }
@@ -338,19 +368,20 @@ impl Restarts {
 
 /// Waits out the backoff for `err`: `Ok(true)` to retry, `Ok(false)` when cancelled
 /// meanwhile, the final error when retrying is over.
+/// The wait does not count against the low-speed limit (the retry budget bounds it).
 async fn wait_before_retry<O: Observer>(
+    ctx: &Ctx<'_, O>,
     err: SourceError,
     backoff: &mut Backoff,
-    observer: &O,
-    cancel: &CancellationToken,
 ) -> Result<bool> {
     let Some(delay) = backoff.next_delay(&err) else {
         return Err(backoff.give_up(err).into());
     };
     tracing::warn!(code = %err.code, error = %err.message, delay_ms = delay.as_millis() as u64, "retrying");
-    observer.retrying(&err, delay);
+    ctx.observer.retrying(&err, delay);
+    let _paused = ctx.pace.pause();
     tokio::select! {
-        _ = cancel.cancelled() => Ok(false),
+        _ = ctx.cancel.cancelled() => Ok(false),
         _ = tokio::time::sleep(delay) => Ok(true),
     }
 }

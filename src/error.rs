@@ -51,6 +51,8 @@ pub enum Code {
     NetworkReset,
     NetworkTls,
     NetworkAddressNotAllowed,
+    NetworkTooSlow,
+    TransferDeadlineExceeded,
     StorageDiskFull,
     StoragePathNotAllowed,
     StoragePermissionDenied,
@@ -110,6 +112,8 @@ impl Code {
         Code::NetworkReset,
         Code::NetworkTls,
         Code::NetworkAddressNotAllowed,
+        Code::NetworkTooSlow,
+        Code::TransferDeadlineExceeded,
         Code::StorageDiskFull,
         Code::StoragePathNotAllowed,
         Code::StoragePermissionDenied,
@@ -168,6 +172,8 @@ impl Code {
             Code::NetworkReset => "Network.ConnectionReset",
             Code::NetworkTls => "Network.Tls",
             Code::NetworkAddressNotAllowed => "Network.AddressNotAllowed",
+            Code::NetworkTooSlow => "Network.TooSlow",
+            Code::TransferDeadlineExceeded => "Transfer.DeadlineExceeded",
             Code::StorageDiskFull => "Storage.DiskFull",
             Code::StoragePathNotAllowed => "Storage.PathNotAllowed",
             Code::StoragePermissionDenied => "Storage.PermissionDenied",
@@ -202,6 +208,8 @@ impl Code {
                 | Code::NetworkTimeout
                 | Code::NetworkReset
                 | Code::NetworkTls
+                | Code::NetworkTooSlow
+                | Code::TransferDeadlineExceeded
                 | Code::SourceAccessDenied
                 | Code::SourceSignatureDoesNotMatch
                 | Code::SourceInvalidAccessKeyId

@@ -7,12 +7,14 @@ mod common;
 use common::http_server::{Fault, Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::{Code, Error};
+use ferry::manager::Manager;
 use ferry::payload;
 use ferry::runner::{fetch_once, ProgressFn};
-use ferry::task::TaskResult;
+use ferry::task::{Phase, TaskResult, TaskView};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const MIB: u64 = 1 << 20;
@@ -65,6 +67,30 @@ async fn fetch(fx: &Fixture, url: &str, name: &str) -> Result<TaskResult, Error>
 
 fn download_dir(fx: &Fixture) -> PathBuf {
     fx.tmp.path().join("dev/sdcard/Download")
+}
+
+fn staging(fx: &Fixture, id: &str) -> PathBuf {
+    download_dir(fx).join(format!(".ferry-{id}.part"))
+}
+
+/// Submits `url` as task `id` to a daemon's manager and waits until the task is finished.
+/// (`fetch_once` removes every partial on failure; the daemon keeps what can resume.)
+async fn run_task(m: &Manager, id: &str, url: &str, name: &str) -> TaskView {
+    let json = serde_json::json!({
+        "TaskId": id,
+        "SourceFilePath": format!("/sdcard/Download/{name}"),
+        "UploadType": "DOWNLOAD_URL",
+        "UploadUrl": url,
+    });
+    m.submit(json.to_string().as_bytes()).unwrap();
+    for _ in 0..1500 {
+        let view = m.describe(id).unwrap();
+        if view.phase.is_finished() {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("task {id} never finished: {:?}", m.describe(id).unwrap());
 }
 
 /// The final name was never written.
@@ -229,6 +255,24 @@ fn assert_no_staging(fx: &Fixture) {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_less_partial_is_removed_when_its_task_fails() {
+    // It could never resume, so it is not kept for a re-submit (nor for prune's 168 h).
+    let fx = fixture(1);
+    let server = TestServer::start().await;
+    let resource = Resource::new(body(1000, 7)).etag(None).last_modified(None);
+    server.put("/gone.bin", resource);
+    for _ in 0..10 {
+        server.push_fault("/gone.bin", Fault::WrongContentLength { declared: 1100 });
+    }
+    let m = Manager::start(fx.config.clone()).await.unwrap();
+    let view = run_task(&m, "t-gone", &server.url("/gone.bin"), "gone.bin").await;
+    assert_eq!(view.phase, Phase::Failed, "{view:?}");
+    assert_eq!(view.error_code.unwrap(), Code::IntegritySizeMismatch);
+    assert!(!staging(&fx, "t-gone").exists(), "unresumable partial kept");
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_validator_less_short_body_gives_up_after_three_restarts() {
     let fx = fixture(1);
@@ -287,4 +331,122 @@ async fn a_validator_less_source_that_recovers_still_lands() {
     }
     let result = fetch(&fx, &server.url("/ok.bin"), "ok.bin").await.unwrap();
     assert_eq!(result.files[0].sha256, sha(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_source_fails_as_too_slow_and_a_resubmit_resumes() {
+    let mut fx = fixture(1);
+    fx.config.transfer.low_speed_limit_bytes_s = 1024;
+    fx.config.transfer.low_speed_time_secs = 2;
+    let server = TestServer::start().await;
+    let data = body(100_000, 8);
+    server.put("/drip.bin", Resource::new(data.clone()));
+    // 200 bytes/s in pieces of 10: never idle, never fast enough.
+    server.set_rate("/drip.bin", Some(200));
+    let m = Manager::start(fx.config.clone()).await.unwrap();
+    let started = Instant::now();
+    let view = run_task(&m, "t-drip", &server.url("/drip.bin"), "drip.bin").await;
+    assert_eq!(view.phase, Phase::Failed, "{view:?}");
+    assert_eq!(
+        view.error_code.clone().unwrap(),
+        Code::NetworkTooSlow,
+        "{view:?}"
+    );
+    let msg = view.error_msg.clone().unwrap();
+    assert!(msg.contains("below the limit of 1024 bytes/s"), "{msg}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        staging(&fx, "t-drip").exists(),
+        "partial data kept for a re-submit"
+    );
+    server.set_rate("/drip.bin", None);
+    let view = run_task(&m, "t-drip", &server.url("/drip.bin"), "drip.bin").await;
+    assert_eq!(view.phase, Phase::Success, "{view:?}");
+    assert_eq!(view.result.unwrap().files[0].sha256, sha(&data));
+    let resumed = server.requests("/drip.bin").last().unwrap().range();
+    assert!(
+        resumed.is_some_and(|(first, _)| first > 0),
+        "the re-submit resumed: {resumed:?}"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deadline_ends_a_transfer_that_would_take_longer() {
+    let mut fx = fixture(1);
+    fx.config.transfer.deadline_secs = 1;
+    fx.config.transfer.low_speed_limit_bytes_s = 0;
+    let server = TestServer::start().await;
+    server.put("/long.bin", Resource::new(body(200_000, 9)));
+    server.set_rate("/long.bin", Some(50_000));
+    let started = Instant::now();
+    let err = fetch(&fx, &server.url("/long.bin"), "long.bin")
+        .await
+        .expect_err("4 s of data with a 1 s deadline");
+    assert_eq!(err.code, Code::TransferDeadlineExceeded, "{err}");
+    assert!(
+        err.message.contains("transfer.deadline_secs (1 s)"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_not_landed(&fx, "long.bin");
+}
+
+#[tokio::test]
+async fn a_parallel_transfer_slow_over_all_its_connections_fails_as_too_slow() {
+    let mut fx = fixture(4);
+    fx.config.transfer.low_speed_limit_bytes_s = 8192;
+    fx.config.transfer.low_speed_time_secs = 2;
+    let server = TestServer::start().await;
+    server.put("/slow.bin", Resource::new(body(4 * MIB + 1, 10)));
+    // Every connection shares 2000 bytes/s.
+    server.set_link_rate("/slow.bin", 2000);
+    let started = Instant::now();
+    let url = server.url("/slow.bin");
+    let fetched = fetch(&fx, &url, "slow.bin");
+    let err = tokio::time::timeout(Duration::from_secs(30), fetched)
+        .await
+        .expect("the task must end")
+        .expect_err("2000 bytes/s is below the limit");
+    assert_eq!(err.code, Code::NetworkTooSlow, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_part_is_asked_again_while_the_others_flow() {
+    let mut fx = fixture(4);
+    fx.config.transfer.low_speed_limit_bytes_s = 64 * 1024;
+    fx.config.transfer.low_speed_time_secs = 1;
+    let server = TestServer::start().await;
+    let data = body(4 * MIB + 1, 11);
+    server.put("/stuck.bin", Resource::new(data.clone()));
+    // The others bring ~768 KiB/s together; part 2 drips at 1000 bytes/s once.
+    server.set_rate("/stuck.bin", Some(256 * 1024));
+    server.push_range_fault("/stuck.bin", 2 * MIB, Fault::Drip(1000));
+    let url = server.url("/stuck.bin");
+    let fetched = fetch(&fx, &url, "stuck.bin");
+    let result = tokio::time::timeout(Duration::from_secs(30), fetched)
+        .await
+        .expect("a stuck part must not hold the transfer")
+        .unwrap();
+    assert_eq!(result.files[0].sha256, sha(&data));
+    let part2 = server
+        .requests("/stuck.bin")
+        .iter()
+        .filter_map(|r| r.range())
+        .filter(|(first, _)| first / MIB == 2)
+        .count();
+    assert_eq!(part2, 2, "the dripping part was asked again once");
 }

@@ -505,6 +505,11 @@ async fn stream<O: Observer>(
 ) -> Result<Option<SourceError>, Abort> {
     let idle = ctx.config.http.read_idle_timeout();
     let total = shared.layout.total;
+    // Alone, a connection is the whole transfer, which the pace watchdog measures.
+    let connections = shared.allowed.load(Ordering::Relaxed);
+    let mut pace = (connections > 1)
+        .then(|| ctx.pace.part_pace(connections))
+        .flatten();
     while reading.at < end {
         let chunk = match reading.pending.take() {
             Some(chunk) => chunk,
@@ -554,6 +559,7 @@ async fn stream<O: Observer>(
         sink.write(part, reading.at, chunk, permit)
             .map_err(Abort::Failed)?;
         reading.at += n;
+        ctx.pace.add(n);
         let done = shared.done.fetch_add(n, Ordering::Relaxed) + n;
         ctx.observer.progress(done, Some(total));
         let since = shared.since_checkpoint.fetch_add(n, Ordering::Relaxed) + n;
@@ -562,6 +568,20 @@ async fn stream<O: Observer>(
             shared.checkpoint_due.notify_one();
         }
         ctx.job.bandwidth.take(n).await;
+        if pace
+            .as_mut()
+            .is_some_and(|p| p.too_slow(n, tokio::time::Instant::now()))
+        {
+            // A stuck connection while the others flow: drop it and ask again from here.
+            return Ok(Some(SourceError::transient(
+                Code::NetworkTooSlow,
+                format!(
+                    "{} sent part {part} slower than its share of transfer.low_speed_limit_bytes_s; asking again from byte {}",
+                    ctx.job.source.describe(),
+                    reading.at
+                ),
+            )));
+        }
     }
     Ok(None)
 }

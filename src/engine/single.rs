@@ -116,7 +116,7 @@ async fn stream<O: Observer>(
                 continue;
             }
             Err(e) => {
-                if !wait_before_retry(e, &mut backoff, observer, cancel).await? {
+                if !wait_before_retry(ctx, e, &mut backoff).await? {
                     return Err(stop(&sink).await);
                 }
                 continue;
@@ -219,6 +219,7 @@ async fn stream<O: Observer>(
                         ));
                     }
                     sink.write(chunk).await?;
+                    ctx.pace.add(n);
                     have += n;
                     since_checkpoint += n;
                     backoff.progressed();
@@ -246,7 +247,7 @@ async fn stream<O: Observer>(
             restarts.refetch(have, total, Some(&failure), why, &*job.source)?;
         }
         last_failure = Some(failure.clone());
-        if !wait_before_retry(failure, &mut backoff, observer, cancel).await? {
+        if !wait_before_retry(ctx, failure, &mut backoff).await? {
             return Err(stop(&sink).await);
         }
     }

@@ -112,6 +112,9 @@ pub enum Fault {
     Redirect { location: String, status: u16 },
     /// Headers and half the body, a pause of this length, then the rest.
     Stall(Duration),
+    /// Full headers, then the body at this many bytes per second (a slow drip on one
+    /// response, e.g. one part of a parallel download).
+    Drip(u64),
     /// A 206 (whatever was asked) carrying bytes `first..=last` of the resource and this
     /// `Content-Range` value (`None` omits the header): a server lying about its range.
     Partial {
@@ -651,6 +654,10 @@ type Io<T> = std::io::Result<T>;
 async fn send(stream: &mut TcpStream, plan: Plan, close: bool) -> Io<After> {
     let len = plan.body.len();
     let clean = if close { After::Close } else { After::Keep };
+    let rate = match plan.fault {
+        Some(Fault::Drip(rate)) => Some(rate),
+        _ => plan.rate,
+    };
     let (declared, cut, stall, after) = match plan.fault {
         Some(Fault::TruncateAfter(n)) => (len as u64, n as usize, None, After::Close),
         Some(Fault::ResetAfter(n)) => (len as u64, n as usize, None, After::Reset),
@@ -664,11 +671,11 @@ async fn send(stream: &mut TcpStream, plan: Plan, close: bool) -> Io<After> {
         let body = &plan.body[..cut.min(len)];
         let (first, rest) = body.split_at(stall.map_or(body.len(), |_| body.len() / 2));
         let link = plan.link.as_deref();
-        write_paced(stream, first, plan.rate, link).await?;
+        write_paced(stream, first, rate, link).await?;
         if let Some(pause) = stall {
             tokio::time::sleep(pause).await;
         }
-        write_paced(stream, rest, plan.rate, link).await?;
+        write_paced(stream, rest, rate, link).await?;
     }
     Ok(after)
 }
