@@ -21,7 +21,7 @@ use crate::paths::Dir;
 use crate::sink::{self, Written};
 use crate::source::limit::Bandwidth;
 use crate::source::retry::Backoff;
-use crate::source::{GetOptions, GetResult, Source, SourceError};
+use crate::source::{GetOptions, GetResult, ObjectMeta, Source, SourceError};
 use crate::task::ResumeState;
 use pace::Pace;
 use std::future::Future;
@@ -59,6 +59,8 @@ pub struct Job {
 pub struct Outcome {
     pub written: Written,
     pub retries: u32,
+    /// The Content-Encoding the file was sent with, saved as sent (see [`ObjectMeta`]).
+    pub encoding: Option<String>,
 }
 
 /// The running boot, so a resume after a reboot trusts only fsync'd bytes.
@@ -92,6 +94,17 @@ struct Ctx<'a, O> {
     cancel: &'a CancellationToken,
     boot: String,
     pace: &'a Pace,
+    /// The Content-Encoding of the bodies written, for the task's notes.
+    encoding: std::sync::Mutex<Option<String>>,
+}
+
+impl<O> Ctx<'_, O> {
+    /// Records the Content-Encoding of a body about to be written.
+    fn saw(&self, meta: &ObjectMeta) {
+        if meta.encoding.is_some() {
+            *self.encoding.lock().expect("encoding") = meta.encoding.clone();
+        }
+    }
 }
 
 /// How one attempt ended: the file, or `None` when the source changed under a parallel
@@ -129,6 +142,7 @@ pub async fn transfer<O: Observer>(
         cancel: &stop,
         boot: boot_id(),
         pace: &pace,
+        encoding: Default::default(),
     };
     let shown = job.source.describe();
     let watch = pace.watch(&shown);
@@ -163,7 +177,12 @@ pub async fn transfer<O: Observer>(
     }
     let target = job.final_dir.as_ref().unwrap_or(&job.dir);
     sink::commit_into(&job.dir, &job.staging, target, &job.final_name)?;
-    Ok(Outcome { written, retries })
+    let encoding = ctx.encoding.lock().expect("encoding").take();
+    Ok(Outcome {
+        written,
+        retries,
+        encoding,
+    })
 }
 
 /// Transfers until the file is complete, starting over (boundedly) when the source changes;
@@ -218,6 +237,7 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
             Ok(result) => {
                 *retries += backoff.retries();
                 check_range(&options, &result, None, &*ctx.job.source)?;
+                ctx.saw(&result.meta);
                 let meta = &result.meta;
                 let parallel = meta.ranges
                     && result.offset == 0

@@ -450,3 +450,53 @@ async fn a_stuck_part_is_asked_again_while_the_others_flow() {
         .count();
     assert_eq!(part2, 2, "the dripping part was asked again once");
 }
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_budget_fails_at_once_and_says_why() {
+    let fx = fixture(1);
+    let server = TestServer::start().await;
+    server.put("/busy.bin", Resource::new(body(1000, 12)));
+    let busy = Fault::TooManyRequests {
+        retry_after: "100000".into(),
+    };
+    server.push_fault("/busy.bin", busy);
+    let started = Instant::now();
+    let err = fetch(&fx, &server.url("/busy.bin"), "busy.bin")
+        .await
+        .expect_err("a wait of 100000 s does not fit a 30 s budget");
+    assert_eq!(err.code, Code::SourceHttp4xx, "{err}");
+    assert!(
+        err.message
+            .contains("the server asked to retry after 100000 s (beyond the 30 s budget"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.hits("/busy.bin"), 1, "no retry");
+}
+
+#[tokio::test]
+async fn an_encoded_body_is_saved_as_sent_with_a_note() {
+    // ferry asks for identity; a server that sends gzip anyway gets its bytes saved as they
+    // are, sized and hashed as such, and the task says so.
+    for connections in [1, 4] {
+        let fx = fixture(connections);
+        let server = TestServer::start().await;
+        let stored = body(3 * MIB, 13);
+        let resource = Resource::new(stored.clone()).content_encoding("gzip");
+        server.put("/z.bin", resource);
+        let result = fetch(&fx, &server.url("/z.bin"), "z.bin").await.unwrap();
+        assert_eq!(result.files[0].size, stored.len() as u64);
+        assert_eq!(result.files[0].sha256, sha(&stored));
+        let note = result.notes.iter().find(|n| n.contains("Content-Encoding"));
+        let note = note.unwrap_or_else(|| panic!("no note: {:?}", result.notes));
+        assert!(
+            note.contains("Content-Encoding: gzip; it is saved as sent, not decoded"),
+            "{note}"
+        );
+        assert!(note.starts_with("/sdcard/Download/z.bin"), "{note}");
+    }
+}

@@ -485,6 +485,7 @@ async fn request<O: Observer>(
     }
     // The same version: a range other than the one asked for is a broken server, not a change.
     check_range(&options, &result, Some(total), &*ctx.job.source).map_err(Abort::Failed)?;
+    ctx.saw(meta);
     Ok(Ok(Reading {
         result,
         at,

@@ -127,6 +127,7 @@ async fn stream<O: Observer>(
             .is_none_or(|v| v.matches(&result.meta.validators));
         if let (Some(asked), true) = (&asked, same_validators) {
             check_range(asked, &result, total, &*job.source)?;
+            ctx.saw(&result.meta);
         }
         let same_version = same_validators && (expect.is_none() || result.meta.size == total);
         if have > 0 && (result.offset != have || !same_version) {

@@ -10,8 +10,8 @@ use super::{Body, BoxFuture, GetOptions, GetResult, ObjectMeta, Source, SourceEr
 use crate::error::Code;
 use bytes::Bytes;
 use reqwest::header::{
-    HeaderMap, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED,
-    RANGE, RETRY_AFTER,
+    HeaderMap, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE,
+    LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 use reqwest::{StatusCode, Url};
 use std::error::Error as _;
@@ -120,6 +120,10 @@ impl HttpSource {
             size,
             validators,
             ranges: status == StatusCode::PARTIAL_CONTENT,
+            encoding: header_str(headers, CONTENT_ENCODING.as_str())
+                .map(str::trim)
+                .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+                .map(str::to_string),
         };
         Ok(GetResult {
             meta,

@@ -54,6 +54,9 @@ pub struct ObjectMeta {
     pub validators: Validators,
     /// The source answered a range request with a range.
     pub ranges: bool,
+    /// The body's Content-Encoding (never `identity`): ferry asks for none and decodes none,
+    /// so such a body is saved as sent, and every size is of the encoded bytes.
+    pub encoding: Option<String>,
 }
 
 /// What to read: bytes from `offset` on (up to `end` when set), of the version `expect` when

@@ -45,6 +45,9 @@ pub struct Resource {
     /// False simulates a lying server that applies `Range` even when the
     /// `If-Range` validator no longer matches.
     pub honour_if_range: bool,
+    /// A `Content-Encoding` sent with every answer, whatever the client
+    /// asked for (the body is served as stored).
+    pub content_encoding: Option<String>,
 }
 
 impl Resource {
@@ -66,7 +69,14 @@ impl Resource {
             body,
             honour_range: true,
             honour_if_range: true,
+            content_encoding: None,
         }
+    }
+
+    /// Sends `Content-Encoding: ENCODING` with the stored bytes.
+    pub fn content_encoding(mut self, encoding: &str) -> Resource {
+        self.content_encoding = Some(encoding.to_owned());
+        self
     }
 
     /// Replaces the ETag header value (quotes included), or drops it.
@@ -599,6 +609,9 @@ fn plan_resource(res: &Resource, req: &Recorded) -> Plan {
     headers.extend(res.etag.clone().map(|etag| ("ETag", etag)));
     if let Some(date) = &res.last_modified {
         headers.push(("Last-Modified", date.clone()));
+    }
+    if let Some(encoding) = &res.content_encoding {
+        headers.push(("Content-Encoding", encoding.clone()));
     }
     let mut range = None;
     if res.honour_range {

@@ -215,6 +215,11 @@ impl OssSource {
                 size,
                 validators,
                 ranges,
+                encoding: response
+                    .content_encoding()
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+                    .map(str::to_string),
             },
             offset,
             end,
