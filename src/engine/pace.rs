@@ -10,7 +10,7 @@
 //! of the single stream holds the check and starts a new window after it: waiting is the
 //! retry budget's business.
 
-use crate::config::TransferConfig;
+use crate::config::Config;
 use crate::error::{Code, Error};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,10 +32,20 @@ pub(super) struct Pace {
 }
 
 impl Pace {
-    pub fn new(config: &TransferConfig) -> Pace {
+    /// Under the daemon's bandwidth cap a task may get no more than its share of it (the cap
+    /// over `max_concurrent_tasks`): the limit then asks for at most half that share, so the
+    /// cap alone never fails a transfer as too slow.
+    pub fn new(daemon: &Config) -> Pace {
+        let config = &daemon.transfer;
+        let cap = daemon.bandwidth_limit_kib.saturating_mul(1024);
+        let share = cap / daemon.max_concurrent_tasks.max(1) as u64;
+        let limit = match config.low_speed_limit_bytes_s {
+            limit if cap > 0 => limit.min((share / 2).max(1)),
+            limit => limit,
+        };
         let now = Instant::now();
         Pace {
-            limit: config.low_speed_limit_bytes_s,
+            limit,
             window: Duration::from_secs(config.low_speed_time_secs.max(1)),
             deadline: (config.deadline_secs > 0).then(|| Duration::from_secs(config.deadline_secs)),
             started: now,
@@ -179,13 +189,30 @@ impl PartPace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TransferConfig;
 
-    fn config(limit: u64, secs: u64) -> TransferConfig {
-        TransferConfig {
+    fn config(limit: u64, secs: u64) -> Config {
+        let transfer = TransferConfig {
             low_speed_limit_bytes_s: limit,
             low_speed_time_secs: secs,
             ..TransferConfig::default()
+        };
+        Config {
+            transfer,
+            ..Config::default()
         }
+    }
+
+    #[test]
+    fn the_bandwidth_cap_alone_never_makes_a_transfer_too_slow() {
+        let mut daemon = config(1024, 60);
+        assert_eq!(Pace::new(&daemon).limit, 1024);
+        // 1 KiB/s for 2 tasks: each may get 512 bytes/s, the limit asks for half of it.
+        daemon.bandwidth_limit_kib = 1;
+        daemon.max_concurrent_tasks = 2;
+        assert_eq!(Pace::new(&daemon).limit, 256);
+        daemon.transfer.low_speed_limit_bytes_s = 0;
+        assert_eq!(Pace::new(&daemon).limit, 0, "off stays off");
     }
 
     #[test]
@@ -260,11 +287,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_deadline_ends_the_watch() {
-        let pace = Pace::new(&TransferConfig {
-            deadline_secs: 1,
-            low_speed_limit_bytes_s: 0,
-            ..TransferConfig::default()
-        });
+        let mut daemon = config(0, 60);
+        daemon.transfer.deadline_secs = 1;
+        let pace = Pace::new(&daemon);
         let started = std::time::Instant::now();
         let err = pace.watch("s").await;
         assert_eq!(err.code, Code::TransferDeadlineExceeded);
