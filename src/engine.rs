@@ -114,6 +114,8 @@ impl<O> Ctx<'_, O> {
 struct Ended {
     written: Option<Written>,
     retries: u32,
+    /// With no file: the source refused a range rather than changed (bytes fetched so far).
+    part_refused: Option<u64>,
 }
 
 enum Start {
@@ -205,7 +207,13 @@ async fn attempts<O: Observer>(ctx: &Ctx<'_, O>, mut start: Start) -> Result<(Wr
         match ended.written {
             Some(written) => return Ok((written, retries)),
             None => {
-                restarts.changed(&*ctx.job.source)?;
+                let source = &*ctx.job.source;
+                match ended.part_refused {
+                    Some(sent) => {
+                        restarts.refetch(sent, None, None, NoResume::PartRefused, source)?
+                    }
+                    None => restarts.changed(source)?,
+                }
                 start = Start::Fresh;
             }
         }

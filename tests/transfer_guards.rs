@@ -500,3 +500,41 @@ async fn an_encoded_body_is_saved_as_sent_with_a_note() {
         assert!(note.starts_with("/sdcard/Download/z.bin"), "{note}");
     }
 }
+
+#[tokio::test]
+async fn a_part_answered_whole_is_not_a_change_and_is_bounded() {
+    // Same ETag and size each time: the server refuses ranges now and then, it did not change.
+    let len = 4 * MIB + 1;
+    let data = body(len, 14);
+    let once = {
+        let fx = fixture(4);
+        let server = TestServer::start().await;
+        server.put("/part.bin", Resource::new(data.clone()));
+        server.push_range_fault("/part.bin", MIB, Fault::Whole);
+        let result = fetch(&fx, &server.url("/part.bin"), "part.bin").await;
+        result.unwrap().files[0].sha256.clone()
+    };
+    assert_eq!(once, sha(&data), "one refusal: started over and landed");
+    let err = lying_part_times(MIB, 6, Fault::Whole).await;
+    assert_eq!(err.code, Code::SourceBadContentRange, "{err}");
+    assert!(
+        err.message
+            .contains("answered a part of the same version with the whole object 4 times"),
+        "{err}"
+    );
+}
+
+/// As [`lying_part`], with `fault` queued `times` for the part at `first`.
+async fn lying_part_times(first: u64, times: usize, fault: Fault) -> Error {
+    let fx = fixture(4);
+    let server = TestServer::start().await;
+    server.put("/p.bin", Resource::new(body(4 * MIB + 1, 2)));
+    for _ in 0..times {
+        server.push_range_fault("/p.bin", first, fault.clone());
+    }
+    let err = fetch(&fx, &server.url("/p.bin"), "p.bin")
+        .await
+        .expect_err("a source refusing parts every time must not land");
+    assert_not_landed(&fx, "p.bin");
+    err
+}

@@ -89,6 +89,9 @@ const MEASURE_EVERY: Duration = Duration::from_millis(250);
 enum Abort {
     /// The object is not the version the transfer started with: start over.
     Changed,
+    /// A part was answered with the whole object of the same version: start over, bounded
+    /// as a source that cannot resume, not as a change.
+    PartRefused,
     Failed(Error),
 }
 
@@ -308,13 +311,16 @@ pub(super) async fn run<O: Observer>(
         Ok(()) => Ok(Ended {
             written: Some(sink.finish().await?),
             retries,
+            part_refused: None,
         }),
-        Err(Abort::Changed) => {
-            tracing::info!(source = %job.source.describe(), "source changed during a parallel transfer: starting over");
+        Err(abort @ (Abort::Changed | Abort::PartRefused)) => {
+            tracing::info!(source = %job.source.describe(), "source changed or refused a part during a parallel transfer: starting over");
             sink.close().await;
+            let refused = matches!(abort, Abort::PartRefused);
             Ok(Ended {
                 written: None,
                 retries,
+                part_refused: refused.then(|| shared.done.load(Ordering::Relaxed)),
             })
         }
         Err(Abort::Failed(e)) => {
@@ -480,8 +486,17 @@ async fn request<O: Observer>(
         Ok(result) => result,
     };
     let meta = &result.meta;
-    if !meta.ranges || !shared.validators.matches(&meta.validators) {
+    if !shared.validators.matches(&meta.validators) {
         return Err(Abort::Changed);
+    }
+    if !meta.ranges {
+        // The whole object, same version and size: ranges refused, nothing changed.
+        let same_size = meta.size == Some(total);
+        return Err(if same_size {
+            Abort::PartRefused
+        } else {
+            Abort::Changed
+        });
     }
     // The same version: a range other than the one asked for is a broken server, not a change.
     check_range(&options, &result, Some(total), &*ctx.job.source).map_err(Abort::Failed)?;

@@ -24,6 +24,9 @@ pub(super) enum NoResume {
     NoValidator,
     /// The source answers a range of the same version with the whole object.
     NoRanges,
+    /// The source answered a part of a parallel transfer with the whole object of the same
+    /// version (after serving ranges to the first request).
+    PartRefused,
 }
 
 impl Restarts {
@@ -60,8 +63,9 @@ impl Restarts {
         // Without a validator, "fewer bytes than announced" is what the task proves, however
         // the connection ended; without ranges, how it ended is the news.
         let short = matches!(why, NoResume::NoValidator) && total.is_some_and(|t| sent < t);
-        let code = match failure {
-            Some(f) if !short => f.code,
+        let code = match (failure, why) {
+            (_, NoResume::PartRefused) => Code::SourceBadContentRange,
+            (Some(f), _) if !short => f.code,
             _ => Code::IntegritySizeMismatch,
         };
         let of = total.map_or(String::new(), |t| format!(" of {t}"));
@@ -73,6 +77,10 @@ impl Restarts {
             ),
             NoResume::NoRanges => format!(
                 "{} does not support ranges and dropped the transfer {times} times (the last after {sent}{of} bytes), so each retry started over; giving up",
+                source.describe()
+            ),
+            NoResume::PartRefused => format!(
+                "{} served ranges, then answered a part of the same version with the whole object {times} times, so each time the transfer started over; its range support is unreliable: giving up",
                 source.describe()
             ),
         };

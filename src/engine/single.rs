@@ -257,6 +257,7 @@ async fn stream<O: Observer>(
     Ok(Ended {
         written: Some(written),
         retries: backoff.retries(),
+        part_refused: None,
     })
 }
 
@@ -281,9 +282,9 @@ impl Restarts {
     ) -> Result<()> {
         match why {
             None => self.changed(source)?,
-            Some(why @ NoResume::NoRanges) => self.refetch(*have, *total, failure, why, source)?,
             // Counted when the failure happened: no request is spent to learn the obvious.
             Some(NoResume::NoValidator) => {}
+            Some(why) => self.refetch(*have, *total, failure, why, source)?,
         }
         tracing::info!(source = %source.describe(), "source changed or cannot resume: starting over");
         sink.truncate().await?;

@@ -122,6 +122,9 @@ pub enum Fault {
     Redirect { location: String, status: u16 },
     /// Headers and half the body, a pause of this length, then the rest.
     Stall(Duration),
+    /// A 200 with the whole body, whatever `Range` asked (a server that
+    /// stops serving ranges for one request).
+    Whole,
     /// Full headers, then the body at this many bytes per second (a slow drip on one
     /// response, e.g. one part of a parallel download).
     Drip(u64),
@@ -574,6 +577,11 @@ fn plan(state: &mut State, req: Recorded, allowed: bool) -> Plan {
             Plan::text(*status, vec![("Location", location.clone())])
         }
         (_, None) => Plan::text(404, vec![]),
+        (Some(Fault::Whole), Some(Route::Resource(res))) => {
+            let mut whole = req.clone();
+            whole.headers.retain(|(name, _)| name != "range");
+            plan_resource(res, &whole)
+        }
         (
             Some(Fault::Partial {
                 first,
