@@ -10,8 +10,10 @@
 //! and opening more only while they bring speed ([`ramp`]); anything else (a 200, a small
 //! object, no validator) is a single stream that goes on with that body ([`single`]).
 
+mod pace;
 mod parallel;
 mod ramp;
+mod restarts;
 mod single;
 
 use crate::config::Config;
@@ -20,13 +22,16 @@ use crate::paths::Dir;
 use crate::sink::{self, Written};
 use crate::source::limit::Bandwidth;
 use crate::source::retry::Backoff;
-use crate::source::{GetOptions, GetResult, Source, SourceError};
+use crate::source::{GetOptions, GetResult, ObjectMeta, Source, SourceError};
 use crate::task::ResumeState;
+use pace::Pace;
+use restarts::{NoResume, Restarts};
 use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// How often a source may change under us before the task gives up.
+/// How often a source may change under us, or be fetched again whole because an attempt
+/// could not be resumed, before the task gives up.
 const MAX_RESTARTS: u32 = 3;
 
 /// Receives progress from a running transfer.
@@ -56,6 +61,8 @@ pub struct Job {
 pub struct Outcome {
     pub written: Written,
     pub retries: u32,
+    /// The Content-Encoding the file was sent with, saved as sent (see [`ObjectMeta`]).
+    pub encoding: Option<String>,
 }
 
 /// The running boot, so a resume after a reboot trusts only fsync'd bytes.
@@ -84,8 +91,22 @@ struct Ctx<'a, O> {
     job: &'a Job,
     config: &'a Config,
     observer: &'a O,
+    /// The task's cancellation, and the pace watchdog's: a transfer stopped for either syncs
+    /// and checkpoints what it has, as for a shutdown.
     cancel: &'a CancellationToken,
     boot: String,
+    pace: &'a Pace,
+    /// The Content-Encoding of the bodies written, for the task's notes.
+    encoding: std::sync::Mutex<Option<String>>,
+}
+
+impl<O> Ctx<'_, O> {
+    /// Records the Content-Encoding of a body about to be written.
+    fn saw(&self, meta: &ObjectMeta) {
+        if meta.encoding.is_some() {
+            *self.encoding.lock().expect("encoding") = meta.encoding.clone();
+        }
+    }
 }
 
 /// How one attempt ended: the file, or `None` when the source changed under a parallel
@@ -93,6 +114,8 @@ struct Ctx<'a, O> {
 struct Ended {
     written: Option<Written>,
     retries: u32,
+    /// With no file: the source refused a range rather than changed (bytes fetched so far).
+    part_refused: Option<u64>,
 }
 
 enum Start {
@@ -107,37 +130,38 @@ pub async fn transfer<O: Observer>(
     observer: &O,
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
-    let mut start = match job.resume.take() {
+    let start = match job.resume.take() {
         Some(r) if r.is_parallel() => {
             parallel::Plan::resumed(&r).map_or(Start::Fresh, Start::Parts)
         }
         Some(r) => Start::Resume(r),
         None => Start::Fresh,
     };
+    let stop = cancel.child_token();
+    let pace = Pace::new(config);
     let ctx = Ctx {
         job: &job,
         config,
         observer,
-        cancel,
+        cancel: &stop,
         boot: boot_id(),
+        pace: &pace,
+        encoding: Default::default(),
     };
-    let mut restarts = 0;
-    let mut retries = 0;
-    let written = loop {
-        let ended = match start {
-            Start::Parts(plan) => parallel::run(&ctx, plan, None).await?,
-            Start::Resume(r) => single::run(&ctx, Some(r), None, &mut restarts).await?,
-            Start::Fresh => match probe(&ctx, &mut retries).await? {
-                Probed::Parallel(plan, first) => parallel::run(&ctx, plan, Some(first)).await?,
-                Probed::Single(first) => single::run(&ctx, None, first, &mut restarts).await?,
-            },
-        };
-        retries += ended.retries;
-        match ended.written {
-            Some(written) => break written,
-            None => {
-                count_restart(&mut restarts, &*job.source)?;
-                start = Start::Fresh;
+    let shown = job.source.describe();
+    let watch = pace.watch(&shown);
+    let attempts = attempts(&ctx, start);
+    tokio::pin!(attempts);
+    let (written, retries) = tokio::select! {
+        r = &mut attempts => r?,
+        err = watch => {
+            // Stop the transfer as for a shutdown (its data synced and checkpointed), then
+            // report why.
+            tracing::warn!(code = %err.code, error = %err.message, "stopping the transfer");
+            stop.cancel();
+            match attempts.await {
+                Err(e) if e.code == Code::Cancelled && !cancel.is_cancelled() => return Err(err),
+                other => other?,
             }
         }
     };
@@ -157,7 +181,43 @@ pub async fn transfer<O: Observer>(
     }
     let target = job.final_dir.as_ref().unwrap_or(&job.dir);
     sink::commit_into(&job.dir, &job.staging, target, &job.final_name)?;
-    Ok(Outcome { written, retries })
+    let encoding = ctx.encoding.lock().expect("encoding").take();
+    Ok(Outcome {
+        written,
+        retries,
+        encoding,
+    })
+}
+
+/// Transfers until the file is complete, starting over (boundedly) when the source changes;
+/// returns it with the retries it took.
+async fn attempts<O: Observer>(ctx: &Ctx<'_, O>, mut start: Start) -> Result<(Written, u32)> {
+    let mut restarts = Restarts::default();
+    let mut retries = 0;
+    loop {
+        let ended = match start {
+            Start::Parts(plan) => parallel::run(ctx, plan, None).await?,
+            Start::Resume(r) => single::run(ctx, Some(r), None, &mut restarts).await?,
+            Start::Fresh => match probe(ctx, &mut retries).await? {
+                Probed::Parallel(plan, first) => parallel::run(ctx, plan, Some(first)).await?,
+                Probed::Single(first) => single::run(ctx, None, first, &mut restarts).await?,
+            },
+        };
+        retries += ended.retries;
+        match ended.written {
+            Some(written) => return Ok((written, retries)),
+            None => {
+                let source = &*ctx.job.source;
+                match ended.part_refused {
+                    Some(sent) => {
+                        restarts.refetch(sent, None, None, NoResume::PartRefused, source)?
+                    }
+                    None => restarts.changed(source)?,
+                }
+                start = Start::Fresh;
+            }
+        }
+    }
 }
 
 /// The answer to the first request, whose body the chosen mode goes on reading.
@@ -181,11 +241,13 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
         };
         let response = tokio::select! {
             _ = ctx.cancel.cancelled() => return Err(cancelled()),
-            r = ctx.job.source.get(options) => r,
+            r = ctx.job.source.get(options.clone()) => r,
         };
         match response {
             Ok(result) => {
                 *retries += backoff.retries();
+                check_range(&options, &result, None, &*ctx.job.source)?;
+                ctx.saw(&result.meta);
                 let meta = &result.meta;
                 let parallel = meta.ranges
                     && result.offset == 0
@@ -203,7 +265,7 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
                 return Ok(Probed::Single(None));
             }
             Err(e) => {
-                if !wait_before_retry(e, &mut backoff, ctx.observer, ctx.cancel).await? {
+                if !wait_before_retry(ctx, e, &mut backoff).await? {
                     return Err(cancelled());
                 }
             }
@@ -211,40 +273,70 @@ async fn probe<O: Observer>(ctx: &Ctx<'_, O>, retries: &mut u32) -> Result<Probe
     }
 }
 
+/// Checks that a range answer (206) is the range asked for: it starts at the byte asked, ends
+/// where asked (asked open-ended: at the object's last byte), and states the object's size
+/// when the transfer already knows it. Every ranged read goes through here before a byte of
+/// its body is written: a body of another range, written where the asked one belongs, would
+/// splice the file. A 206 without a usable Content-Range is refused by the source itself.
+fn check_range(
+    asked: &GetOptions,
+    got: &GetResult,
+    known_size: Option<u64>,
+    source: &dyn Source,
+) -> Result<()> {
+    if !got.meta.ranges {
+        return Ok(());
+    }
+    let size = got.meta.size;
+    let show = |v: Option<u64>| v.map_or("*".to_string(), |v| v.to_string());
+    let last = |end: Option<u64>| show(end.map(|e| e.saturating_sub(1)));
+    let wrong = if got.offset != asked.offset {
+        format!("starts at byte {} instead of {}", got.offset, asked.offset)
+    } else if let Some(end) = asked.end.or(size).filter(|e| got.end != Some(*e)) {
+        format!(
+            "ends at byte {} instead of {}",
+            last(got.end),
+            end.saturating_sub(1)
+        )
+    } else if let Some(known) = known_size.filter(|k| size != Some(*k)) {
+        format!("gives the object {} bytes instead of {known}", show(size))
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(
+        Code::SourceBadContentRange,
+        format!(
+            "{} answered a request for bytes {}-{} with Content-Range bytes {}-{}/{}, which {wrong}; nothing of it was written (the server's range support is broken)",
+            source.describe(),
+            asked.offset,
+            asked.end.map_or(String::new(), |e| e.saturating_sub(1).to_string()),
+            got.offset,
+            last(got.end),
+            show(size),
+        ),
+    ))
+}
+
 fn cancelled() -> Error {
     Error::new(Code::Cancelled, "the task was stopped")
 }
 
-/// Counts one proven change of the source; too many fail the task.
-fn count_restart(restarts: &mut u32, source: &dyn Source) -> Result<()> {
-    *restarts += 1;
-    if *restarts > MAX_RESTARTS {
-        return Err(Error::new(
-            Code::IntegritySourceChanged,
-            format!(
-                "{} changed {MAX_RESTARTS} times during the transfer; retry when it is stable",
-                source.describe()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Waits out the backoff for `err`: `Ok(true)` to retry, `Ok(false)` when cancelled
 /// meanwhile, the final error when retrying is over.
+/// The wait does not count against the low-speed limit (the retry budget bounds it).
 async fn wait_before_retry<O: Observer>(
+    ctx: &Ctx<'_, O>,
     err: SourceError,
     backoff: &mut Backoff,
-    observer: &O,
-    cancel: &CancellationToken,
 ) -> Result<bool> {
     let Some(delay) = backoff.next_delay(&err) else {
         return Err(backoff.give_up(err).into());
     };
     tracing::warn!(code = %err.code, error = %err.message, delay_ms = delay.as_millis() as u64, "retrying");
-    observer.retrying(&err, delay);
+    ctx.observer.retrying(&err, delay);
+    let _paused = ctx.pace.pause();
     tokio::select! {
-        _ = cancel.cancelled() => Ok(false),
+        _ = ctx.cancel.cancelled() => Ok(false),
         _ = tokio::time::sleep(delay) => Ok(true),
     }
 }

@@ -39,6 +39,7 @@ pub enum Code {
     SourceRedirectNotAllowed,
     SourceBadResponse,
     SourceRangeNotSatisfiable,
+    SourceBadContentRange,
     SourceNoSuchBucket,
     SourceSignatureDoesNotMatch,
     SourceInvalidAccessKeyId,
@@ -53,6 +54,8 @@ pub enum Code {
     NetworkReset,
     NetworkTls,
     NetworkAddressNotAllowed,
+    NetworkTooSlow,
+    TransferDeadlineExceeded,
     StorageDiskFull,
     StoragePathNotAllowed,
     StoragePermissionDenied,
@@ -100,6 +103,7 @@ impl Code {
         Code::SourceRedirectNotAllowed,
         Code::SourceBadResponse,
         Code::SourceRangeNotSatisfiable,
+        Code::SourceBadContentRange,
         Code::SourceNoSuchBucket,
         Code::SourceSignatureDoesNotMatch,
         Code::SourceInvalidAccessKeyId,
@@ -114,6 +118,8 @@ impl Code {
         Code::NetworkReset,
         Code::NetworkTls,
         Code::NetworkAddressNotAllowed,
+        Code::NetworkTooSlow,
+        Code::TransferDeadlineExceeded,
         Code::StorageDiskFull,
         Code::StoragePathNotAllowed,
         Code::StoragePermissionDenied,
@@ -160,6 +166,7 @@ impl Code {
             Code::SourceRedirectNotAllowed => "Source.RedirectNotAllowed",
             Code::SourceBadResponse => "Source.BadResponse",
             Code::SourceRangeNotSatisfiable => "Source.RangeNotSatisfiable",
+            Code::SourceBadContentRange => "Source.BadContentRange",
             Code::SourceNoSuchBucket => "Source.NoSuchBucket",
             Code::SourceSignatureDoesNotMatch => "Source.SignatureDoesNotMatch",
             Code::SourceInvalidAccessKeyId => "Source.InvalidAccessKeyId",
@@ -174,6 +181,8 @@ impl Code {
             Code::NetworkReset => "Network.ConnectionReset",
             Code::NetworkTls => "Network.Tls",
             Code::NetworkAddressNotAllowed => "Network.AddressNotAllowed",
+            Code::NetworkTooSlow => "Network.TooSlow",
+            Code::TransferDeadlineExceeded => "Transfer.DeadlineExceeded",
             Code::StorageDiskFull => "Storage.DiskFull",
             Code::StoragePathNotAllowed => "Storage.PathNotAllowed",
             Code::StoragePermissionDenied => "Storage.PermissionDenied",
@@ -209,6 +218,8 @@ impl Code {
                 | Code::NetworkTimeout
                 | Code::NetworkReset
                 | Code::NetworkTls
+                | Code::NetworkTooSlow
+                | Code::TransferDeadlineExceeded
                 | Code::SourceAccessDenied
                 | Code::SourceSignatureDoesNotMatch
                 | Code::SourceInvalidAccessKeyId

@@ -152,6 +152,7 @@ impl RunContext<'_> {
             path: landed.to_string(),
             size: outcome.written.len,
             sha256: sink::hex(&outcome.written.sha256),
+            content_encoding: outcome.encoding,
         })
     }
 
@@ -247,6 +248,7 @@ pub async fn run<O: Observer>(
         }
     };
     // The files are committed: from here on nothing fails the task.
+    notes.extend(encoding_notes(&files));
     for file in files.iter().take(MAX_MEDIA_SCANS) {
         if let Ok(path) = DevicePath::parse(&file.path) {
             notes.extend(media_scan::announce(ctx.config, &path).await);
@@ -264,6 +266,30 @@ pub async fn run<O: Observer>(
         notes,
         install: None,
     })
+}
+
+/// Files sent with a Content-Encoding are saved as sent (ferry asks for none and decodes
+/// none): say so, for the first few.
+fn encoding_notes(files: &[FileResult]) -> Vec<String> {
+    const SHOWN: usize = 5;
+    let encoded: Vec<_> = files
+        .iter()
+        .filter_map(|f| Some((&f.path, f.content_encoding.as_ref()?)))
+        .collect();
+    let mut notes: Vec<String> = encoded
+        .iter()
+        .take(SHOWN)
+        .map(|(path, encoding)| {
+            format!("{path}: the server sent it with Content-Encoding: {encoding}; it is saved as sent, not decoded (its size and sha256 are of the encoded bytes)")
+        })
+        .collect();
+    if encoded.len() > SHOWN {
+        notes.push(format!(
+            "{} more files were sent with a Content-Encoding and saved as sent",
+            encoded.len() - SHOWN
+        ));
+    }
+    notes
 }
 
 /// The last segment of an object key, which names the file when TargetFileName does not.

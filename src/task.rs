@@ -54,6 +54,10 @@ pub struct FileResult {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// The Content-Encoding the file was sent with and saved in (the task's notes say so);
+    /// not part of the API's file record.
+    #[serde(skip)]
+    pub content_encoding: Option<String>,
 }
 
 /// What the install step did; set only when AutoInstall was requested.

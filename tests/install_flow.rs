@@ -49,6 +49,7 @@ impl Device {
             path: device_path.into(),
             size: body.len() as u64,
             sha256: sha256_hex(body),
+            content_encoding: None,
         }
     }
 

@@ -112,6 +112,16 @@ pub struct TransferConfig {
     /// them all at once. The default, 128 (about 1 Gbit/s), keeps one connection only where it
     /// already comes close to what a phone's storage takes.
     pub split_below_mib_s: u64,
+    /// A transfer whose speed over all its connections stays below this many bytes/s for
+    /// `low_speed_time_secs` fails with `Network.TooSlow` (curl's `--speed-limit`), so a source
+    /// dripping a byte now and then cannot hold a task slot for ever; 0 turns it off. A part
+    /// connection slower than its share (this / connections) is asked again.
+    pub low_speed_limit_bytes_s: u64,
+    /// The window of `low_speed_limit_bytes_s`, in seconds (curl's `--speed-time`).
+    pub low_speed_time_secs: u64,
+    /// The most one transfer may take, retries included, before it fails with
+    /// `Transfer.DeadlineExceeded` (partial data kept for a re-submit); 0 = no deadline.
+    pub deadline_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,6 +193,9 @@ impl Default for TransferConfig {
             part_size_mib: 8,
             parallel_min_size_mib: 16,
             split_below_mib_s: 128,
+            low_speed_limit_bytes_s: 1024,
+            low_speed_time_secs: 60,
+            deadline_secs: 0,
         }
     }
 }
@@ -386,6 +399,17 @@ impl Config {
         if self.transfer.split_below_mib_s > 1 << 20 {
             return bad("transfer.split_below_mib_s must be at most 1048576 (MiB/s; 0 opens every connection at once)".into());
         }
+        if self.transfer.low_speed_limit_bytes_s > 1 << 40 {
+            return bad("transfer.low_speed_limit_bytes_s must be at most 1099511627776 (bytes/s; 0 turns the check off)".into());
+        }
+        if !(1..=86_400).contains(&self.transfer.low_speed_time_secs) {
+            return bad("transfer.low_speed_time_secs must be between 1 and 86400".into());
+        }
+        if self.transfer.deadline_secs > 366 * 86_400 {
+            return bad(
+                "transfer.deadline_secs must be at most 31622400 (a year; 0 = no deadline)".into(),
+            );
+        }
         Ok(())
     }
 
@@ -496,6 +520,17 @@ mod tests {
         assert_eq!(c.transfer.connections, 8);
         assert_eq!(c.transfer.part_size(), 8 << 20);
         assert_eq!(c.bandwidth_limit_kib, 0);
+        let t = &c.transfer;
+        let slow = (
+            t.low_speed_limit_bytes_s,
+            t.low_speed_time_secs,
+            t.deadline_secs,
+        );
+        assert_eq!(
+            slow,
+            (1024, 60, 0),
+            "curl-like low-speed limit, no deadline"
+        );
         assert!(!c.transfer.goes_parallel((16 << 20) - 1));
         assert!(c.transfer.goes_parallel(16 << 20));
         let dir = tempfile::tempdir().unwrap();
@@ -531,6 +566,17 @@ mod tests {
         std::fs::write(&file, "[transfer]\nconnections = 0\n").unwrap();
         let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
         assert!(err.message.contains("connections"), "{}", err.message);
+        for bad in [
+            "low_speed_time_secs = 0",
+            "low_speed_time_secs = 86401",
+            "low_speed_limit_bytes_s = 99999999999999",
+            "deadline_secs = 99999999999",
+        ] {
+            std::fs::write(&file, format!("[transfer]\n{bad}\n")).unwrap();
+            let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.message.contains(key), "{bad}: {}", err.message);
+        }
         std::fs::write(&file, "[transfer]\nsplit_below_mib_s = 99999999999999\n").unwrap();
         let err = Config::load(Some(&file), &no_env, &Overrides::default()).unwrap_err();
         assert_eq!(err.code, Code::InvalidConfig);

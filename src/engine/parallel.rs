@@ -14,7 +14,7 @@
 //! part, so a restarted daemon fetches only what is missing.
 
 use super::ramp::Ramp;
-use super::{cancelled, Ctx, Ended, Observer};
+use super::{cancelled, check_range, Ctx, Ended, Observer};
 use crate::config::TransferConfig;
 use crate::error::{Code, Error, Result};
 use crate::sink::{Layout, PartSink};
@@ -89,6 +89,9 @@ const MEASURE_EVERY: Duration = Duration::from_millis(250);
 enum Abort {
     /// The object is not the version the transfer started with: start over.
     Changed,
+    /// A part was answered with the whole object of the same version: start over, bounded
+    /// as a source that cannot resume, not as a change.
+    PartRefused,
     Failed(Error),
 }
 
@@ -308,13 +311,16 @@ pub(super) async fn run<O: Observer>(
         Ok(()) => Ok(Ended {
             written: Some(sink.finish().await?),
             retries,
+            part_refused: None,
         }),
-        Err(Abort::Changed) => {
-            tracing::info!(source = %job.source.describe(), "source changed during a parallel transfer: starting over");
+        Err(abort @ (Abort::Changed | Abort::PartRefused)) => {
+            tracing::info!(source = %job.source.describe(), "source changed or refused a part during a parallel transfer: starting over");
             sink.close().await;
+            let refused = matches!(abort, Abort::PartRefused);
             Ok(Ended {
                 written: None,
                 retries,
+                part_refused: refused.then(|| shared.done.load(Ordering::Relaxed)),
             })
         }
         Err(Abort::Failed(e)) => {
@@ -473,20 +479,28 @@ async fn request<O: Observer>(
         expect: Some(shared.validators.clone()),
         range_from_start: false,
     };
-    let result = match ctx.job.source.get(options).await {
+    let result = match ctx.job.source.get(options.clone()).await {
         // The object no longer reaches this far: it changed.
         Err(e) if e.code == Code::SourceRangeNotSatisfiable => return Err(Abort::Changed),
         Err(e) => return Ok(Err(e)),
         Ok(result) => result,
     };
     let meta = &result.meta;
-    if !meta.ranges
-        || result.offset != at
-        || meta.size != Some(total)
-        || !shared.validators.matches(&meta.validators)
-    {
+    if !shared.validators.matches(&meta.validators) {
         return Err(Abort::Changed);
     }
+    if !meta.ranges {
+        // The whole object, same version and size: ranges refused, nothing changed.
+        let same_size = meta.size == Some(total);
+        return Err(if same_size {
+            Abort::PartRefused
+        } else {
+            Abort::Changed
+        });
+    }
+    // The same version: a range other than the one asked for is a broken server, not a change.
+    check_range(&options, &result, Some(total), &*ctx.job.source).map_err(Abort::Failed)?;
+    ctx.saw(meta);
     Ok(Ok(Reading {
         result,
         at,
@@ -507,6 +521,11 @@ async fn stream<O: Observer>(
 ) -> Result<Option<SourceError>, Abort> {
     let idle = ctx.config.http.read_idle_timeout();
     let total = shared.layout.total;
+    // Alone, a connection is the whole transfer, which the pace watchdog measures.
+    let connections = shared.allowed.load(Ordering::Relaxed);
+    let mut pace = (connections > 1)
+        .then(|| ctx.pace.part_pace(connections))
+        .flatten();
     while reading.at < end {
         let chunk = match reading.pending.take() {
             Some(chunk) => chunk,
@@ -556,6 +575,7 @@ async fn stream<O: Observer>(
         sink.write(part, reading.at, chunk, permit)
             .map_err(Abort::Failed)?;
         reading.at += n;
+        ctx.pace.add(n);
         let done = shared.done.fetch_add(n, Ordering::Relaxed) + n;
         ctx.observer.progress(done, Some(total));
         let since = shared.since_checkpoint.fetch_add(n, Ordering::Relaxed) + n;
@@ -564,6 +584,20 @@ async fn stream<O: Observer>(
             shared.checkpoint_due.notify_one();
         }
         ctx.job.bandwidth.take(n).await;
+        if pace
+            .as_mut()
+            .is_some_and(|p| p.too_slow(n, tokio::time::Instant::now()))
+        {
+            // A stuck connection while the others flow: drop it and ask again from here.
+            return Ok(Some(SourceError::transient(
+                Code::NetworkTooSlow,
+                format!(
+                    "{} sent part {part} slower than its share of transfer.low_speed_limit_bytes_s; asking again from byte {}",
+                    ctx.job.source.describe(),
+                    reading.at
+                ),
+            )));
+        }
     }
     Ok(None)
 }

@@ -2,19 +2,40 @@
 //! servers without ranges or validators, and transfers that started that way. A failure
 //! resumes with a range of the same version (If-Range); anything else starts over.
 
-use super::{cancelled, count_restart, trusted_len, wait_before_retry, Ctx, Ended, Observer};
+use super::{
+    cancelled, check_range, trusted_len, wait_before_retry, Ctx, Ended, NoResume, Observer,
+    Restarts,
+};
 use crate::error::{Code, Error, Result};
 use crate::sink::{self, Sink};
 use crate::source::retry::Backoff;
 use crate::source::{GetOptions, GetResult, Source, SourceError, Validators};
 use crate::task::ResumeState;
 
-/// One stream from `have` to the end, resuming (same version only) after failures.
+/// One stream from `have` to the end, resuming (same version only) after failures. When it
+/// fails and its partial data can never be resumed (no validator, no range support), the
+/// staging file is removed at once instead of being kept for a re-submit that would start
+/// over anyway.
 pub(super) async fn run<O: Observer>(
     ctx: &Ctx<'_, O>,
     resume: Option<ResumeState>,
+    first: Option<GetResult>,
+    restarts: &mut Restarts,
+) -> Result<Ended> {
+    let mut resumable = true;
+    let ended = stream(ctx, resume, first, restarts, &mut resumable).await;
+    if ended.is_err() && !resumable {
+        sink::discard(&ctx.job.dir, &ctx.job.staging).ok();
+    }
+    ended
+}
+
+async fn stream<O: Observer>(
+    ctx: &Ctx<'_, O>,
+    resume: Option<ResumeState>,
     mut first: Option<GetResult>,
-    restarts: &mut u32,
+    restarts: &mut Restarts,
+    resumable: &mut bool,
 ) -> Result<Ended> {
     let (job, config, observer, cancel) = (ctx.job, ctx.config, ctx.observer, ctx.cancel);
     let trusted = resume.as_ref().map(|r| trusted_len(r, &ctx.boot));
@@ -40,11 +61,15 @@ pub(super) async fn run<O: Observer>(
         ..ResumeState::default()
     };
     let mut backoff = Backoff::new(&config.retry);
+    // What ended the last body early: the code a source that cannot resume fails with.
+    let mut last_failure: Option<SourceError> = None;
     let idle = config.http.read_idle_timeout();
     observer.progress(have, total);
 
     // Loop until the body has delivered every byte (or the staging file already holds them).
     while total != Some(have) || expect.is_none() {
+        // What was asked, to check a range answer against; the probe checked its own.
+        let mut asked = None;
         let response = match first.take() {
             Some(result) => Ok(result),
             None => {
@@ -53,6 +78,7 @@ pub(super) async fn run<O: Observer>(
                     expect: expect.clone(),
                     ..GetOptions::default()
                 };
+                asked = Some(options.clone());
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(stop(&sink).await),
                     r = job.source.get(options) => r,
@@ -74,43 +100,65 @@ pub(super) async fn run<O: Observer>(
                         ),
                     ));
                 }
-                restart(
-                    &sink,
-                    &mut have,
-                    &mut expect,
-                    &mut total,
-                    restarts,
-                    &*job.source,
-                )
-                .await?;
+                *resumable = false;
+                let why = Some(NoResume::NoValidator);
+                restarts
+                    .restart(
+                        &sink,
+                        &mut have,
+                        &mut total,
+                        why,
+                        last_failure.as_ref(),
+                        &*job.source,
+                    )
+                    .await?;
+                expect = None;
                 continue;
             }
             Err(e) => {
-                if !wait_before_retry(e, &mut backoff, observer, cancel).await? {
+                if !wait_before_retry(ctx, e, &mut backoff).await? {
                     return Err(stop(&sink).await);
                 }
                 continue;
             }
         };
-        let same_version = expect
+        let same_validators = expect
             .as_ref()
-            .is_none_or(|v| v.matches(&result.meta.validators) && result.meta.size == total);
+            .is_none_or(|v| v.matches(&result.meta.validators));
+        if let (Some(asked), true) = (&asked, same_validators) {
+            check_range(asked, &result, total, &*job.source)?;
+            ctx.saw(&result.meta);
+        }
+        let same_version = same_validators && (expect.is_none() || result.meta.size == total);
         if have > 0 && (result.offset != have || !same_version) {
             // Never splice two versions: start over, reusing this body if it is the whole object.
-            restart(
-                &sink,
-                &mut have,
-                &mut expect,
-                &mut total,
-                restarts,
-                &*job.source,
-            )
-            .await?;
+            // Only another version counts as a change; a source that cannot resume is bounded
+            // on its own.
+            let why = if expect.as_ref().is_none_or(Validators::is_empty) {
+                Some(NoResume::NoValidator)
+            } else if same_version && result.offset == 0 && !result.meta.ranges {
+                Some(NoResume::NoRanges)
+            } else {
+                None
+            };
+            *resumable &= why.is_none();
+            restarts
+                .restart(
+                    &sink,
+                    &mut have,
+                    &mut total,
+                    why,
+                    last_failure.as_ref(),
+                    &*job.source,
+                )
+                .await?;
+            expect = None;
             if result.offset != 0 {
                 continue;
             }
         }
         if expect.is_none() {
+            *resumable &= !result.meta.validators.is_empty();
             expect = Some(result.meta.validators.clone());
             total = result.meta.size;
             if let Some(t) = total {
@@ -172,6 +220,7 @@ pub(super) async fn run<O: Observer>(
                         ));
                     }
                     sink.write(chunk).await?;
+                    ctx.pace.add(n);
                     have += n;
                     since_checkpoint += n;
                     backoff.progressed();
@@ -193,7 +242,13 @@ pub(super) async fn run<O: Observer>(
             // Every byte arrived before the failure.
             break;
         }
-        if !wait_before_retry(failure, &mut backoff, observer, cancel).await? {
+        if expect.as_ref().is_none_or(Validators::is_empty) {
+            // Nothing to resume with: the retry starts over, and that is bounded.
+            let why = NoResume::NoValidator;
+            restarts.refetch(have, total, Some(&failure), why, &*job.source)?;
+        }
+        last_failure = Some(failure.clone());
+        if !wait_before_retry(ctx, failure, &mut backoff).await? {
             return Err(stop(&sink).await);
         }
     }
@@ -202,6 +257,7 @@ pub(super) async fn run<O: Observer>(
     Ok(Ended {
         written: Some(written),
         retries: backoff.retries(),
+        part_refused: None,
     })
 }
 
@@ -211,22 +267,29 @@ async fn stop(sink: &Sink) -> Error {
     cancelled()
 }
 
-async fn restart(
-    sink: &Sink,
-    have: &mut u64,
-    expect: &mut Option<Validators>,
-    total: &mut Option<u64>,
-    restarts: &mut u32,
-    source: &dyn Source,
-) -> Result<()> {
-    // A source without validators cannot resume at all; only a proven change counts.
-    if expect.as_ref().is_some_and(|v| !v.is_empty()) {
-        count_restart(restarts, source)?;
+impl Restarts {
+    /// Counts a restart from zero (a change when `why` is `None`), then truncates the staging
+    /// file; the caller forgets the version it expected. A failure without a validator is
+    /// counted as it happens instead.
+    async fn restart(
+        &mut self,
+        sink: &Sink,
+        have: &mut u64,
+        total: &mut Option<u64>,
+        why: Option<NoResume>,
+        failure: Option<&SourceError>,
+        source: &dyn Source,
+    ) -> Result<()> {
+        match why {
+            None => self.changed(source)?,
+            // Counted when the failure happened: no request is spent to learn the obvious.
+            Some(NoResume::NoValidator) => {}
+            Some(why) => self.refetch(*have, *total, failure, why, source)?,
+        }
+        tracing::info!(source = %source.describe(), "source changed or cannot resume: starting over");
+        sink.truncate().await?;
+        *have = 0;
+        *total = None;
+        Ok(())
     }
-    tracing::info!(source = %source.describe(), "source changed or ignored the range: starting over");
-    sink.truncate().await?;
-    *have = 0;
-    *expect = None;
-    *total = None;
-    Ok(())
 }

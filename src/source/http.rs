@@ -14,8 +14,8 @@ use crate::error::Code;
 use crate::redact;
 use bytes::Bytes;
 use reqwest::header::{
-    HeaderMap, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED,
-    LOCATION, RANGE, RETRY_AFTER,
+    HeaderMap, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE,
+    LAST_MODIFIED, LOCATION, RANGE, RETRY_AFTER,
 };
 use reqwest::{StatusCode, Url};
 use std::error::Error as _;
@@ -98,6 +98,7 @@ impl HttpSource {
         let validators = validators(headers);
         let offset;
         let size;
+        let mut range_end = None;
         match status {
             StatusCode::OK => {
                 offset = 0;
@@ -105,11 +106,12 @@ impl HttpSource {
             }
             StatusCode::PARTIAL_CONTENT => {
                 let (start, end, total) = parse_content_range(headers).ok_or_else(|| {
-                    SourceError::transient(
-                        Code::SourceHttp5xx,
+                    SourceError::permanent(
+                        Code::SourceBadContentRange,
                         format!(
-                            "{} answered 206 without a usable Content-Range",
-                            self.shown_url()
+                            "{} answered 206 without a usable Content-Range ({:?}); the server's range support is broken",
+                            self.shown_url(),
+                            header_str(headers, CONTENT_RANGE.as_str()).unwrap_or("none")
                         ),
                     )
                 })?;
@@ -127,6 +129,7 @@ impl HttpSource {
                 }
                 offset = start;
                 size = total;
+                range_end = Some(end + 1);
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 return Err(SourceError::permanent(
@@ -144,10 +147,15 @@ impl HttpSource {
             size,
             validators,
             ranges: status == StatusCode::PARTIAL_CONTENT,
+            encoding: header_str(headers, CONTENT_ENCODING.as_str())
+                .map(str::trim)
+                .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+                .map(str::to_string),
         };
         Ok(GetResult {
             meta,
             offset,
+            end: range_end,
             body: Box::new(HttpBody {
                 response,
                 shown_url: self.shown_url(),

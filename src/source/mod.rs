@@ -55,6 +55,9 @@ pub struct ObjectMeta {
     pub validators: Validators,
     /// The source answered a range request with a range.
     pub ranges: bool,
+    /// The body's Content-Encoding (never `identity`): ferry asks for none and decodes none,
+    /// so such a body is saved as sent, and every size is of the encoded bytes.
+    pub encoding: Option<String>,
 }
 
 /// What to read: bytes from `offset` on (up to `end` when set), of the version `expect` when
@@ -83,6 +86,10 @@ pub struct GetResult {
     pub meta: ObjectMeta,
     /// Where the body starts in the object; 0 when the source sent the whole object.
     pub offset: u64,
+    /// Where the body ends in the object (exclusive) as a range answer stated it
+    /// (`Content-Range` end + 1); `None` for a whole object. Checked against the request by
+    /// the engine, so a range that is not the one asked for is never written.
+    pub end: Option<u64>,
     pub body: Box<dyn Body>,
 }
 

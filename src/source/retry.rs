@@ -14,6 +14,8 @@ pub struct Backoff {
     /// All retries of this transfer, for the final message.
     retries: u32,
     started: Instant,
+    /// The server's Retry-After that did not fit in what was left of the budget.
+    refused_wait: Option<Duration>,
 }
 
 impl Backoff {
@@ -23,6 +25,7 @@ impl Backoff {
             streak: 0,
             retries: 0,
             started: Instant::now(),
+            refused_wait: None,
         }
     }
 
@@ -55,6 +58,8 @@ impl Backoff {
             }
         };
         if delay > remaining {
+            // Fail at once rather than sleep past the budget, and say why.
+            self.refused_wait = err.retry_after;
             return None;
         }
         self.streak += 1;
@@ -64,18 +69,22 @@ impl Backoff {
 
     /// The error to report once retrying stopped.
     pub fn give_up(&self, err: SourceError) -> SourceError {
-        if self.retries == 0 {
-            return err;
+        let mut message = err.message.clone();
+        if let Some(after) = self.refused_wait {
+            message = format!(
+                "{message}: the server asked to retry after {} s (beyond the {} s budget, retry.budget_secs); not waiting",
+                after.as_secs(),
+                self.config.budget_secs
+            );
         }
-        SourceError {
-            message: format!(
-                "{} (after {} retries in {:.1} s)",
-                err.message,
+        if self.retries > 0 {
+            message = format!(
+                "{message} (after {} retries in {:.1} s)",
                 self.retries,
                 self.started.elapsed().as_secs_f64()
-            ),
-            ..err
+            );
         }
+        SourceError { message, ..err }
     }
 }
 
@@ -146,6 +155,11 @@ mod tests {
         assert!(
             b.next_delay(&err).is_none(),
             "Retry-After beyond the budget"
+        );
+        let msg = b.give_up(err).message;
+        assert!(
+            msg.ends_with("429: the server asked to retry after 5 s (beyond the 1 s budget, retry.budget_secs); not waiting"),
+            "{msg}"
         );
     }
 

@@ -45,6 +45,9 @@ pub struct Resource {
     /// False simulates a lying server that applies `Range` even when the
     /// `If-Range` validator no longer matches.
     pub honour_if_range: bool,
+    /// A `Content-Encoding` sent with every answer, whatever the client
+    /// asked for (the body is served as stored).
+    pub content_encoding: Option<String>,
 }
 
 impl Resource {
@@ -66,7 +69,14 @@ impl Resource {
             body,
             honour_range: true,
             honour_if_range: true,
+            content_encoding: None,
         }
+    }
+
+    /// Sends `Content-Encoding: ENCODING` with the stored bytes.
+    pub fn content_encoding(mut self, encoding: &str) -> Resource {
+        self.content_encoding = Some(encoding.to_owned());
+        self
     }
 
     /// Replaces the ETag header value (quotes included), or drops it.
@@ -114,6 +124,19 @@ pub enum Fault {
     Stall(Duration),
     /// The resource as usual, plus one response header of this many bytes.
     HugeHeader(usize),
+    /// A 200 with the whole body, whatever `Range` asked (a server that
+    /// stops serving ranges for one request).
+    Whole,
+    /// Full headers, then the body at this many bytes per second (a slow drip on one
+    /// response, e.g. one part of a parallel download).
+    Drip(u64),
+    /// A 206 (whatever was asked) carrying bytes `first..=last` of the resource and this
+    /// `Content-Range` value (`None` omits the header): a server lying about its range.
+    Partial {
+        first: u64,
+        last: u64,
+        content_range: Option<String>,
+    },
 }
 
 /// One request as the server saw it.
@@ -561,6 +584,27 @@ fn plan(state: &mut State, req: Recorded, allowed: bool) -> Plan {
             plan.headers.push(("X-Filler", "a".repeat(len)));
             plan
         }
+        (Some(Fault::Whole), Some(Route::Resource(res))) => {
+            let mut whole = req.clone();
+            whole.headers.retain(|(name, _)| name != "range");
+            plan_resource(res, &whole)
+        }
+        (
+            Some(Fault::Partial {
+                first,
+                last,
+                content_range,
+            }),
+            Some(Route::Resource(res)),
+        ) => {
+            let mut plan = plan_resource(res, &req);
+            plan.status = 206;
+            plan.headers.retain(|(name, _)| *name != "Content-Range");
+            plan.headers
+                .extend(content_range.map(|value| ("Content-Range", value)));
+            plan.body = res.body.slice(first as usize..=last as usize);
+            plan
+        }
         (fault, Some(Route::Resource(res))) => Plan {
             fault,
             ..plan_resource(res, &req)
@@ -580,6 +624,9 @@ fn plan_resource(res: &Resource, req: &Recorded) -> Plan {
     headers.extend(res.etag.clone().map(|etag| ("ETag", etag)));
     if let Some(date) = &res.last_modified {
         headers.push(("Last-Modified", date.clone()));
+    }
+    if let Some(encoding) = &res.content_encoding {
+        headers.push(("Content-Encoding", encoding.clone()));
     }
     let mut range = None;
     if res.honour_range {
@@ -635,6 +682,10 @@ type Io<T> = std::io::Result<T>;
 async fn send(stream: &mut TcpStream, plan: Plan, close: bool) -> Io<After> {
     let len = plan.body.len();
     let clean = if close { After::Close } else { After::Keep };
+    let rate = match plan.fault {
+        Some(Fault::Drip(rate)) => Some(rate),
+        _ => plan.rate,
+    };
     let (declared, cut, stall, after) = match plan.fault {
         Some(Fault::TruncateAfter(n)) => (len as u64, n as usize, None, After::Close),
         Some(Fault::ResetAfter(n)) => (len as u64, n as usize, None, After::Reset),
@@ -648,11 +699,11 @@ async fn send(stream: &mut TcpStream, plan: Plan, close: bool) -> Io<After> {
         let body = &plan.body[..cut.min(len)];
         let (first, rest) = body.split_at(stall.map_or(body.len(), |_| body.len() / 2));
         let link = plan.link.as_deref();
-        write_paced(stream, first, plan.rate, link).await?;
+        write_paced(stream, first, rate, link).await?;
         if let Some(pause) = stall {
             tokio::time::sleep(pause).await;
         }
-        write_paced(stream, rest, plan.rate, link).await?;
+        write_paced(stream, rest, rate, link).await?;
     }
     Ok(after)
 }

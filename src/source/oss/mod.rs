@@ -145,16 +145,20 @@ fn range_header(options: &GetOptions) -> Option<String> {
     }
 }
 
-/// `bytes START-END/TOTAL` → (START, TOTAL).
-fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+/// `bytes START-END/TOTAL` → (START, END + 1, TOTAL).
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
-    let (start, _) = range.split_once('-')?;
+    let (start, end) = range.split_once('-')?;
     let total = match total {
         "*" => None,
         t => Some(t.parse().ok()?),
     };
-    Some((start.parse().ok()?, total))
+    let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+    if end < start || total.is_some_and(|t| end >= t) {
+        return None;
+    }
+    Some((start, end + 1, total))
 }
 
 impl OssSource {
@@ -180,17 +184,22 @@ impl OssSource {
                 return Err(err);
             }
         };
-        let (offset, size, ranges) = match response.content_range() {
+        let (offset, end, size, ranges) = match response.content_range() {
             Some(value) => {
-                let (start, total) = parse_content_range(value).ok_or_else(|| {
-                    SourceError::transient(
-                        Code::SourceHttp5xx,
+                let (start, end, total) = parse_content_range(value).ok_or_else(|| {
+                    SourceError::permanent(
+                        Code::SourceBadContentRange,
                         format!("{}: unusable Content-Range {value:?}", self.shown),
                     )
                 })?;
-                (start, total, true)
+                (start, Some(end), total, true)
             }
-            None => (0, response.content_length().map(|l| l.max(0) as u64), false),
+            None => (
+                0,
+                None,
+                response.content_length().map(|l| l.max(0) as u64),
+                false,
+            ),
         };
         let validators = Validators {
             etag: response
@@ -206,8 +215,14 @@ impl OssSource {
                 size,
                 validators,
                 ranges,
+                encoding: response
+                    .content_encoding()
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+                    .map(str::to_string),
             },
             offset,
+            end,
             body: Box::new(OssBody {
                 stream: response.body,
                 shown: self.shown.clone(),
@@ -298,9 +313,11 @@ mod tests {
         assert_eq!(header(0, Some(8), false).as_deref(), Some("bytes=0-7"));
         assert_eq!(
             parse_content_range("bytes 100-199/1000"),
-            Some((100, Some(1000)))
+            Some((100, 200, Some(1000)))
         );
-        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, 1, None)));
         assert_eq!(parse_content_range("bytes */1000"), None);
+        assert_eq!(parse_content_range("bytes 10-5/1000"), None);
+        assert_eq!(parse_content_range("bytes 0-1000/1000"), None);
     }
 }
