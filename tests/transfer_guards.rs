@@ -73,7 +73,7 @@ fn download_dir(fx: &Fixture) -> PathBuf {
 }
 
 fn staging(fx: &Fixture, id: &str) -> PathBuf {
-    download_dir(fx).join(format!(".ferry-{id}.part"))
+    download_dir(fx).join(ferry::runner::staging_name(id))
 }
 
 /// Submits `url` as task `id` to a daemon's manager and waits until the task is finished.
