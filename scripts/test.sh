@@ -117,8 +117,11 @@ android_e2e() {
         file="${file#tests/}"
         tests+=(--test "${file%.rs}")
     done
+    # The 256 MiB memory bound would measure qemu, not ferry: it runs natively only (in the
+    # chroot it fails under CI=true rather than pass as a skip, so it is left out here).
     FERRY_TEST_CHROOT=1 FERRY_TEST_BIN="$(android_bin)" \
-        cargo test "${FERRY_LOCKED[@]}" --no-fail-fast "${tests[@]}"
+        cargo test "${FERRY_LOCKED[@]}" --no-fail-fast "${tests[@]}" \
+        -- --skip oss_large_object_streams_with_flat_memory
 }
 
 if [[ "${FERRY_SKIP_ANDROID:-}" == 1 ]]; then

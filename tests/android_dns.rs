@@ -215,8 +215,8 @@ fn resolv_conf_nameserver_resolves() {
         .map(|i| Ipv4Addr::new(127, 53, (pid >> 8) as u8, pid as u8 ^ i))
         .collect();
     let Some(&ip) = candidates.iter().find(|ip| port_free(**ip, 53)) else {
-        loud(&format!(
-            "SKIPPED resolv_conf_nameserver_resolves: port 53 is taken on {candidates:?}"
+        cli_support::skip::skip(&format!(
+            "resolv_conf_nameserver_resolves: port 53 is taken on {candidates:?}"
         ));
         return;
     };
@@ -231,12 +231,6 @@ fn resolv_conf_nameserver_resolves() {
     let server = files();
     let url = format!("http://cfg.ferry.test:{}/x", server.addr().port());
     assert_fetched(&t, &fetch(&t, None, &url));
-}
-
-/// A warning the test harness does not capture (it only captures `eprintln!`), so a skipped
-/// case shows in every run, not only in failing ones.
-fn loud(message: &str) {
-    let _ = std::io::stderr().write_all(format!("\n*** {message}\n").as_bytes());
 }
 
 fn port_free(ip: Ipv4Addr, port: u16) -> bool {
@@ -259,9 +253,9 @@ impl Dnsmasq {
             .map(PathBuf::from)
             .find(|p| p.is_file())
         else {
-            loud(
-                "SKIPPED: dnsmasq is not installed (Debian package dnsmasq-base; \
-                 scripts/test.sh installs it), so the DNS-server path is NOT tested",
+            cli_support::skip::skip(
+                "dnsmasq is not installed (Debian package dnsmasq-base; scripts/test.sh \
+                 installs it), so the DNS-server path is NOT tested",
             );
             return None;
         };

@@ -146,7 +146,7 @@ fn install_am_stand_in(t: &Target, argv_file: &str) -> Option<()> {
         // interpreter of Android's own `am` script.
         let busybox = Path::new("/bin/busybox");
         if !is_static_elf(busybox) {
-            eprintln!("SKIPPED in chroot mode: no static /bin/busybox for the stand-in `am` (install Debian's busybox-static)");
+            cli_support::skip::skip("chroot mode: no static /bin/busybox for the stand-in `am` (install Debian's busybox-static)");
             return None;
         }
         std::fs::copy(busybox, t.host("/system/bin/sh")).unwrap();

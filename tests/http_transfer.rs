@@ -2,6 +2,8 @@
 //! the real engine and sink writing under a temporary device root.
 
 mod common;
+#[path = "common/skip.rs"]
+mod skip;
 
 use common::http_server::{Fault, Resource, TestServer};
 use ferry::config::Config;
@@ -502,7 +504,7 @@ async fn metadata_address_is_refused() {
 #[tokio::test]
 async fn disk_full_on_a_small_tmpfs_leaves_nothing_behind() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED disk_full_on_a_small_tmpfs_leaves_nothing_behind: needs root for mount");
+        skip::skip("disk_full_on_a_small_tmpfs_leaves_nothing_behind needs root to mount a tmpfs");
         return;
     }
     let fx = fixture();
