@@ -189,8 +189,12 @@ fn from_map(mut map: Map<String, Value>) -> Result<TaskPayload> {
         Some(other) => {
             return Err(invalid(
                 Code::InvalidAutoInstall,
-                format!("AutoInstall must be true or false, not {other}"),
-            ))
+                // Only the JSON type: a misplaced value may be a signed link or a secret.
+                format!(
+                    "AutoInstall must be true or false, not {}",
+                    json_type(&other)
+                ),
+            ));
         }
     };
     let credentials = match map.remove("Credentials") {
@@ -216,7 +220,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<TaskPayload> {
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(invalid(
                 code,
-                format!("{name} must be a string, not {other}"),
+                format!("{name} must be a string, not {}", json_type(&other)),
             )),
         }
     };
@@ -502,9 +506,10 @@ fn parse_oss_url(text: &str, field: &str) -> Result<OssObject> {
     let (bucket, key) = rest
         .split_once('/')
         .ok_or_else(|| bad("names no object after the bucket"))?;
+    // The bucket is not quoted: it may hold a userinfo or query of a mistyped signed link.
     if !bucket.starts_with(BUCKET_PREFIX) {
         return Err(bad(&format!(
-            "names bucket {bucket:?}, which does not start with {BUCKET_PREFIX:?}"
+            "names a bucket that does not start with {BUCKET_PREFIX:?}"
         )));
     }
     let bucket_ok = (3..=63).contains(&bucket.len())
@@ -513,17 +518,36 @@ fn parse_oss_url(text: &str, field: &str) -> Result<OssObject> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !bucket.ends_with('-');
     if !bucket_ok {
-        return Err(bad(&format!(
-            "has an invalid bucket name {bucket:?} (3-63 lowercase letters, digits and hyphens)"
-        )));
+        return Err(bad(
+            "has an invalid bucket name (3-63 lowercase letters, digits and hyphens)",
+        ));
     }
     if key.is_empty() || key.len() > 1023 || key.contains('\0') || key.starts_with('/') {
         return Err(bad("has an empty, over-long or malformed object key"));
+    }
+    // `?` and `#` are legal in an object key, but in a link they start a query or fragment:
+    // such a key would be shown cut or unredacted, and is almost always a pasted signed URL.
+    if key.contains(['?', '#']) {
+        return Err(bad(
+            "has `?` or `#` in its object key (is it a signed https:// link? OSS takes oss://BUCKET/KEY)",
+        ));
     }
     Ok(OssObject {
         bucket: bucket.to_string(),
         key: key.to_string(),
     })
+}
+
+/// A JSON value's type as a message may name it, never the value itself.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// `host[:port]` or `http(s)://host[:port]`, nothing else.
@@ -542,7 +566,7 @@ fn parse_endpoint(endpoint: Option<&str>) -> Result<String> {
     let bad = |why: &str| {
         invalid(
             Code::InvalidUploadEndpoint,
-            format!("UploadEndpoint {endpoint:?} {why}"),
+            format!("UploadEndpoint {:?} {why}", crate::redact::url(endpoint)),
         )
     };
     let url = Url::parse(&with_scheme).map_err(|_| bad("is not a host name"))?;

@@ -462,6 +462,48 @@ fn credentials_errors_do_not_echo_secrets() {
     }
 }
 
+/// A link, an endpoint or a bucket given in the wrong shape or field is refused without
+/// quoting the secret it may carry (the error reaches the API answer and `ferry send`).
+#[test]
+fn intake_errors_do_not_echo_link_secrets() {
+    let signed = format!("https://h/a.apk?Signature={SECRET}&security-token={TOKEN}");
+    let cases = [
+        dl("UploadUrl", &format!(r#"["{signed}"]"#)),
+        dl("UploadUrl", &format!(r#"{{"u": "{signed}"}}"#)),
+        dl("AutoInstall", &quoted(&signed)),
+        bridged("BridgedObject", &format!(r#"["{signed}"]"#)),
+        oss(
+            "UploadEndpoint",
+            &quoted(&format!(
+                "https://AK:{SECRET}@oss-cn-hangzhou.aliyuncs.com/?security-token={TOKEN}"
+            )),
+        ),
+        oss(
+            "UploadUrl",
+            &quoted(&format!("oss://AK:{SECRET}@cloudphone-saved-bucket-x/k")),
+        ),
+        oss(
+            "UploadUrl",
+            &quoted(&format!("oss://cloudphone-saved-bucket-x?sig={SECRET}/k")),
+        ),
+        oss("UploadUrl", &quoted(&format!("oss://evil?sig={SECRET}/k"))),
+        oss(
+            "UploadUrl",
+            &quoted(&format!(
+                "oss://cloudphone-saved-bucket-x/k.apk?Signature={SECRET}"
+            )),
+        ),
+    ];
+    for json in cases {
+        let err = intake(&json).expect_err(&json);
+        assert!(
+            !err.message.contains(SECRET) && !err.message.contains(TOKEN),
+            "secret leaked into the error of {json}: {}",
+            err.message
+        );
+    }
+}
+
 #[test]
 fn download_url_saves_at_source_file_path_and_notes_ignored_target_name() {
     let task = accepted(
