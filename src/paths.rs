@@ -45,16 +45,32 @@ pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// C1 controls, bidirectional overrides and marks, and zero-width characters: a name holding
-/// one displays as something else (`evil\u{202E}kpa.exe` reads as `evilexe.apk`).
+/// C1 controls, line and paragraph separators, interlinear annotation marks, and every
+/// Unicode Default_Ignorable_Code_Point (bidirectional overrides and marks, zero-width and
+/// joiner characters, soft hyphen, variation selectors, Hangul fillers, tags): a name holding
+/// one displays as something else (`evil\u{202E}kpa.exe` reads as `evilexe.apk`), and a
+/// case-folding filesystem (ext4/f2fs casefold behind Android's /sdcard) may ignore it, so
+/// `.\u{AD}ferry-…` could name the same file as a staging name.
 fn is_hidden_char(c: char) -> bool {
     matches!(c,
         '\u{80}'..='\u{9f}'
+        | '\u{ad}'
+        | '\u{034f}'
         | '\u{061c}'
+        | '\u{115f}'..='\u{1160}'
+        | '\u{17b4}'..='\u{17b5}'
+        | '\u{180b}'..='\u{180f}'
         | '\u{200b}'..='\u{200f}'
-        | '\u{202a}'..='\u{202e}'
-        | '\u{2060}'..='\u{2069}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}'
+        | '\u{3164}'
+        | '\u{fe00}'..='\u{fe0f}'
         | '\u{feff}'
+        | '\u{ffa0}'
+        | '\u{fff0}'..='\u{fffb}'
+        | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e0fff}'
     )
 }
 

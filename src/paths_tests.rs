@@ -534,6 +534,23 @@ fn final_names_reserved_for_staging_and_invisible_characters_are_refused() {
         "\u{feff}a",
         "a\u{2066}b",
         "a\u{61c}b",
+        // Default-ignorable code points a case-folding filesystem may drop, so these could
+        // name a staging file, and separators that break a log line.
+        ".\u{ad}ferry-t1-0123456789ab.part",
+        "\u{ad}setup.apk",
+        "a\u{34f}b",
+        "a\u{115f}b",
+        "a\u{17b4}b",
+        "a\u{180b}b",
+        "a\u{2028}[INFO] ok.apk",
+        "a\u{2029}b",
+        "a\u{3164}b",
+        "a\u{fe0f}b",
+        "a\u{ffa0}b",
+        "a\u{fff9}b",
+        "a\u{1bca0}b",
+        "a\u{1d173}b",
+        "a\u{e0001}b",
     ] {
         assert!(check_final_name(bad).is_err(), "{bad:?} accepted");
     }
