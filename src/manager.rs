@@ -354,8 +354,10 @@ impl Inner {
     }
 
     /// Cancels a pending task at once, or signals a running one to stop (`Ok(None)`).
-    /// The journal lock is held until the partial data is gone, so a re-submit of the same
-    /// TaskId cannot start a new transfer that this cleanup would then delete.
+    /// CANCELLED is shown only once the journal holds it (the state lock is kept over the
+    /// save, as in `submit`, so the scheduler cannot start the task meanwhile); the partial
+    /// data goes after that. The journal lock is held until it is gone, so a re-submit of
+    /// the same TaskId cannot start a new transfer that this cleanup would then delete.
     fn cancel(&self, id: &str) -> Result<Option<TaskView>> {
         let journal = self.journal();
         let record = {
@@ -368,16 +370,17 @@ impl Inner {
                     return Ok(None);
                 }
                 (None, Phase::Pending) => {
-                    slot.record.fail(&cancelled());
-                    slot.record.resume =
-                        slot.record.resume.take().and_then(ResumeState::landed_only);
-                    slot.record.clone()
+                    let mut record = slot.record.clone();
+                    record.fail(&cancelled());
+                    record.resume = record.resume.take().and_then(ResumeState::landed_only);
+                    journal.save(&record)?;
+                    slot.record = record.clone();
+                    record
                 }
                 (None, _) => return Ok(Some(slot.record.view())),
             }
         };
         self.discard(&record);
-        journal.save(&record)?;
         Ok(Some(record.view()))
     }
 
@@ -426,7 +429,8 @@ impl Inner {
                 });
             }
             // A failed task submitted again runs again, resuming from kept partial data.
-            let record = &mut slot.record;
+            // Shown as PENDING only once the journal holds it.
+            let mut record = slot.record.clone();
             record.payload = payload;
             record.phase = Phase::Pending;
             record.error_code = None;
@@ -436,8 +440,8 @@ impl Inner {
             record.started_ms = None;
             record.finished_ms = None;
             record.updated_ms = unix_millis_now();
-            let record = record.clone();
             blocking(|| journal.save(&record))?;
+            slot.record = record.clone();
             drop(state);
             self.submitted.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();

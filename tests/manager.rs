@@ -389,6 +389,38 @@ async fn an_outcome_the_journal_cannot_save_is_not_reported() {
     m.shutdown().await;
 }
 
+/// Cancelling a PENDING task whose CANCELLED the journal cannot save fails the call and
+/// leaves the task PENDING in the API too: after a restart it would run again otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_the_journal_cannot_save_is_not_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    server.put("/slow.bin", Resource::new(data(2 << 20)));
+    server.set_rate("/slow.bin", Some(256 * 1024));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    m.submit(&payload("t-run", &server.url("/slow.bin"), "run.bin"))
+        .unwrap();
+    m.submit(&payload("t-wait", &server.url("/slow.bin"), "wait.bin"))
+        .unwrap();
+    wait_for(&m, "t-run", |v| v.bytes_done > 0).await;
+    assert_eq!(m.describe("t-wait").unwrap().phase, Phase::Pending);
+    // A folder where the journal writes `t-wait.tmp` makes its saves fail (even for root).
+    let blocker = tmp.path().join("state/tasks/t-wait.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(
+        m.cancel("t-wait").await.is_err(),
+        "the cancel was not saved"
+    );
+    assert_eq!(m.describe("t-wait").unwrap().phase, Phase::Pending);
+    assert_eq!(journal_of(&tmp, "t-wait")["Phase"], "PENDING");
+    std::fs::remove_dir(&blocker).unwrap();
+    let view = m.cancel("t-wait").await.unwrap();
+    assert_eq!(view.phase, Phase::Cancelled);
+    assert_eq!(journal_of(&tmp, "t-wait")["Phase"], "CANCELLED");
+    m.cancel("t-run").await.unwrap();
+    m.shutdown().await;
+}
+
 /// A ClientToken names one task for good: a different TaskId (or request) under it is refused,
 /// also after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
