@@ -21,6 +21,7 @@ const EOCD_SIG: [u8; 4] = *b"PK\x05\x06";
 const LOCATOR_SIG: [u8; 4] = *b"PK\x06\x07";
 const LOCATOR_LEN: u64 = 20;
 const ZIP64_SIG: [u8; 4] = *b"PK\x06\x06";
+const CDFH_SIG: [u8; 4] = *b"PK\x01\x02";
 /// The fixed part of the ZIP64 end record.
 const ZIP64_LEN: usize = 56;
 /// The smallest central directory header (no name, extra field or comment).
@@ -133,6 +134,21 @@ pub fn check(file: &mut (impl Read + Seek), caps: Caps) -> Result<Directory, End
             dir.size, dir.offset
         )));
     }
+    // The `zip` crate gives up on an end record whose directory holds no header and falls
+    // back to an earlier one (which could declare a million entries): the directory must
+    // start with a header, so the record checked here is the one it uses.
+    if dir.entries == 0 {
+        return Err(malformed("it has no entries"));
+    }
+    let mut first = [0u8; 4];
+    file.seek(SeekFrom::Start(dir.offset))?;
+    file.read_exact(&mut first)?;
+    if first != CDFH_SIG {
+        return Err(malformed(format!(
+            "no central directory header at offset {}, where its end record says the directory starts",
+            dir.offset
+        )));
+    }
     Ok(dir)
 }
 
@@ -145,7 +161,9 @@ fn read_locator(file: &mut (impl Read + Seek), pos: u64) -> Result<Option<(u64, 
     if b[..4] != LOCATOR_SIG {
         return Ok(None);
     }
-    if u32_at(&b, 16) > 1 {
+    // The `zip` crate passes over a ZIP64 record whose disk disagrees with its locator and
+    // falls back to an earlier, unchecked end record: refuse it instead.
+    if u32_at(&b, 4) != 0 || u32_at(&b, 16) > 1 {
         return Err(malformed("its ZIP64 locator names several disks"));
     }
     let record = u64_at(&b, 8);

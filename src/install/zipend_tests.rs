@@ -161,3 +161,37 @@ fn a_stray_end_record_in_the_comment_is_the_one_checked() {
     zip.extend_from_slice(&comment);
     assert_eq!(check(&mut Cursor::new(&zip), CAPS).unwrap().entries, 2);
 }
+
+#[test]
+fn an_end_record_the_zip_crate_would_pass_over_is_refused() {
+    // The last record is a fake in the comment whose "directory" is junk: the `zip` crate
+    // finds no header there and falls back to the real record, so checking the fake alone
+    // would let the real one (which could declare a million entries) through unchecked.
+    let mut comment = vec![b'x'; MIN_HEADER as usize];
+    let zip = many_entries(3, false, b"");
+    let fake_pos = (zip.len() + comment.len()) as u64;
+    comment.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+    comment.extend_from_slice(&1u16.to_le_bytes());
+    comment.extend_from_slice(&1u16.to_le_bytes());
+    comment.extend_from_slice(&(MIN_HEADER as u32).to_le_bytes());
+    comment.extend_from_slice(&((fake_pos - MIN_HEADER) as u32).to_le_bytes());
+    comment.extend_from_slice(&0u16.to_le_bytes());
+    let zip = many_entries(3, false, &comment);
+    let err = check(&mut Cursor::new(&zip), CAPS).unwrap_err();
+    assert!(
+        matches!(&err, EndError::Malformed(m) if m.contains("no central directory header")),
+        "{err}"
+    );
+
+    // A ZIP64 locator naming another disk: the crate would pass over its record too.
+    let mut zip = many_entries(2, true, b"");
+    let locator = zip.len() - EOCD_LEN - LOCATOR_LEN as usize;
+    assert_eq!(zip[locator..locator + 4], LOCATOR_SIG);
+    zip[locator + 4..locator + 8].copy_from_slice(&1u32.to_le_bytes());
+    let err = check(&mut Cursor::new(&zip), CAPS).unwrap_err();
+    assert!(matches!(err, EndError::Malformed(_)), "{err}");
+
+    // No entries at all: nothing to anchor the record to.
+    let err = check(&mut Cursor::new(many_entries(0, false, b"")), CAPS).unwrap_err();
+    assert!(matches!(err, EndError::Malformed(_)), "{err}");
+}
