@@ -300,6 +300,10 @@ fn check_range(
         )
     } else if let Some(known) = known_size.filter(|k| size != Some(*k)) {
         format!("gives the object {} bytes instead of {known}", show(size))
+    } else if size.is_none() && asked.end.is_none() {
+        // `bytes 0-99/*` to `bytes=0-`: whether the object goes on past the body is unknown,
+        // and a short file would be taken for the whole one.
+        "names no object size, so whether the object ends there is unknown".to_string()
     } else {
         return Ok(());
     };

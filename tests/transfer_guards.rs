@@ -144,6 +144,51 @@ async fn a_range_answer_starting_elsewhere_is_refused_from_byte_zero() {
     }
 }
 
+/// `bytes 0-99/*` to an open-ended range: the object may go on past the body, so the body
+/// must not land as the whole file.
+#[tokio::test]
+async fn a_range_answer_naming_no_object_size_is_refused() {
+    for connections in [8, 1] {
+        let unknown = lie(0, 99, Some("bytes 0-99/*".into()));
+        let err = refused(connections, 1000, vec![unknown]).await;
+        assert_bad_range(&err, "names no object size");
+    }
+}
+
+/// The first answer (version A) dies before its first byte; the retry is answered by another
+/// version with a range nobody asked for. Version A must not outlive its body: the answer is
+/// checked like any other, and nothing of it is written.
+#[tokio::test]
+async fn another_version_before_the_first_byte_is_checked_not_spliced() {
+    let mut fx = fixture(1);
+    fx.config.retry.initial_backoff_ms = 400;
+    fx.config.retry.max_backoff_ms = 400;
+    let server = TestServer::start().await;
+    server.put("/v.bin", Resource::new(body(1000, 1)).etag(Some("\"A\"")));
+    server.push_fault("/v.bin", Fault::ResetAfter(0));
+    server.push_fault("/v.bin", lie(500, 999, Some("bytes 500-999/1000".into())));
+    let url = server.url("/v.bin");
+    let config = fx.config.clone();
+    let tmp = fx.tmp.path().to_path_buf();
+    let fetcher = tokio::spawn(async move {
+        let fx = Fixture {
+            tmp: tempfile::tempdir_in(tmp).unwrap(),
+            config,
+        };
+        fetch(&fx, &url, "v.bin").await
+    });
+    while server.hits("/v.bin") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.replace("/v.bin", Resource::new(body(1000, 2)).etag(Some("\"B\"")));
+    let err = fetcher
+        .await
+        .unwrap()
+        .expect_err("a body of bytes 500.. must not land at 0");
+    assert_bad_range(&err, "starts at byte 500 instead of 0");
+    assert_not_landed(&fx, "v.bin");
+}
+
 #[tokio::test]
 async fn a_range_answer_with_the_wrong_end_or_total_is_refused() {
     let short = lie(0, 499, Some("bytes 0-499/1000".into()));

@@ -125,12 +125,19 @@ async fn stream<O: Observer>(
         let same_validators = expect
             .as_ref()
             .is_none_or(|v| v.matches(&result.meta.validators));
-        if let (Some(asked), true) = (&asked, same_validators) {
-            check_range(asked, &result, total, &*job.source)?;
-            ctx.saw(&result.meta);
+        if let Some(asked) = &asked {
+            // Every answer to a request sent is checked; its size only against the same
+            // version (another version is a change, handled below).
+            let known = if same_validators { total } else { None };
+            check_range(asked, &result, known, &*job.source)?;
+            if same_validators {
+                ctx.saw(&result.meta);
+            }
         }
         let same_version = same_validators && (expect.is_none() || result.meta.size == total);
-        if have > 0 && (result.offset != have || !same_version) {
+        // Another version also when nothing is written yet: the version expected (and its
+        // size) must not outlive it, or its bytes would be taken for the old one's.
+        if (have > 0 && result.offset != have) || !same_version {
             // Never splice two versions: start over, reusing this body if it is the whole object.
             // Only another version counts as a change; a source that cannot resume is bounded
             // on its own.
@@ -156,6 +163,18 @@ async fn stream<O: Observer>(
             if result.offset != 0 {
                 continue;
             }
+        }
+        if result.offset != have {
+            // Unreachable by the rules above; a last guard against writing a body anywhere
+            // but where the staging file ends.
+            return Err(Error::new(
+                Code::SourceBadContentRange,
+                format!(
+                    "{} sent data from byte {} where byte {have} was needed; nothing of it was written",
+                    job.source.describe(),
+                    result.offset
+                ),
+            ));
         }
         if expect.is_none() {
             *resumable &= !result.meta.validators.is_empty();
