@@ -326,3 +326,36 @@ fn free_port(ip: Ipv4Addr) -> u16 {
     let udp = UdpSocket::bind((ip, 0)).unwrap();
     udp.local_addr().unwrap().port()
 }
+
+/// HTTP(S)_PROXY/ALL_PROXY in the environment are not used: a proxy would resolve names
+/// itself, past the address policy (and would receive the link's userinfo).
+#[test]
+fn proxy_variables_in_the_environment_are_not_used() {
+    let t = Target::new();
+    t.add_hosts("127.0.0.1 proxied.ferry.test");
+    let server = files();
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.local_addr().unwrap().port());
+    let url = format!("http://proxied.ferry.test:{}/x", server.addr().port());
+    let mut cmd = t.command();
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env(var, &proxy_url);
+    }
+    cmd.args(["fetch", "--quiet", "--url", &url])
+        .args(["--source-path", "/sdcard/Download/x.bin"]);
+    let out = cmd.output().expect("running ferry fetch");
+    assert_fetched(&t, &out);
+    assert_eq!(
+        proxy.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the proxy from the environment was used"
+    );
+}

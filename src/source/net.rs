@@ -35,8 +35,9 @@ fn v4_refused(v4: Ipv4Addr) -> bool {
 /// The IPv4 addresses an IPv6 address may stand for: IPv4-mapped `::ffff:a.b.c.d`,
 /// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96` and the local-use `64:ff9b:1::/48`
 /// (every RFC 6052 position, as the prefix length is the operator's choice), 6to4
-/// `2002:AABB:CCDD::/48`, and Teredo `2001:0::/32` (server in bits 32..64, client in bits
-/// 96..128 inverted).
+/// `2002:AABB:CCDD::/48`, Teredo `2001:0::/32` (server in bits 32..64, client in bits
+/// 96..128 inverted), SIIT's IPv4-translated `::ffff:0:a.b.c.d`, and ISATAP interface
+/// identifiers `…:0:5efe:a.b.c.d` / `…:200:5efe:a.b.c.d` under any prefix.
 pub fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     let o = v6.octets();
     let seg = v6.segments();
@@ -44,6 +45,12 @@ pub fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     let last = v4([o[12], o[13], o[14], o[15]]);
     let mut found = Vec::new();
     if seg[..5] == [0; 5] && (seg[5] == 0xffff || seg[5] == 0) {
+        found.push(last);
+    }
+    if seg[..4] == [0; 4] && seg[4] == 0xffff && seg[5] == 0 {
+        found.push(last);
+    }
+    if (seg[4] == 0 || seg[4] == 0x200) && seg[5] == 0x5efe {
         found.push(last);
     }
     if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
@@ -188,6 +195,9 @@ pub fn build_client(config: &Config) -> Result<reqwest::Client> {
         .read_timeout(http.read_idle_timeout())
         .redirect(reqwest::redirect::Policy::none())
         .referer(false)
+        // No HTTP(S)_PROXY/ALL_PROXY from the environment: a proxy would resolve names
+        // itself, past the address policy, and receive the link's userinfo.
+        .no_proxy()
         .tcp_nodelay(true)
         .dns_resolver(Arc::new(FilteringResolver {
             allow_link_local: config.allow_link_local,
@@ -262,6 +272,12 @@ mod tests {
             "2001:0:a9fe:a9fe::1",
             "2001:0:4136:e378:8000:63bf:5601:5637",
             "2001:0:4136:e378:0:0:9b9b:9b37",
+            // SIIT IPv4-translated.
+            "::ffff:0:a9fe:a9fe",
+            "::ffff:0:169.254.169.254",
+            // ISATAP interface identifiers under any prefix.
+            "2001:db8::5efe:a9fe:a9fe",
+            "fd00::200:5efe:169.254.169.254",
         ] {
             assert!(refused(ip), "{ip}");
         }
@@ -274,6 +290,8 @@ mod tests {
             "2002:808:808::1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "2001:db8::a9fe:a9fe",
+            "2001:db8::5efe:808:808",
+            "::ffff:0:808:808",
         ] {
             assert!(!refused(ip), "{ip}");
         }
