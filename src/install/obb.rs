@@ -87,4 +87,51 @@ mod tests {
         assert_ne!(a, crate::runner::staging_name("T-1"));
         assert!(crate::paths::check_final_name(&a).is_err());
     }
+
+    /// Something planted at the staging name (a FIFO would block while the install lock is
+    /// held) is removed, never opened; the expansion still lands.
+    #[test]
+    fn a_fifo_planted_at_the_obb_staging_name_does_not_block() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config {
+            device_root: Some(tmp.path().to_path_buf()),
+            ..Config::default()
+        };
+        let folder = tmp.path().join("sdcard/Android/obb/com.x");
+        std::fs::create_dir_all(&folder).unwrap();
+        nix::unistd::mkfifo(
+            &folder.join(staging_name("t-1")),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let bundle_path = tmp.path().join("bundle.zip");
+        let mut w = zip::ZipWriter::new(File::create(&bundle_path).unwrap());
+        w.start_file("main.obb", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(b"obb data").unwrap();
+        w.finish().unwrap();
+        let expansions = vec![Expansion {
+            index: 0,
+            entry: "main.obb".into(),
+            name: "main.1.com.x.obb".into(),
+            size: 8,
+            compressed: 8,
+        }];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let bundle = File::open(&bundle_path).unwrap();
+            let _ = tx.send(place(&config, "t-1", "com.x", bundle, &expansions));
+        });
+        let placed = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("placing the OBB blocked on the planted FIFO")
+            .unwrap();
+        assert_eq!(placed, ["/sdcard/Android/obb/com.x/main.1.com.x.obb"]);
+        assert_eq!(
+            std::fs::read(folder.join("main.1.com.x.obb")).unwrap(),
+            b"obb data"
+        );
+        assert!(!folder.join(staging_name("t-1")).exists());
+    }
 }
