@@ -1,14 +1,15 @@
 //! Sending an OSS folder: which objects land where, decided before a single byte is written.
 //!
 //! Every key under the prefix must map to a safe relative path (no `..`, `.`, empty segment,
-//! control character, over-long name, ferry's own staging names, or a name that is both a
-//! file and a folder); one bad key refuses the whole folder, so a hostile listing can never
+//! control character, over-long name, ferry's own staging names, two keys naming one file or
+//! a name that is both a file and a folder, names compared ignoring case as /sdcard does);
+//! one bad key refuses the whole folder, so a hostile listing can never
 //! leave half a folder behind.
 
 use crate::error::{Code, Error, Result};
 use crate::paths::check_final_name;
 use crate::source::oss::ListedObject;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// One object of the folder and where it goes, relative to the target folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +58,23 @@ pub fn plan(prefix: &str, listed: Vec<ListedObject>, shown: &str) -> Result<Vec<
         }
     }
     entries.sort_by(|a, b| a.key.cmp(&b.key));
-    let files: BTreeSet<String> = entries.iter().map(FolderEntry::relative_path).collect();
+    // /sdcard compares names ignoring case: `X.apk` and `x.apk` are one file there, and `B`
+    // is the folder `b/`. So clashes are found on case-folded paths, before anything is written.
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for entry in &entries {
+        let folded = entry.relative_path().to_lowercase();
+        match files.get(&folded) {
+            Some(first) => refused.push((
+                entry.key.clone(),
+                format!(
+                    "it lands on the same file as {first:?} (names are compared ignoring case)"
+                ),
+            )),
+            None => {
+                files.insert(folded, entry.key.clone());
+            }
+        }
+    }
     for entry in &entries {
         let mut path = String::new();
         for dir in &entry.dirs {
@@ -65,10 +82,13 @@ pub fn plan(prefix: &str, listed: Vec<ListedObject>, shown: &str) -> Result<Vec<
                 path.push('/');
             }
             path.push_str(dir);
-            if files.contains(&path) {
+            if let Some(file) = files.get(&path.to_lowercase()) {
                 refused.push((
                     entry.key.clone(),
-                    format!("{path} is also an object, so it cannot be a folder too"),
+                    format!(
+                        "{path} is also the object {file:?} (names are compared ignoring case), \
+                         so it cannot be a folder too"
+                    ),
                 ));
                 break;
             }
@@ -179,6 +199,27 @@ mod tests {
     fn a_name_that_is_both_file_and_folder_is_refused() {
         let err = plan("p/", vec![obj("p/a", 1), obj("p/a/b", 1)], "s").unwrap_err();
         assert_eq!(err.code, Code::SourceUnsafeObjectKey);
+    }
+
+    #[test]
+    fn keys_differing_only_in_case_are_refused_naming_both() {
+        let err = plan("p/", vec![obj("p/X.apk", 1), obj("p/x.apk", 1)], "s").unwrap_err();
+        assert_eq!(err.code, Code::SourceUnsafeObjectKey);
+        assert!(err.message.contains("\"p/X.apk\""), "{}", err.message);
+        assert!(err.message.contains("\"p/x.apk\""), "{}", err.message);
+        let err = plan("p/", vec![obj("p/B", 1), obj("p/b/c", 1)], "s").unwrap_err();
+        assert_eq!(err.code, Code::SourceUnsafeObjectKey);
+        assert!(err.message.contains("\"p/B\""), "{}", err.message);
+        assert!(err.message.contains("\"p/b/c\""), "{}", err.message);
+        let err = plan("p/", vec![obj("p/Ä/x", 1), obj("p/ä", 1)], "s").unwrap_err();
+        assert_eq!(err.code, Code::SourceUnsafeObjectKey);
+        // Folders differing in case are one folder; distinct files in it are fine.
+        assert_eq!(
+            plan("p/", vec![obj("p/D/x", 1), obj("p/d/y", 1)], "s")
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

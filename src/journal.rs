@@ -3,7 +3,7 @@
 //! record, never a torn one. Files are 0600: a record may hold STS credentials for resume.
 
 use crate::error::{Code, Error, Result};
-use crate::paths::{check_file_name, is_reserved, DevicePath};
+use crate::paths::{check_file_name, check_final_name, is_reserved, DevicePath};
 use crate::payload;
 use crate::task::TaskRecord;
 use std::fs::{self, File, OpenOptions};
@@ -21,8 +21,13 @@ impl Journal {
     /// `*.corrupt`, and readable ones that break a rule of intake (a TaskId that could walk
     /// out of `tasks/`, a record filed under another task's name, a path intake refuses) as
     /// `*.bad`, each with a warning rather than stopping the daemon. No set-aside record is
-    /// ever used to build a path.
-    pub fn open(state_dir: &Path) -> Result<(Journal, Vec<TaskRecord>)> {
+    /// ever used to build a path. Landed paths (result files, a folder's landed objects) must
+    /// lie inside `allowed_roots` (the configured ones) with no staging name on the way.
+    pub fn open(state_dir: &Path, allowed_roots: &[String]) -> Result<(Journal, Vec<TaskRecord>)> {
+        let allowed: Vec<DevicePath> = allowed_roots
+            .iter()
+            .filter_map(|r| DevicePath::parse(r).ok())
+            .collect();
         let dir = state_dir.join("tasks");
         fs::create_dir_all(&dir).map_err(|e| Error::io("creating journal folder", &dir, &e))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
@@ -47,7 +52,7 @@ impl Journal {
                 .and_then(|bytes| {
                     serde_json::from_slice::<TaskRecord>(&bytes).map_err(|e| e.to_string())
                 }) {
-                Ok(record) => match check_record(&record, &path) {
+                Ok(record) => match check_record(&record, &path, &allowed) {
                     Ok(()) => records.push(record),
                     Err(why) => {
                         tracing::warn!(path = %path.display(), %why, "invalid task record set aside as .bad");
@@ -104,7 +109,11 @@ impl Journal {
 
 /// Why a loaded record must not be used, if it must not: every field that names a file is
 /// checked with intake's rules, and the record must be filed under its own TaskId.
-fn check_record(record: &TaskRecord, file: &Path) -> std::result::Result<(), String> {
+fn check_record(
+    record: &TaskRecord,
+    file: &Path,
+    allowed: &[DevicePath],
+) -> std::result::Result<(), String> {
     payload::check_task_id(&record.task_id).map_err(|e| e.message)?;
     let stem = file
         .file_stem()
@@ -131,11 +140,28 @@ fn check_record(record: &TaskRecord, file: &Path) -> std::result::Result<(), Str
             return Err(format!("its staging name {name:?} is not a staging name"));
         }
         for done in &resume.folder_done {
-            DevicePath::parse(&done.file.path).map_err(|why| format!("a landed file: {why}"))?;
+            check_landed(&done.file.path, allowed)
+                .map_err(|why| format!("a landed file: {why}"))?;
         }
     }
     for file in record.result.iter().flat_map(|r| &r.files) {
-        DevicePath::parse(&file.path).map_err(|why| format!("a result file: {why}"))?;
+        check_landed(&file.path, allowed).map_err(|why| format!("a result file: {why}"))?;
+    }
+    Ok(())
+}
+
+/// A path a task says it landed a file at: absolute, every component a final name (never a
+/// staging file), strictly inside one of `allowed`.
+fn check_landed(text: &str, allowed: &[DevicePath]) -> std::result::Result<(), String> {
+    let path = DevicePath::parse(text)?;
+    for name in path.components() {
+        check_final_name(name).map_err(|why| format!("{text:?}: component {name:?}: {why}"))?;
+    }
+    let inside = allowed
+        .iter()
+        .any(|root| path.starts_with(root) && path.components().len() > root.components().len());
+    if !inside {
+        return Err(format!("{text:?} is not inside an allowed root"));
     }
     Ok(())
 }
@@ -143,13 +169,20 @@ fn check_record(record: &TaskRecord, file: &Path) -> std::result::Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn roots() -> Vec<String> {
+        crate::config::ANDROID_ROOTS
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
+    }
     use crate::payload::TaskPayload;
     use crate::task::Phase;
 
     #[test]
     fn saves_loads_and_sets_aside_corrupt_records() {
         let tmp = tempfile::tempdir().unwrap();
-        let (journal, records) = Journal::open(tmp.path()).unwrap();
+        let (journal, records) = Journal::open(tmp.path(), &roots()).unwrap();
         assert!(records.is_empty());
         let payload = TaskPayload {
             source_file_path: "/sdcard/Download/a.bin".into(),
@@ -167,7 +200,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         fs::write(tmp.path().join("tasks/t-2.json"), b"{not json").unwrap();
         fs::write(tmp.path().join("tasks/t-3.tmp"), b"half").unwrap();
-        let (_, records) = Journal::open(tmp.path()).unwrap();
+        let (_, records) = Journal::open(tmp.path(), &roots()).unwrap();
         assert_eq!(records, vec![rec]);
         assert!(tmp.path().join("tasks/t-2.corrupt").exists());
         assert!(!tmp.path().join("tasks/t-3.tmp").exists());
@@ -179,7 +212,7 @@ mod tests {
     #[test]
     fn planted_records_with_unsafe_fields_are_set_aside_and_never_written_through() {
         let tmp = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(tmp.path()).unwrap();
+        let (journal, _) = Journal::open(tmp.path(), &roots()).unwrap();
         let good = TaskPayload {
             source_file_path: "/sdcard/Download/a.bin".into(),
             upload_type: "DOWNLOAD_URL".into(),
@@ -225,7 +258,7 @@ mod tests {
         let mut other_id = good.clone();
         other_id.task_id = Some("t-ok".into());
         plant("t-mixed.json", "t-mixed", other_id, None);
-        let (journal, records) = Journal::open(tmp.path()).unwrap();
+        let (journal, records) = Journal::open(tmp.path(), &roots()).unwrap();
         assert_eq!(records, vec![ok]);
         for bad in ["escape", "other", "t-path", "t-stage", "t-name", "t-mixed"] {
             let aside = tmp.path().join(format!("tasks/{bad}.bad"));
@@ -238,6 +271,63 @@ mod tests {
         assert_eq!(journal.save(&escape).unwrap_err().code, Code::InvalidTaskId);
         assert!(journal.remove("../x").is_err());
         assert!(!tmp.path().parent().unwrap().join("x.json").exists());
+    }
+
+    /// A landed path read back must be one ferry could have written: AutoInstall reads it.
+    #[test]
+    fn landed_paths_outside_the_roots_or_on_staging_names_are_set_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(tmp.path(), &roots()).unwrap();
+        let payload = TaskPayload {
+            source_file_path: "/sdcard/Download/a.bin".into(),
+            upload_type: "DOWNLOAD_URL".into(),
+            upload_url: "https://example.com/a.bin".into(),
+            ..TaskPayload::default()
+        };
+        let file = |path: &str| crate::task::FileResult {
+            path: path.into(),
+            size: 1,
+            sha256: String::new(),
+            content_encoding: None,
+        };
+        let cases = [
+            ("ok", "/sdcard/Download/a.bin"),
+            ("outside", "/data/data/com.victim/secret.db"),
+            ("root", "/sdcard"),
+            ("staging", "/sdcard/Download/.ferry-t2-0123456789ab.part"),
+            ("staged-dir", "/sdcard/.FERRY-x/a.bin"),
+        ];
+        for (id, path) in cases {
+            let mut rec = TaskRecord::new(format!("r-{id}"), payload.clone(), vec![]);
+            rec.phase = Phase::Success;
+            rec.result = Some(crate::task::TaskResult {
+                files: vec![file(path)],
+                install: None,
+                notes: vec![],
+            });
+            journal.save(&rec).unwrap();
+            let mut rec = TaskRecord::new(format!("f-{id}"), payload.clone(), vec![]);
+            rec.phase = Phase::Running;
+            rec.resume = Some(crate::task::ResumeState {
+                folder_done: vec![crate::task::DoneObject {
+                    key: "p/a.bin".into(),
+                    etag: "e".into(),
+                    file: file(path),
+                }],
+                ..Default::default()
+            });
+            journal.save(&rec).unwrap();
+        }
+        let (_, records) = Journal::open(tmp.path(), &roots()).unwrap();
+        let mut kept: Vec<&str> = records.iter().map(|r| r.task_id.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, ["f-ok", "r-ok"]);
+        for (id, _) in &cases[1..] {
+            for kind in ["r", "f"] {
+                let aside = tmp.path().join(format!("tasks/{kind}-{id}.bad"));
+                assert!(aside.exists(), "{kind}-{id} was not set aside");
+            }
+        }
     }
 
     /// Records written by earlier builds must keep loading (STYLE: keep old journal files).
@@ -254,7 +344,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (_, records) = Journal::open(tmp.path()).unwrap();
+        let (_, records) = Journal::open(tmp.path(), &roots()).unwrap();
         assert_eq!(records.len(), 3);
         // Written before AutoInstall worked: the install result reads back as it was.
         let old = records

@@ -141,7 +141,7 @@ impl Manager {
                 .map_err(|e| Error::io("creating state folder", &state_dir, &e))?;
             // Unpacked bundles of installs a crash interrupted: they start over.
             install::clean_stale(&for_cleanup);
-            Journal::open(&state_dir)
+            Journal::open(&state_dir, &for_cleanup.allowed_roots)
         })
         .await
         .map_err(|e| Error::new(Code::Internal, format!("opening the journal: {e}")))??;

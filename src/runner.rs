@@ -411,7 +411,9 @@ async fn entry_dir(
     open_folder(roots, path).await
 }
 
-/// An object landed by an earlier run of this task, unchanged since and still in place.
+/// An object landed by an earlier run of this task, unchanged since and still in place. The
+/// stored path is not trusted: it must be the very path this entry lands at (the folder's
+/// path, its sub-folders, its name), else the object is fetched again.
 fn still_done<'a>(
     done: &'a [DoneObject],
     entry: &FolderEntry,
@@ -423,6 +425,14 @@ fn still_done<'a>(
     let Some(done) = done.iter().find(|d| d.key == entry.key && d.etag == etag) else {
         return Ok(None);
     };
+    if done.file.path != final_dir.device_path().join(&entry.name).to_string() {
+        tracing::warn!(
+            key = entry.key,
+            stored = done.file.path,
+            "a landed object's recorded path is not where it lands; fetching it again"
+        );
+        return Ok(None);
+    }
     Ok(
         (final_dir.entry(&entry.name)? == Entry::File && done.file.size == entry.size)
             .then_some(done),
@@ -647,6 +657,46 @@ mod tests {
         // A bridged name may not be another task's staging file either.
         assert_eq!(link_file_name(&url("https://x/.FERRY-t1.part")), None);
         assert_eq!(link_file_name(&url("https://x/%2Eferry-t1.part")), None);
+    }
+
+    /// A recorded landed object counts as done only at the path its entry lands at: an edited
+    /// record must not make AutoInstall read some other file.
+    #[test]
+    fn a_landed_object_recorded_at_another_path_is_fetched_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Roots::new(Some(tmp.path().to_path_buf()), &["/sdcard".to_string()]).unwrap();
+        let dir = roots
+            .open_dir(&DevicePath::parse("/sdcard/Download/p/sub").unwrap(), true)
+            .unwrap();
+        std::fs::write(tmp.path().join("sdcard/Download/p/sub/a.apk"), b"x").unwrap();
+        std::fs::write(tmp.path().join("sdcard/Download/other.apk"), b"y").unwrap();
+        let entry = FolderEntry {
+            key: "p/sub/a.apk".into(),
+            dirs: vec!["sub".into()],
+            name: "a.apk".into(),
+            size: 1,
+            etag: Some("e".into()),
+        };
+        let done_at = |path: &str| DoneObject {
+            key: entry.key.clone(),
+            etag: "e".into(),
+            file: FileResult {
+                path: path.into(),
+                size: 1,
+                sha256: String::new(),
+                content_encoding: None,
+            },
+        };
+        let right = [done_at("/sdcard/Download/p/sub/a.apk")];
+        assert_eq!(still_done(&right, &entry, &dir).unwrap(), Some(&right[0]));
+        for wrong in [
+            "/sdcard/Download/other.apk",
+            "/sdcard/Download/p/a.apk",
+            "/data/data/x/a.apk",
+        ] {
+            let done = [done_at(wrong)];
+            assert_eq!(still_done(&done, &entry, &dir).unwrap(), None, "{wrong}");
+        }
     }
 
     /// Android's /sdcard ignores case: TaskIds `T1` and `t1` must not share a staging file.

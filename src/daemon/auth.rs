@@ -41,6 +41,10 @@ pub fn load_or_create_token(state_dir: &Path) -> Result<String> {
     let mut file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return write_new_token(&path),
+        // A directory opened read-only succeeds on Linux; EISDIR et al. are handled here too.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EISDIR) => {
+            return move_aside_and_replace(&path, "is a directory")
+        }
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
             return replace_untrusted(&path, "is a symbolic link")
         }
@@ -49,6 +53,10 @@ pub fn load_or_create_token(state_dir: &Path) -> Result<String> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io("inspecting the API token file", &path, &e))?;
+    if !meta.file_type().is_file() {
+        drop(file);
+        return move_aside_and_replace(&path, "is not a regular file");
+    }
     if let Some(why) = untrusted(&meta) {
         return replace_untrusted(&path, &why);
     }
@@ -94,6 +102,25 @@ fn replace_untrusted(path: &Path, why: &str) -> Result<String> {
         "the API token file {} {why}; it is replaced by a new token (clients read the new file, \
          FERRY_TOKEN users must update it)",
         path.display()
+    );
+    write_new_token(path)
+}
+
+/// Something that is not a regular file (a directory, a FIFO, a socket) sits at the token
+/// path: `rename` cannot replace a directory, so it is first moved aside to
+/// `token.bad-<unix time>` (kept for a person to inspect), then a fresh token is written.
+fn move_aside_and_replace(path: &Path, why: &str) -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = path.with_file_name(format!("{TOKEN_FILE}.bad-{now}"));
+    std::fs::rename(path, &aside)
+        .map_err(|e| Error::io("moving aside what sits at the API token path", path, &e))?;
+    warn!(
+        "the API token path {} {why}; it was moved to {} and a new token file made",
+        path.display(),
+        aside.display()
     );
     write_new_token(path)
 }
@@ -268,6 +295,31 @@ mod tests {
         .expect("chown the token file to another uid (needs root)");
         let token = load_or_create_token(dir.path()).unwrap();
         assert_fresh_private_token(&path, &token, "abc");
+    }
+
+    #[test]
+    fn directory_or_fifo_at_token_path_is_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_path(dir.path());
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), "x").unwrap();
+        let token = load_or_create_token(dir.path()).unwrap();
+        assert_fresh_private_token(&path, &token, "");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{TOKEN_FILE}.bad-")))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert!(dir.path().join(&aside[0]).join("inside").is_file());
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), token);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_path(dir.path());
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let token = load_or_create_token(dir.path()).unwrap();
+        assert_fresh_private_token(&path, &token, "");
     }
 
     #[test]

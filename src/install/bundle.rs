@@ -288,12 +288,16 @@ fn xapk_contents(
             (entry.size(), entry.compressed_size())
         };
         let target = exp.install_path.as_deref().unwrap_or(&exp.file);
+        // Every component as a final name: an expansion named `.ferry-…` would land on
+        // another task's staging file.
+        for component in target.split('/') {
+            crate::paths::check_final_name(component).map_err(|why| {
+                BundleError::XapkManifest(format!(
+                    "expansion {target:?}: component {component:?}: {why}"
+                ))
+            })?;
+        }
         let name = target.rsplit('/').next().unwrap_or_default().to_string();
-        crate::paths::check_file_name(&name).map_err(|why| {
-            BundleError::XapkManifest(format!(
-                "expansion {target:?} has no usable file name: {why}"
-            ))
-        })?;
         expansions.push(Expansion {
             index,
             entry: exp.file.clone(),

@@ -106,6 +106,32 @@ fn xapk_manifest_names_the_apks_and_the_expansions() {
 }
 
 #[test]
+fn expansion_install_paths_with_staging_or_unsafe_names_are_refused() {
+    for target in [
+        "Android/obb/com.x/.ferry-t2-0123456789ab.part",
+        "Android/obb/com.x/.FERRY-t2.obb.part",
+        "Android/obb/.ferry-x/main.obb",
+        "Android/obb/../x/main.obb",
+        "Android/obb/com.x/",
+    ] {
+        let manifest = format!(
+            r#"{{"package_name":"com.x","split_apks":[{{"file":"base.apk"}}],
+                "expansions":[{{"file":"main.obb","install_path":{target:?}}}]}}"#
+        );
+        let mut case = Case::new(&zip_bytes(&[
+            ("manifest.json", manifest.as_bytes()),
+            ("base.apk", b"base"),
+            ("main.obb", b"data"),
+        ]));
+        let err = case.unpack(&InstallConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, BundleError::XapkManifest(_)),
+            "{target}: {err}"
+        );
+    }
+}
+
+#[test]
 fn zip_slip_entries_refuse_the_bundle_before_anything_is_written() {
     for evil in [
         "../../../data/local/evil.apk",

@@ -36,13 +36,14 @@ pub fn place(
     }
     let mut zip = super::apk::open_zip(bundle, super::apk::caps(&config.install))
         .map_err(|e| Error::new(Code::StorageIo, format!("re-reading the bundle: {e}")))?;
-    let staging = format!(".ferry-{task_id}.obb.part");
+    let staging = staging_name(task_id);
     let mut placed = Vec::with_capacity(expansions.len());
     for exp in expansions {
-        dir.remove(&staging)?;
-        let mut out = dir
-            .open_file(&staging, true)?
-            .expect("created when missing");
+        // Never written through: whatever sits under the name that ferry did not make is
+        // removed, and a fresh file created with O_EXCL (see `Dir::open_staging`).
+        let mut out = dir.open_staging(&staging)?;
+        out.set_len(0)
+            .map_err(|e| Error::io("emptying", &dir.host_path(&staging), &e))?;
         let copied = bundle::copy_entry(&mut zip, exp.index, &exp.entry, exp.size, &mut out);
         let outcome = copied
             .map_err(|e| match e {
@@ -57,9 +58,80 @@ pub fn place(
             let _ = dir.remove(&staging);
             return Err(e);
         }
-        dir.rename(&staging, &exp.name)?;
-        dir.sync()?;
+        crate::sink::commit(&dir, &staging, &exp.name)?;
         placed.push(folder.join(&exp.name).to_string());
     }
     Ok(placed)
+}
+
+/// The staging name of a task's expansion files: the task's case-unique staging name with
+/// `.obb` before `.part`, so it still starts with the reserved prefix yet never meets the
+/// staging file of the task's own download.
+fn staging_name(task_id: &str) -> String {
+    let name = crate::runner::staging_name(task_id);
+    let stem = name.strip_suffix(".part").unwrap_or(&name);
+    format!("{stem}.obb.part")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obb_staging_name_is_reserved_case_unique_and_not_the_download_staging_name() {
+        let a = staging_name("T-1");
+        let b = staging_name("t-1");
+        assert!(crate::paths::is_reserved(&a), "{a}");
+        assert!(a.ends_with(".obb.part"), "{a}");
+        assert_ne!(a.to_lowercase(), b.to_lowercase());
+        assert_ne!(a, crate::runner::staging_name("T-1"));
+        assert!(crate::paths::check_final_name(&a).is_err());
+    }
+
+    /// Something planted at the staging name (a FIFO would block while the install lock is
+    /// held) is removed, never opened; the expansion still lands.
+    #[test]
+    fn a_fifo_planted_at_the_obb_staging_name_does_not_block() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config {
+            device_root: Some(tmp.path().to_path_buf()),
+            ..Config::default()
+        };
+        let folder = tmp.path().join("sdcard/Android/obb/com.x");
+        std::fs::create_dir_all(&folder).unwrap();
+        nix::unistd::mkfifo(
+            &folder.join(staging_name("t-1")),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let bundle_path = tmp.path().join("bundle.zip");
+        let mut w = zip::ZipWriter::new(File::create(&bundle_path).unwrap());
+        w.start_file("main.obb", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(b"obb data").unwrap();
+        w.finish().unwrap();
+        let expansions = vec![Expansion {
+            index: 0,
+            entry: "main.obb".into(),
+            name: "main.1.com.x.obb".into(),
+            size: 8,
+            compressed: 8,
+        }];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let bundle = File::open(&bundle_path).unwrap();
+            let _ = tx.send(place(&config, "t-1", "com.x", bundle, &expansions));
+        });
+        let placed = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("placing the OBB blocked on the planted FIFO")
+            .unwrap();
+        assert_eq!(placed, ["/sdcard/Android/obb/com.x/main.1.com.x.obb"]);
+        assert_eq!(
+            std::fs::read(folder.join("main.1.com.x.obb")).unwrap(),
+            b"obb data"
+        );
+        assert!(!folder.join(staging_name("t-1")).exists());
+    }
 }
