@@ -335,3 +335,25 @@ fn oss_endpoint_at_a_refused_address_is_address_not_allowed() {
         );
     }
 }
+
+/// A server whose listing never ends (always "truncated", the same continuation token, or
+/// empty pages) must not hold the task forever: the listing stops with a clear error.
+#[test]
+fn oss_listing_that_never_ends_fails_instead_of_looping() {
+    let t = phone();
+    let d = t.daemon(&[]);
+    let endless = list_objects_v2_xml(BUCKET, "send/f/", &[("send/f/a.bin", 3)]).replace(
+        "<IsTruncated>false</IsTruncated>",
+        "<IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken>",
+    );
+    let http = TestServer::start_blocking();
+    http.put("/", Resource::new(endless.into_bytes()));
+    let view = d.run_task(
+        &stand_in_payload("t-endless", &http, "send/f/", "/sdcard/Download/endless"),
+        TASK_TIMEOUT,
+    );
+    assert_failed(&view, "Source.S3Error");
+    let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+    assert!(msg.contains("same continuation token twice"), "{msg}");
+    assert!(files_under(&t.host("/sdcard/Download/endless")).is_empty());
+}

@@ -93,7 +93,19 @@ impl OssClient {
         let shown = format!("oss://{bucket}/{prefix}");
         let mut objects = Vec::new();
         let mut token: Option<String> = None;
+        let mut seen_tokens = std::collections::HashSet::new();
+        // A listing of `max` objects takes at most this many pages; a server that keeps
+        // answering "truncated" (empty pages, a token it already gave) would loop forever.
+        let max_pages = max / page_size.max(1) as usize + 2;
+        let mut pages = 0usize;
         loop {
+            pages += 1;
+            if pages > max_pages {
+                return Err(SourceError::permanent(
+                    Code::SourceS3Error,
+                    format!("{shown}: the listing did not end after {max_pages} pages of at most {page_size} keys, although oss.max_folder_objects is {max}; the server's paging is broken"),
+                ));
+            }
             let page = self
                 .s3
                 .list_objects_v2()
@@ -119,7 +131,15 @@ impl OssClient {
                 }
             }
             match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                Some(next) if page.is_truncated() == Some(true) => {
+                    if !seen_tokens.insert(next.to_string()) {
+                        return Err(SourceError::permanent(
+                            Code::SourceS3Error,
+                            format!("{shown}: the listing gave the same continuation token twice; the server's paging is broken"),
+                        ));
+                    }
+                    token = Some(next.to_string());
+                }
                 _ => break,
             }
         }
