@@ -318,14 +318,29 @@ async fn send_folder<O: Observer>(
     observer: &O,
 ) -> Result<Vec<FileResult>> {
     let shown = format!("oss://{}/{}", object.bucket, object.key);
+    // The listing runs before any transfer (and its low-speed watch): bounded by the retry
+    // budget, or by transfer.deadline_secs when that is shorter, so a server that drips its
+    // listing cannot hold the task slot for ever.
+    let budget = ctx.config.retry.budget_secs;
+    let limit = match ctx.config.transfer.deadline_secs {
+        0 => budget,
+        deadline => deadline.min(budget),
+    };
+    let listing = client.list(
+        &object.bucket,
+        &object.key,
+        ctx.config.oss.list_page_size,
+        ctx.config.oss.max_folder_objects,
+    );
     let listed = tokio::select! {
         _ = ctx.cancel.cancelled() => return Err(Error::new(Code::Cancelled, "the task was stopped")),
-        r = client.list(
-            &object.bucket,
-            &object.key,
-            ctx.config.oss.list_page_size,
-            ctx.config.oss.max_folder_objects,
-        ) => r.map_err(Error::from)?,
+        r = tokio::time::timeout(Duration::from_secs(limit), listing) => match r {
+            Ok(listed) => listed.map_err(Error::from)?,
+            Err(_) => return Err(Error::new(
+                Code::NetworkTimeout,
+                format!("listing {shown} took longer than {limit} s (retry.budget_secs, or transfer.deadline_secs when shorter); nothing of the folder was written"),
+            )),
+        },
     };
     let entries = folder::plan(&object.key, listed, &shown)?;
     let base = match rename {

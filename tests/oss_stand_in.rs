@@ -357,3 +357,25 @@ fn oss_listing_that_never_ends_fails_instead_of_looping() {
     assert!(msg.contains("same continuation token twice"), "{msg}");
     assert!(files_under(&t.host("/sdcard/Download/endless")).is_empty());
 }
+
+/// A listing dripped a few bytes a second (never idle, never done) ends at the retry budget
+/// as `Network.Timeout`, before anything of the folder is written.
+#[test]
+fn oss_listing_dripped_slowly_ends_at_the_retry_budget() {
+    let t = phone();
+    t.write("/data/local/tmp/ferry.toml", "[retry]\nbudget_secs = 2\n");
+    let config = t.arg("/data/local/tmp/ferry.toml");
+    let d = t.daemon(&["--config", config.to_str().unwrap()]);
+    let xml = list_objects_v2_xml(BUCKET, "send/f/", &[("send/f/a.bin", 3)]);
+    let http = TestServer::start_blocking();
+    http.put("/", Resource::new(xml.into_bytes()));
+    http.set_rate("/", Some(20));
+    let view = d.run_task(
+        &stand_in_payload("t-drip-list", &http, "send/f/", "/sdcard/Download/drip"),
+        TASK_TIMEOUT,
+    );
+    assert_failed(&view, "Network.Timeout");
+    let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+    assert!(msg.contains("took longer than 2 s"), "{msg}");
+    assert!(files_under(&t.host("/sdcard/Download/drip")).is_empty());
+}
