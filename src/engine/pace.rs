@@ -7,13 +7,14 @@
 //! fewer than `low_speed_limit_bytes_s` times that window, or when the deadline passed. The
 //! speed is the whole transfer's, so one slow connection of a parallel transfer does not end
 //! it while the others flow (that connection is asked again, see [`PartPace`]). A retry wait
-//! of the single stream holds the check and starts a new window after it: waiting is the
-//! retry budget's business.
+//! of the single stream does not count: the window is measured in time spent fetching, so a
+//! source that sends a byte, resets, and is retried over and over still fills a window and
+//! fails, while the wait itself is the retry budget's business.
 
 use crate::config::Config;
 use crate::error::{Code, Error};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -25,8 +26,9 @@ pub(super) struct Pace {
     deadline: Option<Duration>,
     started: Instant,
     received: AtomicU64,
-    /// Retry waits going on: while any is, the window starts again at every sample.
-    paused: AtomicUsize,
+    /// Retry waits going on, and when the first of them began: that time is taken out of
+    /// the window when the last one ends.
+    pauses: Mutex<(usize, Option<Instant>)>,
     /// (when, bytes received by then), oldest first, covering at least the last window.
     samples: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -50,7 +52,7 @@ impl Pace {
             deadline: (config.deadline_secs > 0).then(|| Duration::from_secs(config.deadline_secs)),
             started: now,
             received: AtomicU64::new(0),
-            paused: AtomicUsize::new(0),
+            pauses: Mutex::new((0, None)),
             samples: Mutex::new(VecDeque::from([(now, 0)])),
         }
     }
@@ -60,18 +62,39 @@ impl Pace {
         self.received.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Holds the low-speed check while the guard lives (a retry wait); a new window starts
-    /// when it ends.
+    /// Holds the low-speed check while the guard lives (a retry wait); the time it lasted
+    /// is taken out of the window when it ends.
     pub fn pause(&self) -> Paused<'_> {
-        self.paused.fetch_add(1, Ordering::Relaxed);
+        self.pause_at(Instant::now());
         Paused(self)
     }
 
-    fn restart_window_at(&self, now: Instant) {
-        let received = self.received.load(Ordering::Relaxed);
-        let mut samples = self.samples.lock().expect("pace samples");
-        samples.clear();
-        samples.push_back((now, received));
+    fn pause_at(&self, now: Instant) {
+        let mut pauses = self.pauses.lock().expect("pace pauses");
+        if pauses.0 == 0 {
+            pauses.1 = Some(now);
+        }
+        pauses.0 += 1;
+    }
+
+    /// The last wait ended at `now`: every sample moves forward by the time waited, so the
+    /// window keeps the bytes and the time of fetching, not of waiting.
+    fn resume_at(&self, now: Instant) {
+        let mut pauses = self.pauses.lock().expect("pace pauses");
+        pauses.0 = pauses.0.saturating_sub(1);
+        if pauses.0 > 0 {
+            return;
+        }
+        if let Some(start) = pauses.1.take() {
+            let waited = now.saturating_duration_since(start);
+            for sample in self.samples.lock().expect("pace samples").iter_mut() {
+                sample.0 += waited;
+            }
+        }
+    }
+
+    fn is_paused(&self) -> bool {
+        self.pauses.lock().expect("pace pauses").0 > 0
     }
 
     /// Resolves when the transfer must stop: too slow, or past its deadline.
@@ -98,8 +121,7 @@ impl Pace {
         if self.limit == 0 {
             return None;
         }
-        if self.paused.load(Ordering::Relaxed) > 0 {
-            self.restart_window_at(now);
+        if self.is_paused() {
             return None;
         }
         let received = self.received.load(Ordering::Relaxed);
@@ -158,8 +180,7 @@ pub(super) struct Paused<'a>(&'a Pace);
 
 impl Drop for Paused<'_> {
     fn drop(&mut self) {
-        self.0.paused.fetch_sub(1, Ordering::Relaxed);
-        self.0.restart_window_at(Instant::now());
+        self.0.resume_at(Instant::now());
     }
 }
 
@@ -255,21 +276,49 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_wait_starts_a_new_window() {
+    fn a_retry_wait_does_not_count_as_slow() {
         let at = |pace: &Pace, s: u64| pace.started + Duration::from_secs(s);
         let waited = Pace::new(&config(1024, 2));
-        let paused = waited.pause();
+        waited.pause_at(at(&waited, 0));
         assert!(waited.sample(at(&waited, 1), "s").is_none());
         assert!(
             waited.sample(at(&waited, 5), "s").is_none(),
             "waiting is not slow"
         );
-        drop(paused);
-        waited.restart_window_at(at(&waited, 6));
+        waited.resume_at(at(&waited, 6));
+        waited.add(4096);
         assert!(waited.sample(at(&waited, 7), "s").is_none());
+        assert!(waited.sample(at(&waited, 8), "s").is_none());
         let idle = Pace::new(&config(1024, 2));
         assert!(idle.sample(at(&idle, 1), "s").is_none());
         assert!(idle.sample(at(&idle, 3), "s").is_some());
+    }
+
+    /// A source that sends a byte, resets, and is retried after a wait, over and over: the
+    /// waits are taken out, the time spent fetching adds up, and the window ends too slow
+    /// (starting a new window after every wait, it never would).
+    #[test]
+    fn a_drip_between_retry_waits_still_fills_a_window() {
+        let pace = Pace::new(&config(1024, 10));
+        let t0 = pace.started;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut now = 0;
+        let mut failed = None;
+        for _ in 0..20 {
+            // Two seconds of fetching that bring one byte, then a five-second wait.
+            pace.add(1);
+            now += 2;
+            if let Some(err) = pace.sample(at(now), "s") {
+                failed = Some(err);
+                break;
+            }
+            pace.pause_at(at(now));
+            now += 5;
+            assert!(pace.sample(at(now), "s").is_none(), "waiting is not slow");
+            pace.resume_at(at(now));
+        }
+        let err = failed.expect("ten seconds of fetching at a byte per two seconds is too slow");
+        assert_eq!(err.code, Code::NetworkTooSlow);
     }
 
     #[test]
