@@ -11,12 +11,9 @@ use common::http_server::{Fault, Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::{Code, Error};
 use ferry::payload;
-use ferry::runner::{fetch_once, ProgressFn};
 use ferry::task::TaskResult;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// A secret only a signed link carries; no message and no other server may see it.
 const SECRET: &str = "c2VjcmV0LXNpZ25hdHVyZQ";
@@ -62,17 +59,7 @@ fn fixture() -> Fixture {
 }
 
 async fn fetch(fx: &Fixture, url: &str) -> Result<TaskResult, Error> {
-    let json = serde_json::json!({
-        "SourceFilePath": "/sdcard/Download/f.bin",
-        "UploadType": "DOWNLOAD_URL",
-        "UploadUrl": url,
-    });
-    let task = payload::validate(
-        payload::parse(json.to_string().as_bytes())?,
-        &fx.config.allowed_roots,
-    )?;
-    let progress: ProgressFn = Arc::new(|_, _| {});
-    fetch_once(&fx.config, task, progress, CancellationToken::new()).await
+    common::fetch_payload(&fx.config, &common::download(url, "f.bin")).await
 }
 
 /// The file did not land under its final name, and no staging file is left.

@@ -55,24 +55,11 @@ fn sha(data: &[u8]) -> String {
 
 /// Runs a DOWNLOAD_URL payload to `/sdcard/Download/NAME`.
 async fn fetch(fx: &Fixture, url: &str, name: &str) -> Result<TaskResult, Error> {
-    fetch_json(
-        fx,
-        &serde_json::json!({
-            "SourceFilePath": format!("/sdcard/Download/{name}"),
-            "UploadType": "DOWNLOAD_URL",
-            "UploadUrl": url,
-        }),
-    )
-    .await
+    common::fetch_payload(&fx.config, &common::download(url, name)).await
 }
 
 async fn fetch_json(fx: &Fixture, json: &serde_json::Value) -> Result<TaskResult, Error> {
-    let task = payload::validate(
-        payload::parse(json.to_string().as_bytes())?,
-        &fx.config.allowed_roots,
-    )?;
-    let progress: ProgressFn = Arc::new(|_, _| {});
-    fetch_once(&fx.config, task, progress, CancellationToken::new()).await
+    common::fetch_payload(&fx.config, json).await
 }
 
 fn download_dir(fx: &Fixture) -> PathBuf {

@@ -8,14 +8,10 @@ use common::http_server::{Fault, Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::{Code, Error};
 use ferry::manager::Manager;
-use ferry::payload;
-use ferry::runner::{fetch_once, ProgressFn};
 use ferry::task::{Phase, TaskResult, TaskView};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const MIB: u64 = 1 << 20;
 
@@ -55,17 +51,7 @@ fn sha(data: &[u8]) -> String {
 }
 
 async fn fetch(fx: &Fixture, url: &str, name: &str) -> Result<TaskResult, Error> {
-    let json = serde_json::json!({
-        "SourceFilePath": format!("/sdcard/Download/{name}"),
-        "UploadType": "DOWNLOAD_URL",
-        "UploadUrl": url,
-    });
-    let task = payload::validate(
-        payload::parse(json.to_string().as_bytes())?,
-        &fx.config.allowed_roots,
-    )?;
-    let progress: ProgressFn = Arc::new(|_, _| {});
-    fetch_once(&fx.config, task, progress, CancellationToken::new()).await
+    common::fetch_payload(&fx.config, &common::download(url, name)).await
 }
 
 fn download_dir(fx: &Fixture) -> PathBuf {

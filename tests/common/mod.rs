@@ -1,3 +1,30 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+
+use ferry::config::Config;
+use ferry::error::Error;
+use ferry::runner::{fetch_once, ProgressFn};
+use ferry::task::TaskResult;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// One payload in-process, as `ferry fetch` runs it: intake with `config`'s roots, then
+/// `fetch_once` (no journal, no daemon).
+pub async fn fetch_payload(config: &Config, json: &serde_json::Value) -> Result<TaskResult, Error> {
+    let task = ferry::payload::validate(
+        ferry::payload::parse(json.to_string().as_bytes())?,
+        &config.allowed_roots,
+    )?;
+    let progress: ProgressFn = Arc::new(|_, _| {});
+    fetch_once(config, task, progress, CancellationToken::new()).await
+}
+
+/// A DOWNLOAD_URL payload of `url` to `/sdcard/Download/NAME`.
+pub fn download(url: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "SourceFilePath": format!("/sdcard/Download/{name}"),
+        "UploadType": "DOWNLOAD_URL",
+        "UploadUrl": url,
+    })
+}
