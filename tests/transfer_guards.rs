@@ -258,22 +258,6 @@ async fn every_parallel_part_is_checked_against_its_content_range() {
     assert_bad_range(&err, "without a usable Content-Range");
 }
 
-#[tokio::test]
-async fn a_whole_object_answer_to_a_resume_restarts_from_zero() {
-    // A 200 to Range: bytes=N- (N > 0) is the whole object: written from 0, not at N.
-    let fx = fixture(1);
-    let server = TestServer::start().await;
-    let data = body(300_000, 3);
-    server.put("/w.bin", Resource::new(data.clone()).no_range());
-    server.push_fault("/w.bin", Fault::TruncateAfter(100_000));
-    let result = fetch(&fx, &server.url("/w.bin"), "w.bin").await.unwrap();
-    assert_eq!(result.files[0].sha256, sha(&data));
-    assert_eq!(
-        std::fs::read(download_dir(&fx).join("w.bin")).unwrap(),
-        data
-    );
-}
-
 /// No `.ferry-*` staging file is left in the download folder.
 fn assert_no_staging(fx: &Fixture) {
     let left: Vec<String> = std::fs::read_dir(download_dir(fx))
