@@ -1,14 +1,14 @@
 //! Log output: `tracing` events to stderr, human-readable or one JSON object per line,
 //! filtered by a level string such as `info` or `ferry=debug,hyper=warn`; and, when logd's
-//! socket exists (on a phone), the same events to logcat as well ([`crate::logcat`]).
+//! socket exists (on a phone), the same events to logcat as well ([`crate::android::logcat`]).
 //!
 //! Stderr stays on when logcat is used. Android's init sends a service's stdout and stderr to
 //! /dev/null unless told otherwise, so nothing is written twice anywhere that is kept, while a
 //! person who starts `ferry daemon` from `adb shell`, and every test and CI run, still sees
 //! the log where it always was.
 
+use crate::android::logcat::Logcat;
 use crate::config::{Config, LogFormat};
-use crate::logcat::Logcat;
 use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

@@ -1,6 +1,6 @@
 //! Links as people may see them. A signed link carries its secret in the query
 //! (`Signature=`, `security-token=`, `X-Amz-Credential=`, `OSSAccessKeyId=`, …) or in its
-//! userinfo; every message, log line or API answer that shows a link goes through [`url`] (or
+//! userinfo; every message, log line or API answer that shows a link goes through [`url()`] (or
 //! [`url_parsed`]), which keeps the scheme, host, port, path and the query's parameter names
 //! and replaces every query value and the userinfo with `<redacted>`. The fragment, never sent
 //! to a server, is dropped.

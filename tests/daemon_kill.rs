@@ -20,7 +20,7 @@ fn describe(d: &Daemon, id: &str) -> serde_json::Value {
 }
 
 fn sha(data: &[u8]) -> String {
-    ferry::sink::hex(&Sha256::digest(data))
+    ferry::transfer::sink::hex(&Sha256::digest(data))
 }
 
 /// Polls the final path and records every size seen there.
@@ -53,7 +53,7 @@ fn kill_9_mid_transfer_resumes_after_restart() {
     let final_path = t.host("/sdcard/Download/big.bin");
     let staging = t.host(format!(
         "/sdcard/Download/{}",
-        ferry::runner::staging_name("t-kill")
+        ferry::pipeline::staging_name("t-kill")
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let (watcher, seen) = watch(final_path.clone(), stop.clone());

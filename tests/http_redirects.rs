@@ -10,8 +10,8 @@ mod common;
 use common::http_server::{Fault, Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::{Code, Error};
-use ferry::payload;
-use ferry::task::TaskResult;
+use ferry::task::payload;
+use ferry::task::record::TaskResult;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

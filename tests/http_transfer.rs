@@ -8,9 +8,9 @@ mod skip;
 use common::http_server::{Fault, Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::{Code, Error};
-use ferry::payload;
-use ferry::runner::{fetch_once, ProgressFn};
-use ferry::task::TaskResult;
+use ferry::pipeline::{fetch_once, ProgressFn};
+use ferry::task::payload;
+use ferry::task::record::TaskResult;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,7 +50,7 @@ fn body(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn sha(data: &[u8]) -> String {
-    ferry::sink::hex(&Sha256::digest(data))
+    ferry::transfer::sink::hex(&Sha256::digest(data))
 }
 
 /// Runs a DOWNLOAD_URL payload to `/sdcard/Download/NAME`.

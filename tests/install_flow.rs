@@ -8,7 +8,7 @@ mod install_support;
 use ferry::config::Config;
 use ferry::error::Code;
 use ferry::install::{self, InstallLock};
-use ferry::task::FileResult;
+use ferry::task::record::FileResult;
 use install_support::{fixture, sha256_hex, PmStandIn};
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,7 @@ impl Device {
         }
     }
 
-    async fn install(&self, files: &[FileResult]) -> ferry::task::InstallResult {
+    async fn install(&self, files: &[FileResult]) -> ferry::task::record::InstallResult {
         let lock = InstallLock::new(());
         install::install(&self.config, "t-1", files, &lock, &CancellationToken::new())
             .await

@@ -5,8 +5,8 @@ mod common;
 use common::http_server::{Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::Code;
-use ferry::manager::Manager;
-use ferry::task::{Phase, TaskView};
+use ferry::task::manager::Manager;
+use ferry::task::record::{Phase, TaskView};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,7 +44,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn sha(data: &[u8]) -> String {
-    ferry::sink::hex(&Sha256::digest(data))
+    ferry::transfer::sink::hex(&Sha256::digest(data))
 }
 
 async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> TaskView {
@@ -64,7 +64,7 @@ async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> Ta
 fn staging(tmp: &tempfile::TempDir, id: &str) -> PathBuf {
     tmp.path().join(format!(
         "dev/sdcard/Download/{}",
-        ferry::runner::staging_name(id)
+        ferry::pipeline::staging_name(id)
     ))
 }
 

@@ -558,7 +558,7 @@ fn rotated_credentials_fail_keeping_partial_data_and_a_resubmit_resumes() {
     assert!(done_before >= 1 << 20, "{failed}");
     let staging = t.host(format!(
         "/sdcard/Download/{}",
-        ferry::runner::staging_name("t-rotate")
+        ferry::pipeline::staging_name("t-rotate")
     ));
     assert!(
         staging.exists(),

@@ -9,10 +9,10 @@ mod common;
 use common::http_server::{Fault, Recorded, Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::{Code, Error};
-use ferry::manager::Manager;
-use ferry::payload;
-use ferry::runner::{fetch_once, ProgressFn};
-use ferry::task::{Phase, TaskResult, TaskView};
+use ferry::pipeline::{fetch_once, ProgressFn};
+use ferry::task::manager::Manager;
+use ferry::task::payload;
+use ferry::task::record::{Phase, TaskResult, TaskView};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -46,7 +46,7 @@ fn body(len: u64, seed: u8) -> Vec<u8> {
 }
 
 fn sha(data: &[u8]) -> String {
-    ferry::sink::hex(&Sha256::digest(data))
+    ferry::transfer::sink::hex(&Sha256::digest(data))
 }
 
 fn payload_json(url: &str, name: &str) -> serde_json::Value {
@@ -530,7 +530,7 @@ async fn wait_for(m: &Manager, id: &str, what: impl Fn(&TaskView) -> bool) -> Ta
 fn staging(tmp: &tempfile::TempDir, id: &str) -> PathBuf {
     tmp.path().join(format!(
         "dev/sdcard/Download/{}",
-        ferry::runner::staging_name(id)
+        ferry::pipeline::staging_name(id)
     ))
 }
 

@@ -7,8 +7,8 @@ mod common;
 use common::http_server::{Fault, Resource, TestServer};
 use ferry::config::Config;
 use ferry::error::{Code, Error};
-use ferry::manager::Manager;
-use ferry::task::{Phase, TaskResult, TaskView};
+use ferry::task::manager::Manager;
+use ferry::task::record::{Phase, TaskResult, TaskView};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ fn body(len: u64, seed: u8) -> Vec<u8> {
 }
 
 fn sha(data: &[u8]) -> String {
-    ferry::sink::hex(&Sha256::digest(data))
+    ferry::transfer::sink::hex(&Sha256::digest(data))
 }
 
 async fn fetch(fx: &Fixture, url: &str, name: &str) -> Result<TaskResult, Error> {
@@ -59,7 +59,7 @@ fn download_dir(fx: &Fixture) -> PathBuf {
 }
 
 fn staging(fx: &Fixture, id: &str) -> PathBuf {
-    download_dir(fx).join(ferry::runner::staging_name(id))
+    download_dir(fx).join(ferry::pipeline::staging_name(id))
 }
 
 /// Submits `url` as task `id` to a daemon's manager and waits until the task is finished.

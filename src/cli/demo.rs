@@ -6,13 +6,13 @@
 
 use super::progress::human_bytes;
 use super::{report, send, GlobalArgs, EXIT_OK, EXIT_TASK_FAILED};
-use crate::client::Client;
+use crate::api::client::Client;
 use crate::config::Config;
 use crate::daemon::{self, auth, signals, Started};
 use crate::demo_server::DemoServer;
 use crate::error::{Code, Error, Result};
 use crate::paths::{DevicePath, Roots};
-use crate::task::{Phase, TaskView};
+use crate::task::record::{Phase, TaskView};
 use clap::Args;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};

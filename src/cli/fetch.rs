@@ -9,9 +9,9 @@ use crate::config::Config;
 use crate::daemon::signals::{self, Event};
 use crate::error::{Code, Error};
 use crate::paths::{DevicePath, Roots};
-use crate::payload;
-use crate::runner::{self, ProgressFn};
-use crate::task::TaskResult;
+use crate::pipeline::{self, ProgressFn};
+use crate::task::payload;
+use crate::task::record::TaskResult;
 use clap::Args;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -77,7 +77,7 @@ pub async fn run(global: &GlobalArgs, args: FetchArgs) -> u8 {
             }
         })
     };
-    let result = runner::fetch_once(&config, task, on_progress, cancel).await;
+    let result = pipeline::fetch_once(&config, task, on_progress, cancel).await;
     if let Some(bar) = bar.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
         match &result {
             Ok(_) => bar.finish(),

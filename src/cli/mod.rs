@@ -14,10 +14,10 @@ pub mod progress;
 pub mod send;
 pub mod tasks;
 
-use crate::client::Client;
+use crate::api::client::Client;
 use crate::config::{Config, LogFormat, Overrides};
 use crate::error::{Code, Error, Result};
-use crate::task::TaskView;
+use crate::task::record::TaskView;
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! names. Both go through `payload::parse`, so a mistake gets the code the daemon would give.
 
 use crate::error::{Code, Error, Result};
-use crate::payload::{self, TaskPayload};
+use crate::task::payload::{self, TaskPayload};
 use clap::Args;
 use serde_json::{Map, Value};
 use std::io::Read;

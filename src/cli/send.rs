@@ -5,9 +5,9 @@
 use super::payload_args::PayloadArgs;
 use super::progress::Progress;
 use super::{print_json, report, ConnectArgs, GlobalArgs, EXIT_OK, EXIT_TASK_FAILED};
-use crate::client::Client;
+use crate::api::client::Client;
 use crate::error::{Code, Error, Result};
-use crate::task::{Phase, TaskView};
+use crate::task::record::{Phase, TaskView};
 use clap::Args;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use super::progress::human_bytes;
 use super::send::phase_name;
 use super::{print_json, report, task_path, ConnectArgs, GlobalArgs, EXIT_OK};
 use crate::api::TaskList;
-use crate::task::TaskView;
+use crate::task::record::TaskView;
 use clap::Args;
 
 #[derive(Args, Debug, Clone)]

@@ -4,8 +4,8 @@
 //! as tasks come and go.
 
 use crate::api::VERSION;
-use crate::manager::Metrics;
-use crate::task::Phase;
+use crate::task::manager::Metrics;
+use crate::task::record::Phase;
 use std::fmt::Write;
 
 /// The `Content-Type` of the exposition format.

@@ -15,7 +15,7 @@ pub use bind::{Listeners, Published};
 
 use crate::config::{Config, Overrides};
 use crate::error::{Code, Error, Result};
-use crate::manager::Manager;
+use crate::task::manager::Manager;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -57,16 +57,20 @@ pub async fn start(config: Config) -> Result<Started> {
     // directory must fail here, not after touching the first one's tasks.
     let listeners = Listeners::bind(&config, token).await?;
     // Root is needed for nothing after this: drop it before the journal's tasks resume.
-    if let Some(run_as) = config.run_as.clone().filter(crate::privileges::needed) {
+    if let Some(run_as) = config
+        .run_as
+        .clone()
+        .filter(crate::android::privileges::needed)
+    {
         let (state_dir, socket) = (config.state_dir.clone(), config.socket_path());
         let who = run_as.clone();
         tokio::task::spawn_blocking(move || {
-            crate::privileges::hand_over(&who, &state_dir, &socket)
+            crate::android::privileges::hand_over(&who, &state_dir, &socket)
         })
         .await
         .map_err(|e| Error::new(Code::Internal, format!("handing over the state: {e}")))??;
         // On this thread, which runs the tasks (see `privileges::switch`).
-        crate::privileges::switch(&run_as)?;
+        crate::android::privileges::switch(&run_as)?;
     }
     let state_dir = config.state_dir.clone();
     let manager = Manager::start(config).await?;

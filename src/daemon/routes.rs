@@ -6,7 +6,7 @@
 use crate::api::{routes, status_for, ErrorBody, Health, TaskList, VERSION};
 use crate::daemon::{auth, metrics};
 use crate::error::{Code, Error, Result};
-use crate::manager::Manager;
+use crate::task::manager::Manager;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;

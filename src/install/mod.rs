@@ -23,7 +23,7 @@ pub mod zipend;
 
 use crate::config::Config;
 use crate::error::{Code, Error, Result, TaskCode};
-use crate::task::{FileResult, InstallResult};
+use crate::task::record::{FileResult, InstallResult};
 use plan::{Apk, Plan, Refusal};
 use pm::{Input, Pm, PmError, Verdict};
 use sessions::Sessions;

@@ -58,7 +58,7 @@ pub fn place(
             let _ = dir.remove(&staging);
             return Err(e);
         }
-        crate::sink::commit(&dir, &staging, &exp.name)?;
+        crate::transfer::sink::commit(&dir, &staging, &exp.name)?;
         placed.push(folder.join(&exp.name).to_string());
     }
     Ok(placed)
@@ -68,7 +68,7 @@ pub fn place(
 /// `.obb` before `.part`, so it still starts with the reserved prefix yet never meets the
 /// staging file of the task's own download.
 fn staging_name(task_id: &str) -> String {
-    let name = crate::runner::staging_name(task_id);
+    let name = crate::pipeline::staging_name(task_id);
     let stem = name.strip_suffix(".part").unwrap_or(&name);
     format!("{stem}.obb.part")
 }
@@ -84,7 +84,7 @@ mod tests {
         assert!(crate::paths::is_reserved(&a), "{a}");
         assert!(a.ends_with(".obb.part"), "{a}");
         assert_ne!(a.to_lowercase(), b.to_lowercase());
-        assert_ne!(a, crate::runner::staging_name("T-1"));
+        assert_ne!(a, crate::pipeline::staging_name("T-1"));
         assert!(crate::paths::check_final_name(&a).is_err());
     }
 

@@ -12,7 +12,7 @@ use super::bundle::{self, BundleError, Expansion};
 use crate::config::Config;
 use crate::error::{Code, Error, TaskCode};
 use crate::paths::{DevicePath, Roots};
-use crate::task::FileResult;
+use crate::task::record::FileResult;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -119,7 +119,7 @@ pub fn open_verified(config: &Config, landed: &FileResult) -> Result<File, Refus
         size += n as u64;
         hasher.update(&buf[..n]);
     }
-    let sha256 = crate::sink::hex(&hasher.finalize());
+    let sha256 = crate::transfer::sink::hex(&hasher.finalize());
     if size != landed.size || sha256 != landed.sha256 {
         return Err(Refusal {
             code: Code::IntegritySourceChanged.into(),

@@ -126,7 +126,7 @@ fn checked(path: &Path, task_id: &str) -> Option<u32> {
 fn read_id(path: &Path, task_id: &str) -> std::result::Result<Option<u32>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    crate::payload::check_task_id(task_id).map_err(|e| e.to_string())?;
+    crate::task::payload::check_task_id(task_id).map_err(|e| e.to_string())?;
     let mut file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)

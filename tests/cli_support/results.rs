@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Lowercase hex sha256, as `Result.Files[].Sha256`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    ferry::sink::hex(&Sha256::digest(data))
+    ferry::transfer::sink::hex(&Sha256::digest(data))
 }
 
 /// `len` deterministic bytes that differ for each `seed` and at every offset.

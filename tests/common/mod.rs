@@ -4,16 +4,16 @@ pub mod http_server;
 
 use ferry::config::Config;
 use ferry::error::Error;
-use ferry::runner::{fetch_once, ProgressFn};
-use ferry::task::TaskResult;
+use ferry::pipeline::{fetch_once, ProgressFn};
+use ferry::task::record::TaskResult;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// One payload in-process, as `ferry fetch` runs it: intake with `config`'s roots, then
 /// `fetch_once` (no journal, no daemon).
 pub async fn fetch_payload(config: &Config, json: &serde_json::Value) -> Result<TaskResult, Error> {
-    let task = ferry::payload::validate(
-        ferry::payload::parse(json.to_string().as_bytes())?,
+    let task = ferry::task::payload::validate(
+        ferry::task::payload::parse(json.to_string().as_bytes())?,
         &config.allowed_roots,
     )?;
     let progress: ProgressFn = Arc::new(|_, _| {});

@@ -159,7 +159,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    ferry::sink::hex(&Sha256::digest(data))
+    ferry::transfer::sink::hex(&Sha256::digest(data))
 }
 
 /// A zip made in memory, deflated; for bundles the fixture script does not make.
