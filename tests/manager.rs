@@ -77,6 +77,7 @@ async fn submit_runs_and_resubmit_is_idempotent() {
     let m = Manager::start(config(&tmp)).await.unwrap();
     let first = m
         .submit(&payload("t-a", &server.url("/a.bin"), "a.bin"))
+        .await
         .unwrap();
     assert!(first.created);
     let done = wait_for(&m, "t-a", |v| v.phase.is_finished()).await;
@@ -86,11 +87,13 @@ async fn submit_runs_and_resubmit_is_idempotent() {
     assert_eq!(done.result.as_ref().unwrap().files[0].sha256, sha(&body));
     let again = m
         .submit(&payload("t-a", &server.url("/a.bin"), "a.bin"))
+        .await
         .unwrap();
     assert!(!again.created);
     assert_eq!(server.hits("/a.bin"), 1, "idempotent: no second download");
     let conflict = m
         .submit(&payload("t-a", &server.url("/a.bin"), "other.bin"))
+        .await
         .err()
         .unwrap();
     assert_eq!(conflict.code, Code::ApiTaskIdConflict);
@@ -110,8 +113,8 @@ async fn client_token_makes_submits_idempotent_without_task_id() {
         "UploadUrl": server.url("/k.bin"),
     })
     .to_string();
-    let a = m.submit(json.as_bytes()).unwrap();
-    let b = m.submit(json.as_bytes()).unwrap();
+    let a = m.submit(json.as_bytes()).await.unwrap();
+    let b = m.submit(json.as_bytes()).await.unwrap();
     assert!(a.view.task_id.starts_with("t-"));
     assert_eq!(a.view.task_id, b.view.task_id);
     assert!(!b.created);
@@ -126,8 +129,10 @@ async fn concurrency_is_bounded_and_cancel_removes_staging() {
     server.set_rate("/slow.bin", Some(256 * 1024));
     let m = Manager::start(config(&tmp)).await.unwrap();
     m.submit(&payload("t-1", &server.url("/slow.bin"), "one.bin"))
+        .await
         .unwrap();
     m.submit(&payload("t-2", &server.url("/slow.bin"), "two.bin"))
+        .await
         .unwrap();
     wait_for(&m, "t-1", |v| v.bytes_done > 0).await;
     assert_eq!(
@@ -160,13 +165,14 @@ async fn shutdown_checkpoints_and_a_restart_resumes_from_the_partial_file() {
     server.set_rate("/r.bin", Some(1 << 20));
     let m = Manager::start(config(&tmp)).await.unwrap();
     m.submit(&payload("t-r", &server.url("/r.bin"), "r.bin"))
+        .await
         .unwrap();
     wait_for(&m, "t-r", |v| v.bytes_done > 512 * 1024).await;
     m.shutdown().await;
     let journal: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("state/tasks/t-r.json")).unwrap())
             .unwrap();
-    assert_eq!(journal["Phase"], "RUNNING");
+    assert_eq!(journal["State"]["Phase"], "RUNNING");
     let kept = std::fs::metadata(staging(&tmp, "t-r")).unwrap().len();
     assert!(kept > 0);
     assert!(!tmp.path().join("dev/sdcard/Download/r.bin").exists());
@@ -200,7 +206,7 @@ async fn oss_failures_name_the_endpoint_and_a_bad_apk_fails_auto_install() {
         // A closed port on loopback: refused at once, retried, then reported.
         "UploadEndpoint": format!("http://127.0.0.1:{}", closed_port()),
     });
-    m.submit(oss.to_string().as_bytes()).unwrap();
+    m.submit(oss.to_string().as_bytes()).await.unwrap();
     let view = wait_for(&m, "t-oss", |v| v.phase.is_finished()).await;
     assert_eq!(
         view.error_code,
@@ -216,7 +222,7 @@ async fn oss_failures_name_the_endpoint_and_a_bad_apk_fails_auto_install() {
         "TargetFileName": "ignored.apk",
         "AutoInstall": true,
     });
-    m.submit(apk.to_string().as_bytes()).unwrap();
+    m.submit(apk.to_string().as_bytes()).await.unwrap();
     let view = wait_for(&m, "t-apk", |v| v.phase.is_finished()).await;
     // Bytes named .apk that are no zip: AutoInstall fails the task before pm runs, and the
     // file stays where it landed.
@@ -243,12 +249,14 @@ async fn failed_task_resubmitted_runs_again_and_finished_records_are_pruned() {
     cfg.prune.max_finished = 2;
     let m = Manager::start(cfg.clone()).await.unwrap();
     m.submit(&payload("t-late", &server.url("/late.bin"), "late.bin"))
+        .await
         .unwrap();
     let view = wait_for(&m, "t-late", |v| v.phase.is_finished()).await;
     assert_eq!(view.error_code, Some(Code::SourceNotFound.into()));
     server.put("/late.bin", Resource::new(data(1000)));
     let again = m
         .submit(&payload("t-late", &server.url("/late.bin"), "late.bin"))
+        .await
         .unwrap();
     assert!(again.created);
     let view = wait_for(&m, "t-late", |v| v.phase.is_finished()).await;
@@ -260,6 +268,7 @@ async fn failed_task_resubmitted_runs_again_and_finished_records_are_pruned() {
             &server.url("/late.bin"),
             &format!("p{i}.bin"),
         ))
+        .await
         .unwrap();
         wait_for(&m, &id, |v| v.phase.is_finished()).await;
     }
@@ -288,11 +297,13 @@ async fn failed_task_resubmitted_runs_again_and_finished_records_are_pruned() {
     let after = Manager::start(cfg).await.unwrap();
     assert!(after
         .submit(&payload("t-x", "http://127.0.0.1:9/x", "x"))
+        .await
         .is_ok());
     after.shutdown().await;
     assert_eq!(
         after
             .submit(&payload("t-y", "http://127.0.0.1:9/y", "y"))
+            .await
             .err()
             .unwrap()
             .code,
@@ -311,6 +322,7 @@ async fn resubmitting_right_as_a_task_fails_keeps_the_journal_in_order() {
     for round in 0..40 {
         let submitted = m
             .submit(&body)
+            .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(submitted.created, "round {round}");
         loop {
@@ -324,7 +336,7 @@ async fn resubmitting_right_as_a_task_fails_keeps_the_journal_in_order() {
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("state/tasks/t-race.json")).unwrap())
             .unwrap();
-    assert_eq!(saved["Phase"], "FAILED", "{saved}");
+    assert_eq!(saved["State"]["Phase"], "FAILED", "{saved}");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("state/tasks"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -349,6 +361,7 @@ async fn an_outcome_the_journal_cannot_save_is_not_reported() {
     server.set_rate("/j.bin", Some(1 << 20));
     let m = Manager::start(config(&tmp)).await.unwrap();
     m.submit(&payload("t-j", &server.url("/j.bin"), "j.bin"))
+        .await
         .unwrap();
     // Bytes flow only after the RUNNING record was saved.
     wait_for(&m, "t-j", |v| v.bytes_done > 0).await;
@@ -379,13 +392,13 @@ async fn an_outcome_the_journal_cannot_save_is_not_reported() {
             .any(|n| n.contains("could not be saved to the journal")),
         "{view:?}"
     );
-    assert_eq!(journal_of(&tmp, "t-j")["Phase"], "RUNNING");
+    assert_eq!(journal_of(&tmp, "t-j")["State"]["Phase"], "RUNNING");
     std::fs::remove_dir(&blocker).unwrap();
     let done = wait_for(&m, "t-j", |v| v.phase.is_finished()).await;
     assert_eq!(done.phase, Phase::Success, "{done:?}");
     assert!(done.notes.is_empty(), "{done:?}");
     assert_eq!(done.result.unwrap().files[0].sha256, sha(&body));
-    assert_eq!(journal_of(&tmp, "t-j")["Phase"], "SUCCESS");
+    assert_eq!(journal_of(&tmp, "t-j")["State"]["Phase"], "SUCCESS");
     m.shutdown().await;
 }
 
@@ -399,8 +412,10 @@ async fn a_cancel_the_journal_cannot_save_is_not_shown() {
     server.set_rate("/slow.bin", Some(256 * 1024));
     let m = Manager::start(config(&tmp)).await.unwrap();
     m.submit(&payload("t-run", &server.url("/slow.bin"), "run.bin"))
+        .await
         .unwrap();
     m.submit(&payload("t-wait", &server.url("/slow.bin"), "wait.bin"))
+        .await
         .unwrap();
     wait_for(&m, "t-run", |v| v.bytes_done > 0).await;
     assert_eq!(m.describe("t-wait").unwrap().phase, Phase::Pending);
@@ -412,11 +427,11 @@ async fn a_cancel_the_journal_cannot_save_is_not_shown() {
         "the cancel was not saved"
     );
     assert_eq!(m.describe("t-wait").unwrap().phase, Phase::Pending);
-    assert_eq!(journal_of(&tmp, "t-wait")["Phase"], "PENDING");
+    assert_eq!(journal_of(&tmp, "t-wait")["State"]["Phase"], "PENDING");
     std::fs::remove_dir(&blocker).unwrap();
     let view = m.cancel("t-wait").await.unwrap();
     assert_eq!(view.phase, Phase::Cancelled);
-    assert_eq!(journal_of(&tmp, "t-wait")["Phase"], "CANCELLED");
+    assert_eq!(journal_of(&tmp, "t-wait")["State"]["Phase"], "CANCELLED");
     m.cancel("t-run").await.unwrap();
     m.shutdown().await;
 }
@@ -439,10 +454,13 @@ async fn a_client_token_stays_bound_to_its_first_task() {
         .to_string()
     };
     let m = Manager::start(config(&tmp)).await.unwrap();
-    m.submit(with_token("t-a", "a.bin").as_bytes()).unwrap();
+    m.submit(with_token("t-a", "a.bin").as_bytes())
+        .await
+        .unwrap();
     wait_for(&m, "t-a", |v| v.phase.is_finished()).await;
     let err = m
         .submit(with_token("t-b", "b.bin").as_bytes())
+        .await
         .err()
         .unwrap();
     assert_eq!(err.code, Code::ApiClientTokenConflict, "{}", err.message);
@@ -455,16 +473,20 @@ async fn a_client_token_stays_bound_to_its_first_task() {
         "UploadUrl": server.url("/c.bin"),
     })
     .to_string();
-    let err = m.submit(no_id.as_bytes()).err().unwrap();
+    let err = m.submit(no_id.as_bytes()).await.err().unwrap();
     assert_eq!(err.code, Code::ApiClientTokenConflict, "{}", err.message);
     m.shutdown().await;
     let m = Manager::start(config(&tmp)).await.unwrap();
     let err = m
         .submit(with_token("t-b", "b.bin").as_bytes())
+        .await
         .err()
         .unwrap();
     assert_eq!(err.code, Code::ApiClientTokenConflict, "after a restart");
-    let again = m.submit(with_token("t-a", "a.bin").as_bytes()).unwrap();
+    let again = m
+        .submit(with_token("t-a", "a.bin").as_bytes())
+        .await
+        .unwrap();
     assert!(!again.created);
     m.shutdown().await;
 }
@@ -480,6 +502,7 @@ async fn a_record_with_the_old_staging_name_still_resumes() {
     server.set_rate("/o.bin", Some(1 << 20));
     let m = Manager::start(config(&tmp)).await.unwrap();
     m.submit(&payload("t-old", &server.url("/o.bin"), "o.bin"))
+        .await
         .unwrap();
     wait_for(&m, "t-old", |v| v.bytes_done > 512 * 1024).await;
     m.shutdown().await;
@@ -487,8 +510,8 @@ async fn a_record_with_the_old_staging_name_still_resumes() {
     let legacy = tmp.path().join("dev/sdcard/Download/.ferry-t-old.part");
     std::fs::rename(staging(&tmp, "t-old"), &legacy).unwrap();
     let mut record = journal_of(&tmp, "t-old");
-    assert_eq!(record["Phase"], "RUNNING");
-    record["Resume"]["StagingName"] = ".ferry-t-old.part".into();
+    assert_eq!(record["State"]["Phase"], "RUNNING");
+    record["State"]["Resume"]["StagingName"] = ".ferry-t-old.part".into();
     std::fs::write(
         tmp.path().join("state/tasks/t-old.json"),
         serde_json::to_vec(&record).unwrap(),
@@ -507,5 +530,63 @@ async fn a_record_with_the_old_staging_name_still_resumes() {
         Some(format!("bytes={kept}-").as_str())
     );
     assert!(!legacy.exists() && !staging(&tmp, "t-old").exists());
+    m.shutdown().await;
+}
+
+/// The stream a fleet reporter subscribes to: every transition in order, progress on the
+/// way, the final state last, and each change exactly as `describe` shows it then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_every_state_change_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let body = data(2 << 20);
+    server.put("/s.bin", Resource::new(body.clone()));
+    server.set_rate("/s.bin", Some(4 << 20));
+    let m = Manager::start(config(&tmp)).await.unwrap();
+    let mut changes = m.subscribe();
+    m.submit(&payload("t-s", &server.url("/s.bin"), "s.bin"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let last = loop {
+        let view = tokio::time::timeout(Duration::from_secs(30), changes.recv())
+            .await
+            .expect("a change within 30 s")
+            .unwrap();
+        assert_eq!(view.task_id, "t-s");
+        seen.push((view.phase, view.progress));
+        if view.phase.is_finished() {
+            break view;
+        }
+    };
+    assert_eq!(last.phase, Phase::Success, "{last:?}");
+    assert_eq!(last, m.describe("t-s").unwrap());
+    let phases: Vec<Phase> = seen.iter().map(|(p, _)| *p).collect();
+    assert_eq!(phases.first(), Some(&Phase::Pending), "{seen:?}");
+    assert_eq!(phases[1], Phase::Running, "{seen:?}");
+    assert!(
+        phases[1..phases.len() - 1]
+            .iter()
+            .all(|p| *p == Phase::Running),
+        "{seen:?}"
+    );
+    let percents: Vec<u8> = seen[1..seen.len() - 1].iter().map(|(_, p)| *p).collect();
+    assert!(percents.len() >= 3, "progress on the way: {seen:?}");
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    // A cancel is a change too.
+    m.submit(&payload("t-c", &server.url("/s.bin"), "c.bin"))
+        .await
+        .unwrap();
+    m.cancel("t-c").await.unwrap();
+    let cancelled = loop {
+        let view = tokio::time::timeout(Duration::from_secs(30), changes.recv())
+            .await
+            .expect("a change within 30 s")
+            .unwrap();
+        if view.task_id == "t-c" && view.phase.is_finished() {
+            break view;
+        }
+    };
+    assert_eq!(cancelled.phase, Phase::Cancelled);
     m.shutdown().await;
 }

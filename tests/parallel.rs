@@ -544,6 +544,7 @@ async fn a_restarted_daemon_fetches_only_the_missing_bytes_of_each_part() {
     server.set_rate("/r.bin", Some(MIB));
     let m = Manager::start(manager_config(&tmp)).await.unwrap();
     m.submit(&submit_json("t-r", &server.url("/r.bin"), "r.bin"))
+        .await
         .unwrap();
     wait_for(&m, "t-r", |v| v.bytes_done > 2 * MIB).await;
     m.shutdown().await;
@@ -599,6 +600,7 @@ async fn cancelling_a_parallel_transfer_removes_its_staging_file() {
     server.set_rate("/x.bin", Some(MIB));
     let m = Manager::start(manager_config(&tmp)).await.unwrap();
     m.submit(&submit_json("t-x", &server.url("/x.bin"), "x.bin"))
+        .await
         .unwrap();
     wait_for(&m, "t-x", |v| v.bytes_done > MIB).await;
     assert!(server.max_in_flight("/x.bin") > 1);
@@ -622,8 +624,10 @@ async fn the_bandwidth_cap_is_shared_by_concurrent_transfers() {
     let m = Manager::start(config).await.unwrap();
     let started = Instant::now();
     m.submit(&submit_json("t-p", &server.url("/p.bin"), "p.bin"))
+        .await
         .unwrap();
     m.submit(&submit_json("t-s", &server.url("/s.bin"), "s.bin"))
+        .await
         .unwrap();
     let p = wait_for(&m, "t-p", |v| v.phase.is_finished()).await;
     let s = wait_for(&m, "t-s", |v| v.phase.is_finished()).await;

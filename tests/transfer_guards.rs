@@ -71,7 +71,7 @@ async fn run_task(m: &Manager, id: &str, url: &str, name: &str) -> TaskView {
         "UploadType": "DOWNLOAD_URL",
         "UploadUrl": url,
     });
-    m.submit(json.to_string().as_bytes()).unwrap();
+    m.submit(json.to_string().as_bytes()).await.unwrap();
     for _ in 0..1500 {
         let view = m.describe(id).unwrap();
         if view.phase.is_finished() {

@@ -129,11 +129,7 @@ async fn dispatch(shared: &Shared, req: Request<Incoming>) -> Result<Reply, ApiE
         }
         Route::Tasks if req.method() == Method::POST => {
             let body = read_body(req, manager.config().max_request_bytes).await?;
-            let m = manager.clone();
-            // Submitting writes the journal (fsync): keep it off the async workers.
-            let submitted = tokio::task::spawn_blocking(move || m.submit(&body))
-                .await
-                .map_err(|e| Error::new(Code::Internal, format!("submitting the task: {e}")))??;
+            let submitted = manager.submit(&body).await?;
             let status = if submitted.created {
                 StatusCode::CREATED
             } else {

@@ -4,6 +4,9 @@
 //! result. Shared by the daemon and `ferry fetch`.
 
 pub mod folder;
+mod services;
+
+pub use services::Services;
 
 use crate::android::media_scan;
 use crate::config::{Config, MediaScanMode};
@@ -176,7 +179,7 @@ impl RunContext<'_> {
     }
 }
 
-pub async fn run<O: Observer>(
+async fn transfer_files<O: Observer>(
     ctx: RunContext<'_>,
     task: &ValidTask,
     observer: &O,
@@ -608,6 +611,50 @@ pub fn discard_partial(config: &Config, task: &ValidTask, task_id: &str) -> Resu
     }
 }
 
+/// One run of a task, besides its plan.
+pub struct Run<'a> {
+    pub task_id: &'a str,
+    pub resume: Option<ResumeState>,
+    pub cancel: CancellationToken,
+}
+
+/// The engine's observer, told also when AutoInstall is about to start.
+pub trait PipelineObserver: Observer {
+    fn installing(&self, _landed: &TaskResult) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+pub async fn run<O: PipelineObserver>(
+    services: &Services,
+    task: &ValidTask,
+    run: Run<'_>,
+    observer: &O,
+) -> Result<TaskResult> {
+    let ctx = RunContext {
+        config: &services.config,
+        client: services.client.clone(),
+        task_id: run.task_id,
+        resume: run.resume,
+        cancel: run.cancel.clone(),
+        bandwidth: services.bandwidth.clone(),
+    };
+    let mut result = transfer_files(ctx, task, observer).await?;
+    if task.payload.auto_install {
+        observer.installing(&result).await;
+        let installed = install::install(
+            &services.config,
+            run.task_id,
+            &result.files,
+            &services.install_lock,
+            &run.cancel,
+        )
+        .await?;
+        result.install = Some(installed);
+    }
+    Ok(result)
+}
+
 /// Progress callback adapter for one-shot runs, which have no journal to checkpoint into.
 struct CallbackObserver(ProgressFn);
 
@@ -642,7 +689,7 @@ pub async fn fetch_once(
         cancel: cancel.clone(),
         bandwidth: Bandwidth::from_config(config),
     };
-    let result = run(ctx, &task, &CallbackObserver(on_progress)).await;
+    let result = transfer_files(ctx, &task, &CallbackObserver(on_progress)).await;
     if result.is_err() {
         let _ = discard_partial(config, &task, &task_id);
     }

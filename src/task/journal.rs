@@ -134,7 +134,7 @@ fn check_record(
         return Err("its payload names another TaskId".into());
     }
     payload::check_stored(&record.payload).map_err(|e| e.message)?;
-    if let Some(resume) = &record.resume {
+    if let Some(resume) = record.state.resume() {
         let name = &resume.staging_name;
         if !name.is_empty() && (check_file_name(name).is_err() || !is_reserved(name)) {
             return Err(format!("its staging name {name:?} is not a staging name"));
@@ -144,7 +144,7 @@ fn check_record(
                 .map_err(|why| format!("a landed file: {why}"))?;
         }
     }
-    for file in record.result.iter().flat_map(|r| &r.files) {
+    for file in record.state.result().iter().flat_map(|r| &r.files) {
         check_landed(&file.path, allowed).map_err(|why| format!("a result file: {why}"))?;
     }
     Ok(())
@@ -177,7 +177,16 @@ mod tests {
             .collect()
     }
     use crate::task::payload::TaskPayload;
-    use crate::task::record::Phase;
+    use crate::task::record::{Phase, ResumeState};
+    use crate::task::state::TaskState;
+
+    fn running(resume: Option<ResumeState>) -> TaskState {
+        TaskState::Running {
+            started_ms: 1,
+            progress: Default::default(),
+            resume,
+        }
+    }
 
     #[test]
     fn saves_loads_and_sets_aside_corrupt_records() {
@@ -191,7 +200,7 @@ mod tests {
             ..TaskPayload::default()
         };
         let mut rec = TaskRecord::new("t-1".into(), payload, vec![]);
-        rec.phase = Phase::Running;
+        rec.state = running(None);
         journal.save(&rec).unwrap();
         let mode = fs::metadata(tmp.path().join("tasks/t-1.json"))
             .unwrap()
@@ -223,11 +232,10 @@ mod tests {
         journal.save(&ok).unwrap();
         let plant = |file: &str, id: &str, payload: TaskPayload, staging: Option<&str>| {
             let mut rec = TaskRecord::new(id.into(), payload, vec![]);
-            rec.phase = Phase::Running;
-            rec.resume = staging.map(|s| crate::task::record::ResumeState {
+            rec.state = running(staging.map(|s| ResumeState {
                 staging_name: s.into(),
                 ..Default::default()
-            });
+            }));
             fs::write(
                 tmp.path().join("tasks").join(file),
                 serde_json::to_vec(&rec).unwrap(),
@@ -267,7 +275,7 @@ mod tests {
         assert!(!tmp.path().join("x").exists() && !tmp.path().join("x.json").exists());
         // And no caller can make the journal write outside its folder.
         let mut escape = TaskRecord::new("../../x".into(), good, vec![]);
-        escape.phase = Phase::Running;
+        escape.state = running(None);
         assert_eq!(journal.save(&escape).unwrap_err().code, Code::InvalidTaskId);
         assert!(journal.remove("../x").is_err());
         assert!(!tmp.path().parent().unwrap().join("x.json").exists());
@@ -299,23 +307,25 @@ mod tests {
         ];
         for (id, path) in cases {
             let mut rec = TaskRecord::new(format!("r-{id}"), payload.clone(), vec![]);
-            rec.phase = Phase::Success;
-            rec.result = Some(crate::task::record::TaskResult {
-                files: vec![file(path)],
-                install: None,
-                notes: vec![],
-            });
+            rec.state = TaskState::Success {
+                started_ms: None,
+                finished_ms: 1,
+                result: crate::task::record::TaskResult {
+                    files: vec![file(path)],
+                    install: None,
+                    notes: vec![],
+                },
+            };
             journal.save(&rec).unwrap();
             let mut rec = TaskRecord::new(format!("f-{id}"), payload.clone(), vec![]);
-            rec.phase = Phase::Running;
-            rec.resume = Some(crate::task::record::ResumeState {
+            rec.state = running(Some(ResumeState {
                 folder_done: vec![crate::task::record::DoneObject {
                     key: "p/a.bin".into(),
                     etag: "e".into(),
                     file: file(path),
                 }],
                 ..Default::default()
-            });
+            }));
             journal.save(&rec).unwrap();
         }
         let (_, records) = Journal::open(tmp.path(), &roots()).unwrap();
@@ -351,7 +361,7 @@ mod tests {
             .iter()
             .find(|r| r.task_id == "t-autoinstall")
             .unwrap();
-        let install = old.result.as_ref().unwrap().install.as_ref().unwrap();
+        let install = old.state.result().unwrap().install.as_ref().unwrap();
         assert_eq!(
             install.error_code,
             Some(crate::error::Code::UnsupportedAutoInstall.into())
@@ -359,9 +369,9 @@ mod tests {
         assert_eq!(install.package, None);
         assert!(records
             .iter()
-            .any(|r| r.phase == Phase::Running && r.resume.is_some()));
+            .any(|r| r.phase() == Phase::Running && r.state.resume().is_some()));
         assert!(records
             .iter()
-            .any(|r| r.phase == Phase::Success && r.result.is_some()));
+            .any(|r| r.phase() == Phase::Success && r.state.result().is_some()));
     }
 }

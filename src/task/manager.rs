@@ -1,26 +1,24 @@
-//! The task manager: intake, the queue, bounded concurrency, cancel, and the journal.
+//! The task manager: the queue, its locks, journal writes and scheduling. It exposes submit,
+//! cancel, describe, list and a stream of state changes; running one task is
+//! [`super::worker`]'s job, and the task's rules are [`super::state`]'s.
 //!
-//! Every state change of a task is saved before it is acknowledged; on start, tasks that were
-//! RUNNING when the daemon died go back to the queue and resume from their partial data.
+//! Every state change is saved before it is shown. Journal writes happen on blocking threads
+//! under the journal lock, which serialises them; the table lock is only ever held for
+//! in-memory work, so an API call never waits for an fsync. Both locks survive a panic of
+//! their holder (see [`lock`]): one bug must not take the API down.
 
+use super::journal::Journal;
+use super::payload::{self, ValidTask};
+use super::record::{Phase, TaskView};
+use super::table::{not_found, Admission, Table};
 use crate::config::Config;
 use crate::error::{Code, Error, Result, TaskCode};
-use crate::install::{self, InstallLock};
-use crate::net;
-use crate::pipeline::{self, RunContext};
-use crate::task::journal::Journal;
-use crate::task::payload::{self, TaskPayload, ValidTask};
-use crate::task::record::{Phase, ResumeState, TaskRecord, TaskResult, TaskView};
-use crate::timefmt::unix_millis_now;
-use crate::transfer::engine::Observer;
-use crate::transfer::source::limit::Bandwidth;
-use crate::transfer::source::SourceError;
-use std::collections::HashMap;
-use std::future::Future;
+use crate::install;
+use crate::pipeline::Services;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,9 +26,8 @@ use tokio_util::task::TaskTracker;
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// How long `shutdown` waits for running transfers to checkpoint.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-/// First and longest pause between attempts to save a task's outcome that the journal refused.
-const JOURNAL_RETRY_FIRST: Duration = Duration::from_millis(200);
-const JOURNAL_RETRY_MAX: Duration = Duration::from_secs(30);
+/// State changes a subscriber may fall behind by before it is told it lagged.
+const EVENT_BACKLOG: usize = 1024;
 
 pub struct Submitted {
     pub view: TaskView,
@@ -51,136 +48,72 @@ pub struct Manager {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: RwLock<Arc<Config>>,
-    client: RwLock<reqwest::Client>,
-    /// The bandwidth cap shared by every transfer (`bandwidth_limit_kib`).
-    bandwidth: Arc<Bandwidth>,
-    /// Lock order: `journal` before `state`. Every journal write happens under this lock and
-    /// saves the record as it is at that moment, so disk never goes back to an older state.
+pub(super) struct Inner {
+    /// The configuration and what is built from it, replaced whole on SIGHUP.
+    services: RwLock<Arc<Services>>,
+    /// Lock order: `journal` before `table`. Taken only on blocking threads.
     journal: Mutex<Journal>,
-    state: Mutex<State>,
-    wake: Notify,
-    shutdown: CancellationToken,
+    table: Mutex<Table>,
+    /// Every state change, as the API would show it (the fleet reporter subscribes).
+    pub(super) events: broadcast::Sender<TaskView>,
+    pub(super) wake: Notify,
+    pub(super) shutdown: CancellationToken,
     stopping: AtomicBool,
     workers: TaskTracker,
     submitted: AtomicU64,
-    bytes: AtomicU64,
-    retries: AtomicU64,
-    /// Taken around pm by every AutoInstall: one install at a time, transfers go on.
-    install_lock: InstallLock,
+    pub(super) bytes: AtomicU64,
+    pub(super) retries: AtomicU64,
 }
 
-#[derive(Default)]
-struct State {
-    tasks: HashMap<String, Slot>,
-    /// ClientToken → TaskId, for idempotent submits without a TaskId.
-    tokens: HashMap<String, String>,
-    /// Tasks holding a transfer slot (INSTALLING ones have given theirs back).
-    running: usize,
-    failures: HashMap<TaskCode, u64>,
+/// Locks a mutex even when an earlier holder panicked: the data is still the last state a
+/// transition left (transitions never leave a state half-applied), and refusing every later
+/// call would turn one bug into an outage.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A task's outcome ready to be saved and then shown (see `Inner::commit_outcome`).
-struct Settled {
-    record: TaskRecord,
-    /// Remove the partial data: the task will not resume.
-    discard: bool,
-    failure: Option<TaskCode>,
-    /// The task still holds a transfer slot (it did not reach INSTALLING).
-    held_slot: bool,
-}
-
-struct Slot {
-    record: TaskRecord,
-    run: Option<Running>,
-}
-
-struct Running {
-    cancel: CancellationToken,
-    /// Set by `cancel`: the worker then discards the partial file instead of keeping it.
-    by_user: bool,
-    /// Past the transfer: the task gave back its slot in `running` when it started installing.
-    installing: bool,
-}
-
-/// Runs blocking file I/O from sync code without stalling a multi-threaded runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
-fn new_task_id() -> String {
-    let alphabet = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let suffix: String = (0..16)
-        .map(|_| alphabet[fastrand::usize(..alphabet.len())] as char)
-        .collect();
-    format!("t-{suffix}")
-}
-
-/// Two submissions are the same request when they differ at most in credentials (a retry
-/// may carry fresh STS tokens) and in whether the TaskId was spelled out.
-fn same_request(a: &TaskPayload, b: &TaskPayload) -> bool {
-    let strip = |p: &TaskPayload| TaskPayload {
-        task_id: None,
-        credentials: None,
-        ..p.clone()
-    };
-    strip(a) == strip(b)
+/// Runs blocking work (journal writes, folder removal) off the async threads.
+pub(super) async fn off_thread<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("{what}: {e}")))?
 }
 
 impl Manager {
     pub async fn start(config: Config) -> Result<Manager> {
-        let state_dir = config.state_dir.clone();
-        let for_cleanup = config.clone();
-        let (journal, records) = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&state_dir)
-                .map_err(|e| Error::io("creating state folder", &state_dir, &e))?;
-            // Unpacked bundles of installs a crash interrupted: they start over.
-            install::clean_stale(&for_cleanup);
-            Journal::open(&state_dir, &for_cleanup.allowed_roots)
-        })
-        .await
-        .map_err(|e| Error::new(Code::Internal, format!("opening the journal: {e}")))??;
-        // Building the client reads the CA folders: keep that file I/O off the async thread.
-        let client = {
+        let config = Arc::new(config);
+        let (services, journal, table) = off_thread("opening the journal", {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || net::client::build_client(&config))
-                .await
-                .map_err(|e| {
-                    Error::new(Code::Internal, format!("building the HTTP client: {e}"))
-                })??
-        };
-        let mut state = State::default();
-        for mut record in records {
-            if matches!(record.phase, Phase::Running | Phase::Installing) {
-                // Interrupted by a crash or a stop: back to the queue, partial data kept.
-                record.phase = Phase::Pending;
-                record.updated_ms = unix_millis_now();
-                journal.save(&record)?;
-                tracing::info!(task = %record.task_id, bytes = record.bytes_done, "resuming interrupted task");
+            move || {
+                let dir = &config.state_dir;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io("creating state folder", dir, &e))?;
+                // Unpacked bundles of installs a crash interrupted: they start over.
+                install::clean_stale(&config);
+                let (journal, records) = Journal::open(dir, &config.allowed_roots)?;
+                let mut table = Table::default();
+                for mut record in records {
+                    if record.update(|s, _| s.interrupted()) {
+                        // Interrupted by a crash or a stop: back to the queue, data kept.
+                        journal.save(&record)?;
+                        tracing::info!(task = %record.task_id, "resuming interrupted task");
+                    }
+                    let plan = payload::validate(record.payload.clone(), &config.allowed_roots);
+                    table.load(record, plan.map(Arc::new));
+                }
+                // Reads the CA folders: built here, off the async threads, too.
+                Ok((Services::build(config.clone())?, journal, table))
             }
-            if let Some(token) = &record.payload.client_token {
-                // Records load oldest first: a token stays bound to its first task.
-                state
-                    .tokens
-                    .entry(token.clone())
-                    .or_insert_with(|| record.task_id.clone());
-            }
-            state
-                .tasks
-                .insert(record.task_id.clone(), Slot { record, run: None });
-        }
+        })
+        .await?;
         let inner = Arc::new(Inner {
-            bandwidth: Bandwidth::from_config(&config),
-            config: RwLock::new(Arc::new(config)),
-            client: RwLock::new(client),
+            services: RwLock::new(Arc::new(services)),
             journal: Mutex::new(journal),
-            state: Mutex::new(state),
+            table: Mutex::new(table),
+            events: broadcast::channel(EVENT_BACKLOG).0,
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
             stopping: AtomicBool::new(false),
@@ -188,19 +121,20 @@ impl Manager {
             submitted: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            install_lock: InstallLock::new(()),
         });
-        blocking(|| inner.prune());
+        inner.prune().await;
         let scheduler = inner.clone();
         tokio::spawn(async move { scheduler.schedule().await });
         Ok(Manager { inner })
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.inner.config()
+        self.inner.services().config.clone()
     }
 
-    pub fn submit(&self, json: &[u8]) -> Result<Submitted> {
+    /// Checks a payload with intake's rules, then queues it (or answers for the task it
+    /// repeats). The record is durable before this returns.
+    pub async fn submit(&self, json: &[u8]) -> Result<Submitted> {
         let config = self.config();
         let task = payload::validate(payload::parse(json)?, &config.allowed_roots)?;
         if task.payload.auto_install && !config.install.enabled {
@@ -209,38 +143,36 @@ impl Manager {
                 "AutoInstall is turned off on this device (install.enabled = false in the ferry configuration); send the task with AutoInstall false, or enable it there",
             ));
         }
-        self.inner.submit(task)
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(Error::new(
+                Code::ApiShuttingDown,
+                "the daemon is shutting down; submit again once it is back",
+            ));
+        }
+        let inner = self.inner.clone();
+        off_thread("submitting", move || inner.admit(task)).await
     }
 
     pub fn describe(&self, id: &str) -> Result<TaskView> {
-        let state = self.inner.lock();
-        state
-            .tasks
-            .get(id)
-            .map(|s| s.record.view())
-            .ok_or_else(|| not_found(id))
+        self.inner.table().view(id)
     }
 
     /// All tasks, newest first.
     pub fn list(&self) -> Vec<TaskView> {
-        let state = self.inner.lock();
-        let mut records: Vec<&TaskRecord> = state.tasks.values().map(|s| &s.record).collect();
-        records.sort_by(|a, b| {
-            b.created_ms
-                .cmp(&a.created_ms)
-                .then(b.task_id.cmp(&a.task_id))
-        });
-        records.into_iter().map(TaskRecord::view).collect()
+        self.inner.table().views()
+    }
+
+    /// Every state change from now on, as `describe` would show it. A subscriber that falls
+    /// more than 1024 changes behind gets `Lagged` and should `list` again.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskView> {
+        self.inner.events.subscribe()
     }
 
     pub async fn cancel(&self, id: &str) -> Result<TaskView> {
         let inner = self.inner.clone();
         let owned = id.to_string();
-        // A pending task is cancelled here; a running one is told to stop (`None`).
-        let done = tokio::task::spawn_blocking(move || inner.cancel(&owned))
-            .await
-            .map_err(|e| Error::new(Code::Internal, format!("cancelling: {e}")))??;
-        if let Some(view) = done {
+        // A pending task is cancelled there; a running one is told to stop (`None`).
+        if let Some(view) = off_thread("cancelling", move || inner.cancel(&owned)).await? {
             return Ok(view);
         }
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
@@ -255,43 +187,44 @@ impl Manager {
 
     /// SIGHUP: new settings for every decision from now on. The state folder and the API
     /// listeners are fixed for the life of the process.
-    pub fn reload(&self, mut config: Config) {
-        let old = self.inner.config();
-        if config.state_dir != old.state_dir {
+    pub async fn reload(&self, mut config: Config) {
+        let old = self.inner.services();
+        if config.state_dir != old.config.state_dir {
             tracing::warn!(
                 "state_dir cannot change while running; keeping {}",
-                old.state_dir.display()
+                old.config.state_dir.display()
             );
-            config.state_dir = old.state_dir.clone();
+            config.state_dir = old.config.state_dir.clone();
         }
-        match net::client::build_client(&config) {
-            Ok(client) => *self.inner.client.write().expect("client lock") = client,
-            Err(e) => tracing::warn!(error = %e, "keeping the old HTTP client"),
-        }
-        self.inner
-            .bandwidth
-            .set_rate(config.bandwidth_limit_kib.saturating_mul(1024));
-        *self.inner.config.write().expect("config lock") = Arc::new(config);
+        let config = Arc::new(config);
+        let rebuilt = {
+            let (old, config) = (old.clone(), config.clone());
+            off_thread("reloading", move || old.reload(config)).await
+        };
+        let services = rebuilt.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "keeping the old HTTP client");
+            old.bandwidth
+                .set_rate(config.bandwidth_limit_kib.saturating_mul(1024));
+            Services {
+                config,
+                client: old.client.clone(),
+                bandwidth: old.bandwidth.clone(),
+                install_lock: old.install_lock.clone(),
+            }
+        });
+        *self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(services);
         self.inner.wake.notify_one();
         tracing::info!("configuration reloaded");
     }
 
     pub fn metrics(&self) -> Metrics {
-        let state = self.inner.lock();
-        let tasks_by_phase = Phase::ALL
-            .iter()
-            .map(|p| {
-                (
-                    *p,
-                    state
-                        .tasks
-                        .values()
-                        .filter(|s| s.record.phase == *p)
-                        .count() as u64,
-                )
-            })
-            .collect();
-        let mut failures_by_code: Vec<(TaskCode, u64)> = state
+        let table = self.inner.table();
+        let tasks_by_phase = Phase::ALL.iter().map(|p| (*p, table.count(*p))).collect();
+        let mut failures_by_code: Vec<(TaskCode, u64)> = table
             .failures
             .iter()
             .map(|(c, n)| (c.clone(), *n))
@@ -323,149 +256,95 @@ impl Manager {
     }
 }
 
-fn not_found(id: &str) -> Error {
-    Error::new(Code::ApiNotFound, format!("no task with TaskId {id:?}"))
-}
-
-fn cancelled() -> Error {
-    Error::new(
-        Code::Cancelled,
-        "the task was cancelled; its partial data was removed",
-    )
-}
-
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("task state lock")
+    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
     }
 
-    fn config(&self) -> Arc<Config> {
-        self.config.read().expect("config lock").clone()
+    pub(super) fn journal(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.journal)
     }
 
-    fn journal(&self) -> MutexGuard<'_, Journal> {
-        self.journal.lock().expect("journal lock")
+    pub(super) fn services(&self) -> Arc<Services> {
+        self.services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Saves the task's current record (nothing once it has been pruned).
-    fn persist(&self, id: &str) -> Result<()> {
+    pub(super) fn emit(&self, view: TaskView) {
+        // No subscriber is no error.
+        let _ = self.events.send(view);
+    }
+
+    /// Intake on a blocking thread: the journal lock makes two submits of one TaskId (or a
+    /// submit racing a cancel or the cleanup of a finished run) take turns.
+    fn admit(&self, task: ValidTask) -> Result<Submitted> {
         let journal = self.journal();
-        let record = self.lock().tasks.get(id).map(|s| s.record.clone());
-        record.map_or(Ok(()), |r| journal.save(&r))
-    }
-
-    /// Cancels a pending task at once, or signals a running one to stop (`Ok(None)`).
-    /// CANCELLED is shown only once the journal holds it (the state lock is kept over the
-    /// save, as in `submit`, so the scheduler cannot start the task meanwhile); the partial
-    /// data goes after that. The journal lock is held until it is gone, so a re-submit of
-    /// the same TaskId cannot start a new transfer that this cleanup would then delete.
-    fn cancel(&self, id: &str) -> Result<Option<TaskView>> {
-        let journal = self.journal();
-        let record = {
-            let mut state = self.lock();
-            let slot = state.tasks.get_mut(id).ok_or_else(|| not_found(id))?;
-            match (&mut slot.run, slot.record.phase) {
-                (Some(run), _) => {
-                    run.by_user = true;
-                    run.cancel.cancel();
-                    return Ok(None);
-                }
-                (None, Phase::Pending) => {
-                    let mut record = slot.record.clone();
-                    record.fail(&cancelled());
-                    record.resume = record.resume.take().and_then(ResumeState::landed_only);
-                    journal.save(&record)?;
-                    slot.record = record.clone();
-                    record
-                }
-                (None, _) => return Ok(Some(slot.record.view())),
-            }
-        };
-        self.discard(&record);
-        Ok(Some(record.view()))
-    }
-
-    fn submit(&self, task: ValidTask) -> Result<Submitted> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(Error::new(
-                Code::ApiShuttingDown,
-                "the daemon is shutting down; submit again once it is back",
-            ));
-        }
-        let journal = self.journal();
-        let mut state = self.lock();
-        let token_id = task
-            .payload
-            .client_token
-            .as_ref()
-            .and_then(|t| state.tokens.get(t).cloned());
-        let token_conflict = |bound: &str| {
-            Error::new(
-                Code::ApiClientTokenConflict,
-                format!("ClientToken is already bound to task {bound:?} with a different request; use a new ClientToken for a new task"),
-            )
-        };
-        let id = match (&task.payload.task_id, &token_id) {
-            (Some(id), Some(bound)) if id != bound => return Err(token_conflict(bound)),
-            (Some(id), _) => id.clone(),
-            (None, Some(id)) => id.clone(),
-            (None, None) => new_task_id(),
-        };
-        let mut payload = task.payload.clone();
-        payload.task_id = Some(id.clone());
-        if let Some(slot) = state.tasks.get_mut(&id) {
-            if !same_request(&slot.record.payload, &payload) {
-                if token_id.is_some() {
-                    return Err(token_conflict(&id));
-                }
-                return Err(Error::new(
-                    Code::ApiTaskIdConflict,
-                    format!("TaskId {id:?} (or its ClientToken) already names a different task; use a new TaskId"),
-                ));
-            }
-            if !matches!(slot.record.phase, Phase::Failed | Phase::Cancelled) {
+        let record = match self.table().admit(&task)? {
+            Admission::Known(view) => {
                 return Ok(Submitted {
-                    view: slot.record.view(),
+                    view,
                     created: false,
-                });
+                })
             }
-            // A failed task submitted again runs again, resuming from kept partial data.
-            // Shown as PENDING only once the journal holds it.
-            let mut record = slot.record.clone();
-            record.payload = payload;
-            record.phase = Phase::Pending;
-            record.error_code = None;
-            record.error_msg = None;
-            record.result = None;
-            record.notes = task.notes;
-            record.started_ms = None;
-            record.finished_ms = None;
-            record.updated_ms = unix_millis_now();
-            blocking(|| journal.save(&record))?;
-            slot.record = record.clone();
-            drop(state);
-            self.submitted.fetch_add(1, Ordering::Relaxed);
-            self.wake.notify_one();
-            return Ok(Submitted {
-                view: record.view(),
-                created: true,
-            });
-        }
-        let record = TaskRecord::new(id.clone(), payload, task.notes);
-        // Saved under the lock so two submits of one TaskId cannot both create it.
-        blocking(|| journal.save(&record))?;
-        if let Some(token) = &record.payload.client_token {
-            state.tokens.insert(token.clone(), id.clone());
-        }
+            Admission::Save(record) => record,
+        };
+        journal.save(&record)?;
         let view = record.view();
-        state.tasks.insert(id, Slot { record, run: None });
-        drop(state);
+        self.table().admitted(record, Arc::new(task));
+        drop(journal);
         self.submitted.fetch_add(1, Ordering::Relaxed);
+        self.emit(view.clone());
         self.wake.notify_one();
         Ok(Submitted {
             view,
             created: true,
         })
+    }
+
+    /// Cancels a pending task at once, or signals a running one to stop (`Ok(None)`).
+    /// CANCELLED is shown only once the journal holds it; the partial data goes after that,
+    /// still under the journal lock, so a re-submit cannot start a transfer this removes.
+    fn cancel(&self, id: &str) -> Result<Option<TaskView>> {
+        let journal = self.journal();
+        let record = {
+            let mut table = self.table();
+            let slot = table.get_mut(id).ok_or_else(|| not_found(id))?;
+            if let Some(run) = slot.run.as_mut() {
+                run.by_user = true;
+                run.cancel.cancel();
+                return Ok(None);
+            }
+            let mut record = slot.record.clone();
+            if record.update(|s, now| s.cancel_pending(now)).is_err() {
+                return Ok(Some(slot.record.view()));
+            }
+            slot.saving = true;
+            record
+        };
+        let saved = journal.save(&record);
+        let plan = {
+            let mut table = self.table();
+            let slot = table.get_mut(id).expect("a saving task stays in the table");
+            slot.saving = false;
+            saved?;
+            slot.record = record.clone();
+            slot.plan.clone()
+        };
+        if let Ok(plan) = plan {
+            self.discard(&record.task_id, &plan);
+        }
+        self.emit(record.view());
+        Ok(Some(record.view()))
+    }
+
+    /// Removes a task's staging data; failures are logged, the task outcome stands.
+    pub(super) fn discard(&self, id: &str, task: &ValidTask) {
+        let config = self.services().config.clone();
+        if let Err(e) = crate::pipeline::discard_partial(&config, task, id) {
+            tracing::warn!(task = %id, error = %e, "cannot remove partial data");
+        }
     }
 
     async fn schedule(self: Arc<Self>) {
@@ -480,329 +359,70 @@ impl Inner {
 
     /// Starts the oldest pending tasks while there is room.
     fn start_ready(self: &Arc<Self>) {
-        let max = self.config().max_concurrent_tasks;
-        let mut state = self.lock();
-        while state.running < max && !self.shutdown.is_cancelled() {
-            let next = state
-                .tasks
-                .values()
-                .filter(|s| s.record.phase == Phase::Pending && s.run.is_none())
-                .min_by(|a, b| {
-                    a.record
-                        .created_ms
-                        .cmp(&b.record.created_ms)
-                        .then(a.record.task_id.cmp(&b.record.task_id))
-                })
-                .map(|s| s.record.task_id.clone());
-            let Some(id) = next else { break };
+        let max = self.services().config.max_concurrent_tasks;
+        let mut table = self.table();
+        while table.running < max && !self.shutdown.is_cancelled() {
             let cancel = self.shutdown.child_token();
-            let slot = state.tasks.get_mut(&id).expect("picked from the map");
-            slot.run = Some(Running {
-                cancel: cancel.clone(),
-                by_user: false,
-                installing: false,
-            });
-            slot.record.phase = Phase::Running;
-            let now = unix_millis_now();
-            slot.record.started_ms = Some(now);
-            slot.record.updated_ms = now;
-            let record = slot.record.clone();
-            state.running += 1;
-            let inner = self.clone();
-            self.workers
-                .spawn(async move { inner.work(record, cancel).await });
-        }
-    }
-
-    /// `persist` off the async thread; a failure is logged, the task carries on.
-    async fn save(self: &Arc<Self>, id: &str) {
-        let inner = self.clone();
-        let owned = id.to_string();
-        let outcome = tokio::task::spawn_blocking(move || inner.persist(&owned)).await;
-        if let Ok(Err(e)) | Err(e) = outcome.map_err(|e| Error::new(Code::Internal, e.to_string()))
-        {
-            tracing::error!(task = %id, error = %e, "cannot save task record");
-        }
-    }
-
-    async fn work(self: Arc<Self>, record: TaskRecord, cancel: CancellationToken) {
-        let id = record.task_id.clone();
-        self.save(&id).await;
-        tracing::info!(task = %id, "transfer started");
-        let config = self.config();
-        let client = self.client.read().expect("client lock").clone();
-        let auto_install = record.payload.auto_install;
-        let outcome = match payload::validate(record.payload.clone(), &config.allowed_roots) {
-            Ok(task) => {
-                let ctx = RunContext {
-                    config: &config,
-                    client,
-                    task_id: &id,
-                    resume: record.resume.clone(),
-                    cancel: cancel.clone(),
-                    bandwidth: self.bandwidth.clone(),
-                };
-                let observer = TaskObserver {
-                    inner: self.clone(),
-                    id: id.clone(),
-                    last: AtomicU64::new(record.bytes_done),
-                };
-                pipeline::run(ctx, &task, &observer).await
-            }
-            Err(e) => Err(e),
-        };
-        let outcome = match outcome {
-            Ok(mut result) if auto_install => {
-                self.start_installing(&id, &result).await;
-                install::install(&config, &id, &result.files, &self.install_lock, &cancel)
-                    .await
-                    .map(|installed| {
-                        result.install = Some(installed);
-                        result
-                    })
-            }
-            other => other,
-        };
-        let settled = self.settle(&id, outcome);
-        self.commit_outcome(settled).await;
-        let inner = self.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.prune()).await;
-        self.wake.notify_one();
-    }
-
-    /// The transfer is done and AutoInstall begins: the task shows INSTALLING with its files,
-    /// and gives its transfer slot back so queued transfers start while it waits for pm.
-    async fn start_installing(self: &Arc<Self>, id: &str, landed: &TaskResult) {
-        {
-            let mut state = self.lock();
-            let Some(slot) = state.tasks.get_mut(id) else {
-                return;
+            let Some(slot) = table.start_next(cancel.clone()) else {
+                break;
             };
-            let record = &mut slot.record;
-            record.phase = Phase::Installing;
-            record.bytes_done = landed.files.iter().map(|f| f.size).sum();
-            record.bytes_total = Some(record.bytes_done);
-            record.result = Some(landed.clone());
-            record.updated_ms = unix_millis_now();
-            if let Some(run) = slot.run.as_mut() {
-                run.installing = true;
-            }
-            state.running -= 1;
-        }
-        self.save(id).await;
-        self.wake.notify_one();
-    }
-
-    /// Saves a task's outcome and only then shows it, retrying with backoff while the journal
-    /// refuses the write: the API never reports an outcome the journal does not hold (a
-    /// SUCCESS shown but lost would run the task, and its AutoInstall, again after a restart).
-    /// Meanwhile the task stays RUNNING (or INSTALLING) with a note saying why. A daemon
-    /// stopping gives up: the journal still says RUNNING and the next start resumes the task.
-    async fn commit_outcome(self: &Arc<Self>, settled: Settled) {
-        let settled = Arc::new(settled);
-        let mut delay = JOURNAL_RETRY_FIRST;
-        loop {
-            let (inner, attempt) = (self.clone(), settled.clone());
-            let saved = tokio::task::spawn_blocking(move || inner.finish(&attempt))
-                .await
-                .map_err(|e| Error::new(Code::Internal, format!("finishing the task: {e}")))
-                .and_then(|r| r);
-            let Err(e) = saved else { return };
-            let id = &settled.record.task_id;
-            tracing::error!(task = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot save the task's outcome; it stays running until the journal takes it");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.cancelled() => return,
-            }
-            delay = (delay * 2).min(JOURNAL_RETRY_MAX);
+            let (id, plan) = (slot.record.task_id.clone(), slot.plan.clone());
+            let resume = slot.record.state.resume().cloned();
+            let done = slot.record.state.progress().done;
+            self.emit(slot.record.view());
+            let inner = self.clone();
+            self.workers.spawn(async move {
+                inner.work(id, plan, resume, done, cancel).await;
+            });
         }
     }
 
-    /// A transfer's outcome applied to a copy of its record; nothing is shown yet.
-    fn settle(&self, id: &str, outcome: Result<TaskResult>) -> Settled {
-        let state = self.lock();
-        let slot = state.tasks.get(id).expect("running tasks stay in the map");
-        let by_user = slot.run.as_ref().is_some_and(|r| r.by_user);
-        let held_slot = !slot.run.as_ref().is_some_and(|r| r.installing);
-        let mut record = slot.record.clone();
-        let mut discard = false;
-        let mut failure = None;
-        match outcome {
-            Ok(result) => {
-                // AutoInstall is part of the task: a refused install fails it (the file
-                // stays in place and the result still lists it); NotAnApk does not.
-                let refused = result
-                    .install
-                    .as_ref()
-                    .and_then(|i| i.failure().map(|code| (code.clone(), i.message.clone())));
-                record.phase = Phase::Success;
-                record.bytes_done = result.files.iter().map(|f| f.size).sum();
-                record.bytes_total = Some(record.bytes_done);
-                record.result = Some(result);
-                record.resume = None;
-                if let Some((code, message)) = refused {
-                    record.phase = Phase::Failed;
-                    record.error_code = Some(code.clone());
-                    record.error_msg = Some(message);
-                    failure = Some(code);
+    /// Deletes finished records beyond the configured age and count, with their files.
+    pub(super) async fn prune(self: &Arc<Self>) {
+        let inner = self.clone();
+        let pruned = off_thread("pruning", move || {
+            let config = inner.services().config.clone();
+            let max_age_ms = config.prune.max_age_hours.saturating_mul(3_600_000);
+            let now = crate::timefmt::unix_millis_now();
+            // Held throughout: a re-submit of a doomed TaskId waits, then finds it gone.
+            let journal = inner.journal();
+            let doomed = inner
+                .table()
+                .prune(now, max_age_ms, config.prune.max_finished);
+            for slot in doomed {
+                let id = &slot.record.task_id;
+                if let (Some(_), Ok(plan)) = (slot.record.state.resume(), &slot.plan) {
+                    inner.discard(id, plan);
                 }
-                record.finish_now();
-            }
-            Err(e) if e.code == Code::Cancelled && !by_user => {
-                // Daemon stopping: stay RUNNING in the journal so the next start resumes.
-                record.updated_ms = unix_millis_now();
-            }
-            Err(e) => {
-                let e = if by_user { cancelled() } else { e };
-                // Keep partial data only when there is some and the failure may pass.
-                discard = by_user || !e.code.keeps_partial() || record.bytes_done == 0;
-                if discard {
-                    record.resume = record.resume.take().and_then(ResumeState::landed_only);
-                }
-                record.fail(&e);
-                failure = Some(e.code.into());
-            }
-        }
-        Settled {
-            record,
-            discard,
-            failure,
-            held_slot,
-        }
-    }
-
-    /// Saves a settled outcome, then shows it. The journal lock is held from before the save
-    /// until the record in memory is replaced (and the partial data removed, when the outcome
-    /// calls for it), so a re-submit of this TaskId waits for that and never races the
-    /// cleanup or the write. When the save fails nothing is shown but a note.
-    fn finish(&self, settled: &Settled) -> Result<()> {
-        let journal = self.journal();
-        let record = &settled.record;
-        let id = record.task_id.as_str();
-        if settled.discard {
-            self.discard(record);
-        }
-        if let Err(e) = journal.save(record) {
-            let note = format!(
-                "the outcome of this task could not be saved to the journal ({e}); it shows as running until the save succeeds (retrying)"
-            );
-            if let Some(slot) = self.lock().tasks.get_mut(id) {
-                slot.record
-                    .notes
-                    .retain(|n| !n.starts_with("the outcome of this task could not be saved"));
-                slot.record.notes.push(note);
-            }
-            return Err(e);
-        }
-        {
-            let mut state = self.lock();
-            if let Some(slot) = state.tasks.get_mut(id) {
-                slot.record = record.clone();
-                slot.run = None;
-            }
-            if settled.held_slot {
-                state.running -= 1;
-            }
-            if let Some(code) = &settled.failure {
-                *state.failures.entry(code.clone()).or_default() += 1;
-            }
-        }
-        match (&record.error_code, record.phase) {
-            (Some(code), _) => {
-                tracing::warn!(task = %id, code = %code, error = record.error_msg.as_deref().unwrap_or(""), "task failed")
-            }
-            (None, Phase::Success) => tracing::info!(task = %id, "task succeeded"),
-            _ => tracing::info!(task = %id, "task interrupted; it resumes on the next start"),
-        }
-        Ok(())
-    }
-
-    /// Removes a task's staging data; failures are logged, the task outcome stands.
-    fn discard(&self, record: &TaskRecord) {
-        if let Ok(task) = payload::validate(record.payload.clone(), &self.config().allowed_roots) {
-            if let Err(e) = pipeline::discard_partial(&self.config(), &task, &record.task_id) {
-                tracing::warn!(task = %record.task_id, error = %e, "cannot remove partial data");
-            }
-        }
-    }
-
-    /// Deletes finished records beyond the configured age and count.
-    fn prune(&self) {
-        let config = self.config();
-        let max_age_ms = config.prune.max_age_hours.saturating_mul(3_600_000);
-        let now = unix_millis_now();
-        // Held throughout: a re-submit of a doomed TaskId waits, then finds it gone.
-        let journal = self.journal();
-        let doomed: Vec<TaskRecord> = {
-            let mut state = self.lock();
-            let mut finished: Vec<&TaskRecord> = state
-                .tasks
-                .values()
-                .filter(|s| s.run.is_none() && s.record.phase.is_finished())
-                .map(|s| &s.record)
-                .collect();
-            finished.sort_by_key(|r| std::cmp::Reverse(r.finished_ms.unwrap_or(r.updated_ms)));
-            let doomed: Vec<TaskRecord> = finished
-                .iter()
-                .enumerate()
-                .filter(|(i, r)| {
-                    *i >= config.prune.max_finished
-                        || now.saturating_sub(r.finished_ms.unwrap_or(r.updated_ms)) > max_age_ms
-                })
-                .map(|(_, r)| (*r).clone())
-                .collect();
-            for record in &doomed {
-                state.tasks.remove(&record.task_id);
-                if let Some(token) = &record.payload.client_token {
-                    if state.tokens.get(token) == Some(&record.task_id) {
-                        state.tokens.remove(token);
-                    }
+                if let Err(e) = journal.remove(id) {
+                    tracing::warn!(task = %id, error = %e, "cannot prune task record");
                 }
             }
-            doomed
-        };
-        for record in doomed {
-            if record.resume.is_some() {
-                self.discard(&record);
-            }
-            if let Err(e) = journal.remove(&record.task_id) {
-                tracing::warn!(task = %record.task_id, error = %e, "cannot prune task record");
-            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = pruned {
+            tracing::warn!(error = %e, "pruning finished tasks failed");
         }
     }
 }
 
-/// Feeds engine progress into the task record and checkpoints into the journal.
-struct TaskObserver {
-    inner: Arc<Inner>,
-    id: String,
-    last: AtomicU64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Observer for TaskObserver {
-    fn progress(&self, done: u64, total: Option<u64>) {
-        let before = self.last.swap(done, Ordering::Relaxed);
-        self.inner
-            .bytes
-            .fetch_add(done.saturating_sub(before), Ordering::Relaxed);
-        let mut state = self.inner.lock();
-        if let Some(slot) = state.tasks.get_mut(&self.id) {
-            slot.record.bytes_done = done;
-            slot.record.bytes_total = total;
-        }
-    }
-
-    fn checkpoint(&self, resume: ResumeState) -> impl Future<Output = ()> + Send {
-        if let Some(slot) = self.inner.lock().tasks.get_mut(&self.id) {
-            slot.record.resume = Some(resume);
-            slot.record.updated_ms = unix_millis_now();
-        }
-        let inner = self.inner.clone();
-        let id = self.id.clone();
-        async move { inner.save(&id).await }
-    }
-
-    fn retrying(&self, _err: &SourceError, _delay: Duration) {
-        self.inner.retries.fetch_add(1, Ordering::Relaxed);
+    /// A panic while the table is locked must not make every later API call fail.
+    #[test]
+    fn a_lock_whose_holder_panicked_still_serves() {
+        let table = Arc::new(Mutex::new(vec![1]));
+        let held = table.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = held.lock().unwrap();
+            panic!("a bug while holding the lock");
+        })
+        .join();
+        assert!(table.is_poisoned());
+        lock(&table).push(2);
+        assert_eq!(*lock(&table), vec![1, 2]);
     }
 }

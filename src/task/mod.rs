@@ -1,8 +1,12 @@
-//! Tasks: intake ([`payload`]: a SendFile payload checked into a `Plan`), the durable
-//! [`record`] of each task and its states, the [`journal`] that stores records, and the
-//! [`manager`] that queues and schedules them.
+//! Tasks: intake ([`payload`]: a SendFile payload checked into a plan), the durable
+//! [`record`] of each task with its [`state`] and transitions, the [`journal`] that stores
+//! records, and the [`manager`] that queues and schedules them ([`worker`] runs one).
 
 pub mod journal;
 pub mod manager;
 pub mod payload;
 pub mod record;
+mod record_v1;
+pub mod state;
+mod table;
+mod worker;

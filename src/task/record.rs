@@ -3,13 +3,14 @@
 //! Status mirrors the cloud API's DescribeTasks (`TaskStatus` Processing/Finished/Failed) so a
 //! control plane can read it unchanged, with ferry's finer `Phase` beside it.
 
-use crate::error::{Code, Error, TaskCode};
+use super::state::TaskState;
+use crate::error::{Code, TaskCode};
 use crate::task::payload::TaskPayload;
 use crate::timefmt::{rfc3339, unix_millis_now};
 use serde::{Deserialize, Serialize};
 
 /// Journal format version; bump it when a field changes meaning, and keep loading old ones.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -168,35 +169,55 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// The durable record of one task, as kept in the journal.
+/// The durable record of one task, as kept in the journal: what was asked (`payload`), what
+/// a person should know (`notes`) and where the task is (`state`, which carries its data).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", try_from = "serde_json::Value")]
 pub struct TaskRecord {
     pub version: u32,
     pub task_id: String,
     /// The payload as submitted; the journal file is 0600 because it may carry credentials.
     pub payload: TaskPayload,
-    pub phase: Phase,
-    pub bytes_done: u64,
-    pub bytes_total: Option<u64>,
-    #[serde(default)]
-    pub error_code: Option<TaskCode>,
-    #[serde(default)]
-    pub error_msg: Option<String>,
-    #[serde(default)]
-    pub result: Option<TaskResult>,
     /// Remarks a person should see, such as "TargetFileName has no effect for DOWNLOAD_URL".
-    #[serde(default)]
     pub notes: Vec<String>,
-    #[serde(default)]
-    pub resume: Option<ResumeState>,
     /// Times are milliseconds since the Unix epoch (UTC).
     pub created_ms: u64,
-    #[serde(default)]
-    pub started_ms: Option<u64>,
-    #[serde(default)]
-    pub finished_ms: Option<u64>,
     pub updated_ms: u64,
+    pub state: TaskState,
+}
+
+impl TryFrom<serde_json::Value> for TaskRecord {
+    type Error = String;
+
+    /// Records of this build have a `State`; version 1 records (flat fields beside a data-less
+    /// `Phase`) are read through [`super::record_v1`].
+    fn try_from(value: serde_json::Value) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Current {
+            version: u32,
+            task_id: String,
+            payload: TaskPayload,
+            #[serde(default)]
+            notes: Vec<String>,
+            created_ms: u64,
+            updated_ms: u64,
+            state: TaskState,
+        }
+        if value.get("State").is_none() {
+            return super::record_v1::read(value);
+        }
+        let c: Current = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        Ok(TaskRecord {
+            version: c.version,
+            task_id: c.task_id,
+            payload: c.payload,
+            notes: c.notes,
+            created_ms: c.created_ms,
+            updated_ms: c.updated_ms,
+            state: c.state,
+        })
+    }
 }
 
 impl TaskRecord {
@@ -206,66 +227,60 @@ impl TaskRecord {
             version: RECORD_VERSION,
             task_id,
             payload,
-            phase: Phase::Pending,
-            bytes_done: 0,
-            bytes_total: None,
-            error_code: None,
-            error_msg: None,
-            result: None,
             notes,
-            resume: None,
             created_ms: now,
-            started_ms: None,
-            finished_ms: None,
             updated_ms: now,
+            state: TaskState::default(),
         }
     }
 
-    pub fn fail(&mut self, err: &Error) {
-        self.phase = if err.code == Code::Cancelled {
-            Phase::Cancelled
-        } else {
-            Phase::Failed
-        };
-        self.error_code = Some(err.code.into());
-        self.error_msg = Some(err.message.clone());
-        self.finish_now();
+    pub fn phase(&self) -> Phase {
+        self.state.phase()
     }
 
-    pub fn finish_now(&mut self) {
+    /// Applies a transition of [`TaskState`] and stamps the record as updated.
+    pub fn update<T>(&mut self, change: impl FnOnce(&mut TaskState, u64) -> T) -> T {
         let now = unix_millis_now();
-        self.finished_ms = Some(now);
         self.updated_ms = now;
+        change(&mut self.state, now)
+    }
+
+    /// When the task ended, or when it was last touched if it has not.
+    pub fn finished_or_updated_ms(&self) -> u64 {
+        self.state.finished_ms().unwrap_or(self.updated_ms)
     }
 
     /// Progress in whole percent; unknown totals report 0 until the end.
-    pub fn progress(&self) -> u8 {
-        match (self.phase, self.bytes_total) {
+    pub fn percent(&self) -> u8 {
+        let progress = self.state.progress();
+        match (self.phase(), progress.total) {
             (Phase::Success, _) => 100,
-            (_, Some(0)) => 0,
-            (_, Some(total)) => ((self.bytes_done.min(total) * 100) / total) as u8,
-            (_, None) => 0,
+            (_, Some(0)) | (_, None) => 0,
+            (_, Some(total)) => ((progress.done.min(total) * 100) / total) as u8,
         }
     }
 
     /// The API view: secrets removed, times as RFC 3339 UTC.
     pub fn view(&self) -> TaskView {
+        let phase = self.phase();
+        let progress = self.state.progress();
+        let error = self.state.error();
         TaskView {
             task_id: self.task_id.clone(),
             client_token: self.payload.client_token.clone(),
-            task_status: self.phase.task_status().to_string(),
-            phase: self.phase,
-            progress: self.progress(),
-            bytes_done: self.bytes_done,
-            bytes_total: self.bytes_total,
-            error_code: self.error_code.clone(),
-            error_msg: self.error_msg.clone(),
-            result: self.result.clone(),
+            task_status: phase.task_status().to_string(),
+            phase,
+            progress: self.percent(),
+            bytes_done: progress.done,
+            bytes_total: progress.total,
+            error_code: error.as_ref().map(|(code, _)| code.clone()),
+            error_msg: error.map(|(_, message)| message.to_string()),
+            result: self.state.result().cloned(),
             notes: self.notes.clone(),
             payload: self.payload.redacted(),
             creation_time: rfc3339(self.created_ms),
-            start_time: self.started_ms.map(rfc3339),
-            finish_time: self.finished_ms.map(rfc3339),
+            start_time: self.state.started_ms().map(rfc3339),
+            finish_time: self.state.finished_ms().map(rfc3339),
         }
     }
 }
