@@ -272,7 +272,7 @@ pub async fn reload(manager: &Manager, file: Option<PathBuf>, overrides: Overrid
             for field in restart_only_changes(&old, &new) {
                 warn!("SIGHUP: {field} changed in {source}; that takes a restart to apply");
             }
-            manager.reload(new);
+            manager.reload(new).await;
             info!("SIGHUP: configuration reloaded from {source}");
         }
         Err(e) => {

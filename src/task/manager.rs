@@ -5,15 +5,13 @@
 
 use crate::config::Config;
 use crate::error::{Code, Error, Result, TaskCode};
-use crate::install::{self, InstallLock};
-use crate::net;
-use crate::pipeline::{self, RunContext};
+use crate::install;
+use crate::pipeline::{self, Services};
 use crate::task::journal::Journal;
 use crate::task::payload::{self, TaskPayload, ValidTask};
 use crate::task::record::{Phase, ResumeState, TaskRecord, TaskResult, TaskView};
 use crate::timefmt::unix_millis_now;
-use crate::transfer::engine::Observer;
-use crate::transfer::source::limit::Bandwidth;
+use crate::transfer::engine;
 use crate::transfer::source::SourceError;
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,10 +50,9 @@ pub struct Manager {
 }
 
 struct Inner {
-    config: RwLock<Arc<Config>>,
-    client: RwLock<reqwest::Client>,
-    /// The bandwidth cap shared by every transfer (`bandwidth_limit_kib`).
-    bandwidth: Arc<Bandwidth>,
+    /// The configuration, HTTP client, bandwidth cap and install lock every run shares;
+    /// replaced whole by `reload`.
+    services: RwLock<Arc<Services>>,
     /// Lock order: `journal` before `state`. Every journal write happens under this lock and
     /// saves the record as it is at that moment, so disk never goes back to an older state.
     journal: Mutex<Journal>,
@@ -67,8 +64,6 @@ struct Inner {
     submitted: AtomicU64,
     bytes: AtomicU64,
     retries: AtomicU64,
-    /// Taken around pm by every AutoInstall: one install at a time, transfers go on.
-    install_lock: InstallLock,
 }
 
 #[derive(Default)]
@@ -147,9 +142,9 @@ impl Manager {
         .await
         .map_err(|e| Error::new(Code::Internal, format!("opening the journal: {e}")))??;
         // Building the client reads the CA folders: keep that file I/O off the async thread.
-        let client = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || net::client::build_client(&config))
+        let services = {
+            let config = Arc::new(config);
+            tokio::task::spawn_blocking(move || Services::build(config))
                 .await
                 .map_err(|e| {
                     Error::new(Code::Internal, format!("building the HTTP client: {e}"))
@@ -176,9 +171,7 @@ impl Manager {
                 .insert(record.task_id.clone(), Slot { record, run: None });
         }
         let inner = Arc::new(Inner {
-            bandwidth: Bandwidth::from_config(&config),
-            config: RwLock::new(Arc::new(config)),
-            client: RwLock::new(client),
+            services: RwLock::new(Arc::new(services)),
             journal: Mutex::new(journal),
             state: Mutex::new(state),
             wake: Notify::new(),
@@ -188,7 +181,6 @@ impl Manager {
             submitted: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            install_lock: InstallLock::new(()),
         });
         blocking(|| inner.prune());
         let scheduler = inner.clone();
@@ -255,7 +247,7 @@ impl Manager {
 
     /// SIGHUP: new settings for every decision from now on. The state folder and the API
     /// listeners are fixed for the life of the process.
-    pub fn reload(&self, mut config: Config) {
+    pub async fn reload(&self, mut config: Config) {
         let old = self.inner.config();
         if config.state_dir != old.state_dir {
             tracing::warn!(
@@ -264,14 +256,23 @@ impl Manager {
             );
             config.state_dir = old.state_dir.clone();
         }
-        match net::client::build_client(&config) {
-            Ok(client) => *self.inner.client.write().expect("client lock") = client,
-            Err(e) => tracing::warn!(error = %e, "keeping the old HTTP client"),
-        }
-        self.inner
-            .bandwidth
-            .set_rate(config.bandwidth_limit_kib.saturating_mul(1024));
-        *self.inner.config.write().expect("config lock") = Arc::new(config);
+        // A new client reads the CA folders: off the async thread.
+        let (old, config) = (self.inner.services(), Arc::new(config));
+        let reloaded = {
+            let (old, config) = (old.clone(), config.clone());
+            tokio::task::spawn_blocking(move || old.reload(config))
+                .await
+                .map_err(|e| Error::new(Code::Internal, format!("building the HTTP client: {e}")))
+                .and_then(|built| built)
+        };
+        let services = reloaded.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "keeping the old HTTP client");
+            Services {
+                config,
+                ..(*old).clone()
+            }
+        });
+        *self.inner.services.write().expect("services lock") = Arc::new(services);
         self.inner.wake.notify_one();
         tracing::info!("configuration reloaded");
     }
@@ -339,8 +340,12 @@ impl Inner {
         self.state.lock().expect("task state lock")
     }
 
+    fn services(&self) -> Arc<Services> {
+        self.services.read().expect("services lock").clone()
+    }
+
     fn config(&self) -> Arc<Config> {
-        self.config.read().expect("config lock").clone()
+        self.services().config.clone()
     }
 
     fn journal(&self) -> MutexGuard<'_, Journal> {
@@ -529,40 +534,24 @@ impl Inner {
         let id = record.task_id.clone();
         self.save(&id).await;
         tracing::info!(task = %id, "transfer started");
-        let config = self.config();
-        let client = self.client.read().expect("client lock").clone();
-        let auto_install = record.payload.auto_install;
-        let outcome = match payload::validate(record.payload.clone(), &config.allowed_roots) {
-            Ok(task) => {
-                let ctx = RunContext {
-                    config: &config,
-                    client,
-                    task_id: &id,
-                    resume: record.resume.clone(),
-                    cancel: cancel.clone(),
-                    bandwidth: self.bandwidth.clone(),
-                };
-                let observer = TaskObserver {
-                    inner: self.clone(),
-                    id: id.clone(),
-                    last: AtomicU64::new(record.bytes_done),
-                };
-                pipeline::run(ctx, &task, &observer).await
-            }
-            Err(e) => Err(e),
-        };
-        let outcome = match outcome {
-            Ok(mut result) if auto_install => {
-                self.start_installing(&id, &result).await;
-                install::install(&config, &id, &result.files, &self.install_lock, &cancel)
-                    .await
-                    .map(|installed| {
-                        result.install = Some(installed);
-                        result
-                    })
-            }
-            other => other,
-        };
+        let services = self.services();
+        let outcome =
+            match payload::validate(record.payload.clone(), &services.config.allowed_roots) {
+                Ok(task) => {
+                    let run = pipeline::Run {
+                        task_id: &id,
+                        resume: record.resume.clone(),
+                        cancel,
+                    };
+                    let observer = TaskObserver {
+                        inner: self.clone(),
+                        id: id.clone(),
+                        last: AtomicU64::new(record.bytes_done),
+                    };
+                    pipeline::run(&services, &task, run, &observer).await
+                }
+                Err(e) => Err(e),
+            };
         let settled = self.settle(&id, outcome);
         self.commit_outcome(settled).await;
         let inner = self.clone();
@@ -779,7 +768,7 @@ struct TaskObserver {
     last: AtomicU64,
 }
 
-impl Observer for TaskObserver {
+impl engine::Observer for TaskObserver {
     fn progress(&self, done: u64, total: Option<u64>) {
         let before = self.last.swap(done, Ordering::Relaxed);
         self.inner
@@ -804,5 +793,11 @@ impl Observer for TaskObserver {
 
     fn retrying(&self, _err: &SourceError, _delay: Duration) {
         self.inner.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl pipeline::Observer for TaskObserver {
+    async fn installing(&self, landed: &TaskResult) {
+        self.inner.start_installing(&self.id, landed).await
     }
 }
