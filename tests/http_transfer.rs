@@ -433,7 +433,9 @@ async fn symlink_as_the_final_name_is_refused() {
     let err = fetch(&fx, &server.url("/l.bin"), "l.bin")
         .await
         .unwrap_err();
-    assert_eq!(err.code, Code::InvalidSourceFilePath, "{}", err.message);
+    // One check, one code (the sink's), asked before any byte is fetched.
+    assert_eq!(err.code, Code::StoragePathNotAllowed, "{}", err.message);
+    assert_eq!(server.hits("/l.bin"), 0, "refused before fetching");
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
 }
 

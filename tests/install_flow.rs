@@ -1,15 +1,17 @@
-//! The install step on its own (`ferry::install::install`), fed the file list a transfer
-//! returns, mostly the shape of an OSS folder send (several landed files): the refusals are
-//! cheaper to cover here than through S3 (`tests/android_install_oss.rs` drives the same
-//! path end to end). Real APK fixtures, the busybox `pm` stand-in.
+//! The install step on its own (`ferry::install::install`), fed the files a transfer lands,
+//! mostly in the shape of an OSS folder send (several landed files): the refusals are cheaper
+//! to cover here than through S3 (`tests/android_install_oss.rs` drives the same path end to
+//! end). Real APK fixtures, the busybox `pm` stand-in.
 
 mod install_support;
 
 use ferry::config::Config;
 use ferry::error::Code;
 use ferry::install::{self, InstallLock};
-use ferry::task::record::FileResult;
+use ferry::paths::{DevicePath, Roots};
+use ferry::pipeline::Landed;
 use install_support::{fixture, sha256_hex, PmStandIn};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 struct Device {
@@ -40,20 +42,24 @@ impl Device {
         }
     }
 
-    /// Puts a file where a transfer would have landed it; returns its result entry.
-    fn landed(&self, device_path: &str, body: &[u8]) -> FileResult {
+    /// Puts a file where a transfer would have landed it; returns it as the transfer would.
+    fn landed(&self, device_path: &str, body: &[u8]) -> Landed {
         let host = self.root.join(device_path.trim_start_matches('/'));
         std::fs::create_dir_all(host.parent().unwrap()).unwrap();
         std::fs::write(host, body).unwrap();
-        FileResult {
-            path: device_path.into(),
+        let path = DevicePath::parse(device_path).unwrap();
+        let roots =
+            Roots::new(self.config.device_root.clone(), &self.config.allowed_roots).unwrap();
+        Landed {
+            dir: Arc::new(roots.open_dir(&path.parent(), false).unwrap()),
+            name: path.file_name().unwrap().into(),
             size: body.len() as u64,
             sha256: sha256_hex(body),
             content_encoding: None,
         }
     }
 
-    async fn install(&self, files: &[FileResult]) -> ferry::task::record::InstallResult {
+    async fn install(&self, files: &[Landed]) -> ferry::task::record::InstallResult {
         let lock = InstallLock::new(());
         install::install(&self.config, "t-1", files, &lock, &CancellationToken::new())
             .await

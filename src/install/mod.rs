@@ -23,7 +23,8 @@ pub mod zipend;
 
 use crate::config::Config;
 use crate::error::{Code, Error, Result, TaskCode};
-use crate::task::record::{FileResult, InstallResult};
+use crate::pipeline::Landed;
+use crate::task::record::InstallResult;
 use plan::{Apk, Plan, Refusal};
 use pm::{Input, Pm, PmError, Verdict};
 use sessions::Sessions;
@@ -91,7 +92,7 @@ pub fn clean_stale(config: &Config) {
 pub async fn install(
     config: &Config,
     task_id: &str,
-    files: &[FileResult],
+    files: &[Landed],
     lock: &InstallLock,
     cancel: &CancellationToken,
 ) -> Result<InstallResult> {
@@ -122,7 +123,7 @@ fn remove_work(work: &Path) {
 async fn run(
     config: &Config,
     task_id: &str,
-    files: &[FileResult],
+    files: &[Landed],
     work: &Path,
     lock: &InstallLock,
     cancel: &CancellationToken,

@@ -11,8 +11,7 @@ use super::axml::Manifest;
 use super::bundle::{self, BundleError, Expansion};
 use crate::config::Config;
 use crate::error::{Code, Error, TaskCode};
-use crate::paths::{DevicePath, Roots};
-use crate::task::record::FileResult;
+use crate::pipeline::Landed;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -92,19 +91,14 @@ fn named(path: &str) -> Named {
     }
 }
 
-/// Opens a landed file and checks it is still exactly what the transfer verified.
-pub fn open_verified(config: &Config, landed: &FileResult) -> Result<File, Refusal> {
-    let roots = Roots::new(config.device_root.clone(), &config.allowed_roots)?;
-    let path = DevicePath::parse(&landed.path).map_err(|why| {
-        Error::new(
-            Code::Internal,
-            format!("landed path {}: {why}", landed.path),
-        )
-    })?;
-    let name = path.file_name().unwrap_or_default();
-    let mut file = roots
-        .open_dir(&path.parent(), false)?
-        .open_file(name, false)?
+/// Opens a landed file (in the folder it landed in, without following links) and checks it
+/// is still exactly what the transfer verified.
+pub fn open_verified(landed: &Landed) -> Result<File, Refusal> {
+    let path = landed.device_path();
+    let shown = path.to_string();
+    let mut file = landed
+        .dir
+        .open_file(&landed.name, false)?
         .ok_or_else(|| Error::new(Code::StorageIo, format!("{path} vanished before install")))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -112,7 +106,7 @@ pub fn open_verified(config: &Config, landed: &FileResult) -> Result<File, Refus
     loop {
         let n = file
             .read(&mut buf)
-            .map_err(|e| Error::io("reading for install", Path::new(&landed.path), &e))?;
+            .map_err(|e| Error::io("reading for install", Path::new(&shown), &e))?;
         if n == 0 {
             break;
         }
@@ -130,12 +124,12 @@ pub fn open_verified(config: &Config, landed: &FileResult) -> Result<File, Refus
         });
     }
     file.rewind()
-        .map_err(|e| Error::io("rewinding", Path::new(&landed.path), &e))?;
+        .map_err(|e| Error::io("rewinding", Path::new(&shown), &e))?;
     Ok(file)
 }
 
 /// Decides what to install from the landed files; `work` is this task's unpack folder.
-pub fn plan(config: &Config, files: &[FileResult], work: &Path) -> Result<Plan, Refusal> {
+pub fn plan(config: &Config, files: &[Landed], work: &Path) -> Result<Plan, Refusal> {
     match files {
         [] => Ok(Plan::NotAnApk("the task landed no file".into())),
         [one] => plan_file(config, one, work),
@@ -143,10 +137,10 @@ pub fn plan(config: &Config, files: &[FileResult], work: &Path) -> Result<Plan, 
     }
 }
 
-fn plan_file(config: &Config, landed: &FileResult, work: &Path) -> Result<Plan, Refusal> {
-    let intent = named(&landed.path);
-    let shown = &landed.path;
-    let mut file = open_verified(config, landed)?;
+fn plan_file(config: &Config, landed: &Landed, work: &Path) -> Result<Plan, Refusal> {
+    let intent = named(&landed.name);
+    let shown = &landed.device_path().to_string();
+    let mut file = open_verified(landed)?;
     let sniffed = apk::sniff(&mut file)
         .map_err(|e| Error::io("reading for install", Path::new(shown), &e))?;
     let not_apk = |why: String| match intent {
@@ -215,9 +209,9 @@ fn open_apk(config: &Config, path: &PathBuf, size: u64, origin: String) -> Resul
 }
 
 /// An OSS folder: its `.apk` files are one app's base and splits, installed as one session.
-fn plan_folder(config: &Config, files: &[FileResult]) -> Result<Plan, Refusal> {
-    let (apks, ignored): (Vec<&FileResult>, Vec<&FileResult>) =
-        files.iter().partition(|f| named(&f.path) == Named::Apk);
+fn plan_folder(config: &Config, files: &[Landed]) -> Result<Plan, Refusal> {
+    let (apks, ignored): (Vec<&Landed>, Vec<&Landed>) =
+        files.iter().partition(|f| named(&f.name) == Named::Apk);
     if apks.is_empty() {
         return Ok(Plan::NotAnApk(format!(
             "none of the {} files of the folder is an .apk",
@@ -226,16 +220,17 @@ fn plan_folder(config: &Config, files: &[FileResult]) -> Result<Plan, Refusal> {
     }
     let mut checked = Vec::with_capacity(apks.len());
     for landed in apks {
-        let mut file = open_verified(config, landed)?;
+        let shown = landed.device_path().to_string();
+        let mut file = open_verified(landed)?;
         let manifest = apk::inspect(&mut file, apk::caps(&config.install))
-            .map_err(|e| invalid(format!("{}: {e}", landed.path)))?;
+            .map_err(|e| invalid(format!("{shown}: {e}")))?;
         file.rewind()
-            .map_err(|e| Error::io("rewinding", Path::new(&landed.path), &e))?;
+            .map_err(|e| Error::io("rewinding", Path::new(&shown), &e))?;
         checked.push(Apk {
             file,
             size: landed.size,
             manifest,
-            origin: landed.path.clone(),
+            origin: shown,
         });
     }
     if let [only] = checked.as_slice() {
@@ -247,7 +242,10 @@ fn plan_folder(config: &Config, files: &[FileResult]) -> Result<Plan, Refusal> {
         apks: order_session(checked, None)?,
         expansions: Vec::new(),
         bundle: None,
-        ignored: ignored.iter().map(|f| f.path.clone()).collect(),
+        ignored: ignored
+            .iter()
+            .map(|f| f.device_path().to_string())
+            .collect(),
     })
 }
 

@@ -256,7 +256,7 @@ impl engine::Observer for TaskObserver {
     }
 }
 
-impl pipeline::PipelineObserver for TaskObserver {
+impl pipeline::Observer for TaskObserver {
     fn installing(&self, landed: &TaskResult) -> impl Future<Output = ()> + Send {
         let (inner, id, landed) = (self.inner.clone(), self.id.clone(), landed.clone());
         async move { inner.installing(&id, &landed).await }

@@ -330,16 +330,11 @@ fn reserve(dir: &Dir, file: &File, offset: u64, len: u64, needed: u64) -> Result
     }
 }
 
-/// Moves a finished staging file onto its final name, atomically and durably.
-pub fn commit(dir: &Dir, staging: &str, final_name: &str) -> Result<()> {
-    commit_into(dir, staging, dir, final_name)
-}
-
-/// `commit` into another folder of the same filesystem (a folder send stages every file in
-/// the target folder and moves each into its sub-folder).
-pub fn commit_into(dir: &Dir, staging: &str, target: &Dir, final_name: &str) -> Result<()> {
-    // Intake refuses these already; here too, so no path can land a file on another task's
-    // staging file (which that task would then report as its own verified data).
+/// Whether a file may land at `final_name` in `target`: a final name (never another task's
+/// staging file; intake refuses those already) that is free or a regular file, never a folder
+/// or a link ferry would replace. The pipeline asks before fetching a byte; the commit asks
+/// again, as the folder may have changed meanwhile.
+pub fn check_final_target(target: &Dir, final_name: &str) -> Result<()> {
     if let Err(why) = crate::paths::check_final_name(final_name) {
         return Err(Error::new(
             Code::StoragePathNotAllowed,
@@ -358,6 +353,18 @@ pub fn commit_into(dir: &Dir, staging: &str, target: &Dir, final_name: &str) -> 
             ),
         ));
     }
+    Ok(())
+}
+
+/// Moves a finished staging file onto its final name, atomically and durably.
+pub fn commit(dir: &Dir, staging: &str, final_name: &str) -> Result<()> {
+    commit_into(dir, staging, dir, final_name)
+}
+
+/// `commit` into another folder of the same filesystem (a folder send stages every file in
+/// the target folder and moves each into its sub-folder).
+pub fn commit_into(dir: &Dir, staging: &str, target: &Dir, final_name: &str) -> Result<()> {
+    check_final_target(target, final_name)?;
     dir.rename_into(staging, target, final_name)?;
     target.sync()
 }

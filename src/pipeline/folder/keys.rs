@@ -1,4 +1,4 @@
-//! Sending an OSS folder: which objects land where, decided before a single byte is written.
+//! Which objects of an OSS folder land where, decided before a single byte is written.
 //!
 //! Every key under the prefix must map to a safe relative path (no `..`, `.`, empty segment,
 //! control character, over-long name, ferry's own staging names, two keys naming one file or

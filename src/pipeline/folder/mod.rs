@@ -1,0 +1,251 @@
+//! Sending an OSS folder: list it (bounded in time), check every key ([`keys`]), then land
+//! the objects one by one, skipping those an earlier run of the task already landed, with
+//! progress over the whole folder and the landed objects in every checkpoint.
+
+mod keys;
+
+use super::land::{Landed, Landing};
+use super::target::open_folder;
+use super::Ctx;
+use crate::error::{Code, Error, Result};
+use crate::paths::{DevicePath, Dir, Entry};
+use crate::task::payload::OssObject;
+use crate::task::record::{DoneObject, ResumeState};
+use crate::transfer::engine::Observer;
+use crate::transfer::source::oss::OssClient;
+use crate::transfer::source::SourceError;
+use keys::FolderEntry;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Sends every object under a prefix; see [`keys`] for why keys are all checked first.
+pub(super) async fn send<O: Observer>(
+    ctx: &Ctx<'_>,
+    client: &OssClient,
+    object: &OssObject,
+    folder: &DevicePath,
+    rename: &Option<String>,
+    observer: &O,
+) -> Result<Vec<Landed>> {
+    let config = &ctx.services.config;
+    let shown = format!("oss://{}/{}", object.bucket, object.key);
+    // The listing runs before any transfer (and its low-speed watch): bounded by the retry
+    // budget, or by transfer.deadline_secs when that is shorter, so a server that drips its
+    // listing cannot hold the task slot for ever.
+    let budget = config.retry.budget_secs;
+    let limit = match config.transfer.deadline_secs {
+        0 => budget,
+        deadline => deadline.min(budget),
+    };
+    let listing = client.list(
+        &object.bucket,
+        &object.key,
+        config.oss.list_page_size,
+        config.oss.max_folder_objects,
+    );
+    let listed = tokio::select! {
+        _ = ctx.cancel.cancelled() => return Err(Error::new(Code::Cancelled, "the task was stopped")),
+        r = tokio::time::timeout(Duration::from_secs(limit), listing) => match r {
+            Ok(listed) => listed.map_err(Error::from)?,
+            Err(_) => return Err(Error::new(
+                Code::NetworkTimeout,
+                format!("listing {shown} took longer than {limit} s (retry.budget_secs, or transfer.deadline_secs when shorter); nothing of the folder was written"),
+            )),
+        },
+    };
+    let entries = keys::plan(&object.key, listed, &shown)?;
+    let base = match rename {
+        Some(name) => folder.join(name),
+        None => folder.clone(),
+    };
+    let base_dir = open_folder(&ctx.roots, base.clone()).await?;
+    let mut resume = ctx.resume.clone();
+    let done_before = resume
+        .as_mut()
+        .map(|r| std::mem::take(&mut r.folder_done))
+        .unwrap_or_default();
+    let total = entries.iter().map(|e| e.size).sum();
+    let folder_observer = FolderObserver {
+        outer: observer,
+        base: AtomicU64::new(0),
+        total,
+        done: Mutex::new(Vec::new()),
+    };
+    let mut files = Vec::with_capacity(entries.len());
+    // Entries are sorted by key, so the objects of one sub-folder come together.
+    let mut current: (Vec<String>, Arc<Dir>) = (Vec::new(), base_dir.clone());
+    for entry in &entries {
+        if entry.dirs != current.0 {
+            current = (
+                entry.dirs.clone(),
+                entry_dir(ctx, &base, &base_dir, entry).await?,
+            );
+        }
+        let final_dir = current.1.clone();
+        if let Some(done) = still_done(&done_before, entry, &final_dir)? {
+            files.push(Landed {
+                dir: final_dir,
+                name: entry.name.clone(),
+                size: done.file.size,
+                sha256: done.file.sha256.clone(),
+                content_encoding: done.file.content_encoding.clone(),
+            });
+            folder_observer.finished(done.clone());
+            continue;
+        }
+        let landing = Landing {
+            source: Arc::new(client.object(&object.bucket, &entry.key)),
+            staging_dir: base_dir.clone(),
+            final_dir,
+            final_name: entry.name.clone(),
+            resume: resume.take(),
+            md5: None,
+        };
+        let file = ctx.land(landing, &folder_observer).await.map_err(|e| {
+            let landed = files.len();
+            Error::new(
+                e.code,
+                format!(
+                    "{} (object {} of {}: {}); {landed} files of the folder are in place and a re-submit of this TaskId skips them",
+                    e.message,
+                    landed + 1,
+                    entries.len(),
+                    entry.key
+                ),
+            )
+        })?;
+        folder_observer.finished(DoneObject {
+            key: entry.key.clone(),
+            etag: entry.etag.clone().unwrap_or_default(),
+            file: file.to_result(),
+        });
+        // Remember the landed object even if no checkpoint comes before the next one ends.
+        folder_observer.checkpoint(ResumeState::default()).await;
+        files.push(file);
+    }
+    Ok(files)
+}
+
+/// Opens (creating) the sub-folder an entry lands in.
+async fn entry_dir(
+    ctx: &Ctx<'_>,
+    base: &DevicePath,
+    base_dir: &Arc<Dir>,
+    entry: &FolderEntry,
+) -> Result<Arc<Dir>> {
+    if entry.dirs.is_empty() {
+        return Ok(base_dir.clone());
+    }
+    let path = entry.dirs.iter().fold(base.clone(), |p, d| p.join(d));
+    open_folder(&ctx.roots, path).await
+}
+
+/// An object landed by an earlier run of this task, unchanged since and still in place. The
+/// stored path is not trusted: it must be the very path this entry lands at (the folder's
+/// path, its sub-folders, its name), else the object is fetched again.
+fn still_done<'a>(
+    done: &'a [DoneObject],
+    entry: &FolderEntry,
+    final_dir: &Dir,
+) -> Result<Option<&'a DoneObject>> {
+    let Some(etag) = entry.etag.as_deref() else {
+        return Ok(None);
+    };
+    let Some(done) = done.iter().find(|d| d.key == entry.key && d.etag == etag) else {
+        return Ok(None);
+    };
+    if done.file.path != final_dir.device_path().join(&entry.name).to_string() {
+        tracing::warn!(
+            key = entry.key,
+            stored = done.file.path,
+            "a landed object's recorded path is not where it lands; fetching it again"
+        );
+        return Ok(None);
+    }
+    Ok(
+        (final_dir.entry(&entry.name)? == Entry::File && done.file.size == entry.size)
+            .then_some(done),
+    )
+}
+
+/// Progress over the whole folder, and the landed objects in every checkpoint.
+struct FolderObserver<'a, O: Observer> {
+    outer: &'a O,
+    /// Bytes of the objects already landed.
+    base: AtomicU64,
+    total: u64,
+    done: Mutex<Vec<DoneObject>>,
+}
+
+impl<O: Observer> FolderObserver<'_, O> {
+    fn finished(&self, done: DoneObject) {
+        let now = self.base.fetch_add(done.file.size, Ordering::Relaxed) + done.file.size;
+        self.done.lock().expect("folder progress lock").push(done);
+        self.outer.progress(now, Some(self.total));
+    }
+}
+
+impl<O: Observer> Observer for FolderObserver<'_, O> {
+    fn progress(&self, done: u64, _total: Option<u64>) {
+        let base = self.base.load(Ordering::Relaxed);
+        self.outer.progress(base + done, Some(self.total));
+    }
+
+    fn checkpoint(&self, mut state: ResumeState) -> impl Future<Output = ()> + Send {
+        state.folder_done = self.done.lock().expect("folder progress lock").clone();
+        self.outer.checkpoint(state)
+    }
+
+    fn retrying(&self, err: &SourceError, delay: Duration) {
+        self.outer.retrying(err, delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paths::Roots;
+    use crate::task::record::FileResult;
+
+    /// A recorded landed object counts as done only at the path its entry lands at: an edited
+    /// record must not make AutoInstall read some other file.
+    #[test]
+    fn a_landed_object_recorded_at_another_path_is_fetched_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Roots::new(Some(tmp.path().to_path_buf()), &["/sdcard".to_string()]).unwrap();
+        let dir = roots
+            .open_dir(&DevicePath::parse("/sdcard/Download/p/sub").unwrap(), true)
+            .unwrap();
+        std::fs::write(tmp.path().join("sdcard/Download/p/sub/a.apk"), b"x").unwrap();
+        std::fs::write(tmp.path().join("sdcard/Download/other.apk"), b"y").unwrap();
+        let entry = FolderEntry {
+            key: "p/sub/a.apk".into(),
+            dirs: vec!["sub".into()],
+            name: "a.apk".into(),
+            size: 1,
+            etag: Some("e".into()),
+        };
+        let done_at = |path: &str| DoneObject {
+            key: entry.key.clone(),
+            etag: "e".into(),
+            file: FileResult {
+                path: path.into(),
+                size: 1,
+                sha256: String::new(),
+                content_encoding: None,
+            },
+        };
+        let right = [done_at("/sdcard/Download/p/sub/a.apk")];
+        assert_eq!(still_done(&right, &entry, &dir).unwrap(), Some(&right[0]));
+        for wrong in [
+            "/sdcard/Download/other.apk",
+            "/sdcard/Download/p/a.apk",
+            "/data/data/x/a.apk",
+        ] {
+            let done = [done_at(wrong)];
+            assert_eq!(still_done(&done, &entry, &dir).unwrap(), None, "{wrong}");
+        }
+    }
+}
