@@ -277,6 +277,34 @@ mod tests {
         }
     }
 
+    /// The README's error-code table is what a control plane reads: every code must have a
+    /// row, either spelled out or as `.Name` after a sibling of its group (`Api.X` / `.Y`).
+    #[test]
+    fn readme_table_lists_every_code() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split_once("### Error codes")
+            .and_then(|(_, rest)| rest.split("\n## ").next())
+            .expect("README has an \"### Error codes\" section");
+        let first_cells: Vec<&str> = section
+            .lines()
+            .filter_map(|row| row.strip_prefix("| `"))
+            .map(|row| row.split(" | ").next().unwrap_or(row))
+            .collect();
+        for code in Code::ALL {
+            let text = code.as_str();
+            let listed = first_cells.iter().any(|cell| {
+                let cell = format!("`{cell}");
+                cell.contains(&format!("`{text}`"))
+                    || text.split_once('.').is_some_and(|(group, name)| {
+                        cell.starts_with(&format!("`{group}."))
+                            && cell.contains(&format!("`.{name}`"))
+                    })
+            });
+            assert!(listed, "README's error-code table has no row for {text}");
+        }
+    }
+
     #[test]
     fn task_codes_carry_pm_reasons_and_read_old_records() {
         let code = TaskCode::pm_reason("INSTALL_FAILED_VERSION_DOWNGRADE").unwrap();
