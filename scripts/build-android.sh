@@ -16,7 +16,9 @@
 # NDK (no registry here serves one).
 #
 # Profile [profile.android] in Cargo.toml (fat LTO, opt-level "s", one codegen unit,
-# stripped, panics unwind so one failing transfer cannot take the daemon down).
+# stripped, panics unwind so one failing transfer cannot take the daemon down).  Built with
+# --no-default-features: the `demo` feature (`ferry demo` and its file server) is for
+# desktops, not phones.
 #
 # Output: the binary path (last line on stdout) and its size; fails if it is over
 # FERRY_ANDROID_MAX_BYTES (default 8 MiB).  Build folder FERRY_ANDROID_TARGET_DIR
@@ -51,7 +53,8 @@ export CARGO_TARGET_DIR="$FERRY_ANDROID_TARGET_DIR"
 export RUSTC_BOOTSTRAP=1
 # std rebuilt with unwinding (the profile keeps panic = "unwind").
 BUILD_STD=('-Zbuild-std=std,panic_unwind')
-COMMON=(--profile "$FERRY_ANDROID_PROFILE" --target "$TRIPLE" --bin ferry "${FERRY_LOCKED[@]}")
+COMMON=(--profile "$FERRY_ANDROID_PROFILE" --target "$TRIPLE" --bin ferry --no-default-features
+    "${FERRY_LOCKED[@]}")
 
 group "cargo build --profile $FERRY_ANDROID_PROFILE --target $TRIPLE"
 log "using $(/usr/bin/cargo --version), $(/usr/bin/rustc --version), std from $FERRY_RUST_SRC"

@@ -7,205 +7,103 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A stable error code, serialised as its dotted string (`Storage.DiskFull`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Code {
-    InvalidPayload,
-    InvalidUnknownField,
-    InvalidTaskId,
-    InvalidClientToken,
-    InvalidUploadType,
-    InvalidSourceFilePath,
-    InvalidUploadUrl,
-    InvalidUploadEndpoint,
-    InvalidTargetFileName,
-    InvalidCredentials,
-    InvalidFileMd5,
-    InvalidAutoInstall,
-    InvalidConfig,
+/// Declares every [`Code`] once, with its stable string: the enum, [`Code::ALL`],
+/// [`Code::as_str`] and [`Code::parse`] are generated from that one list, so a code cannot be
+/// added to one and forgotten in another.
+macro_rules! codes {
+    ($($(#[$attr:meta])* $variant:ident => $text:literal,)+) => {
+        /// A stable error code, serialised as its dotted string (`Storage.DiskFull`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Code {
+            $($(#[$attr])* $variant,)+
+        }
+
+        impl Code {
+            /// Every code, for documentation tests and the README table.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Code> {
+                match s {
+                    $($text => Some(Code::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    InvalidPayload => "InvalidParameter.Payload",
+    InvalidUnknownField => "InvalidParameter.UnknownField",
+    InvalidTaskId => "InvalidParameter.TaskId",
+    InvalidClientToken => "InvalidParameter.ClientToken",
+    InvalidUploadType => "InvalidParameter.UploadType",
+    InvalidSourceFilePath => "InvalidParameter.SourceFilePath",
+    InvalidUploadUrl => "InvalidParameter.UploadUrl",
+    InvalidUploadEndpoint => "InvalidParameter.UploadEndpoint",
+    InvalidTargetFileName => "InvalidParameter.TargetFileName",
+    InvalidCredentials => "InvalidParameter.Credentials",
+    InvalidFileMd5 => "InvalidParameter.FileMd5",
+    InvalidAutoInstall => "InvalidParameter.AutoInstall",
+    InvalidConfig => "InvalidConfig",
     /// AutoInstall asked of a daemon configured without it (`install.enabled = false`); also
     /// in task records written before AutoInstall worked.
-    UnsupportedAutoInstall,
-    InstallInvalidApk,
-    InstallNotAnApk,
-    InstallTimeout,
-    InstallPmFailed,
-    SourceNotFound,
-    SourceAccessDenied,
-    SourceHttp4xx,
-    SourceHttp5xx,
-    SourceTooManyRedirects,
-    SourceRedirectNotAllowed,
-    SourceBadResponse,
-    SourceRangeNotSatisfiable,
-    SourceBadContentRange,
-    SourceNoSuchBucket,
-    SourceSignatureDoesNotMatch,
-    SourceInvalidAccessKeyId,
-    SourceCredentialsExpired,
-    SourceUnsafeObjectKey,
-    SourceTooManyObjects,
-    SourceS3Error,
-    NetworkDns,
-    NetworkDnsUnavailable,
-    NetworkConnect,
-    NetworkTimeout,
-    NetworkReset,
-    NetworkTls,
-    NetworkAddressNotAllowed,
-    NetworkTooSlow,
-    TransferDeadlineExceeded,
-    StorageDiskFull,
-    StoragePathNotAllowed,
-    StoragePermissionDenied,
-    StorageIo,
-    IntegritySizeMismatch,
-    IntegritySourceChanged,
-    IntegrityMd5Mismatch,
-    Cancelled,
-    ApiUnauthorized,
-    ApiNotFound,
-    ApiBadRequest,
-    ApiPayloadTooLarge,
-    ApiShuttingDown,
-    ApiTaskIdConflict,
-    ApiClientTokenConflict,
-    Internal,
+    UnsupportedAutoInstall => "Unsupported.AutoInstall",
+    InstallInvalidApk => "Install.InvalidApk",
+    InstallNotAnApk => "Install.NotAnApk",
+    InstallTimeout => "Install.Timeout",
+    InstallPmFailed => "Install.PmFailed",
+    SourceNotFound => "Source.NotFound",
+    SourceAccessDenied => "Source.AccessDenied",
+    SourceHttp4xx => "Source.Http4xx",
+    SourceHttp5xx => "Source.Http5xx",
+    SourceTooManyRedirects => "Source.TooManyRedirects",
+    SourceRedirectNotAllowed => "Source.RedirectNotAllowed",
+    SourceBadResponse => "Source.BadResponse",
+    SourceRangeNotSatisfiable => "Source.RangeNotSatisfiable",
+    SourceBadContentRange => "Source.BadContentRange",
+    SourceNoSuchBucket => "Source.NoSuchBucket",
+    SourceSignatureDoesNotMatch => "Source.SignatureDoesNotMatch",
+    SourceInvalidAccessKeyId => "Source.InvalidAccessKeyId",
+    SourceCredentialsExpired => "Source.CredentialsExpired",
+    SourceUnsafeObjectKey => "Source.UnsafeObjectKey",
+    SourceTooManyObjects => "Source.TooManyObjects",
+    SourceS3Error => "Source.S3Error",
+    NetworkDns => "Network.Dns",
+    NetworkDnsUnavailable => "Network.DnsUnavailable",
+    NetworkConnect => "Network.ConnectFailed",
+    NetworkTimeout => "Network.Timeout",
+    NetworkReset => "Network.ConnectionReset",
+    NetworkTls => "Network.Tls",
+    NetworkAddressNotAllowed => "Network.AddressNotAllowed",
+    NetworkTooSlow => "Network.TooSlow",
+    TransferDeadlineExceeded => "Transfer.DeadlineExceeded",
+    StorageDiskFull => "Storage.DiskFull",
+    StoragePathNotAllowed => "Storage.PathNotAllowed",
+    StoragePermissionDenied => "Storage.PermissionDenied",
+    StorageIo => "Storage.Io",
+    IntegritySizeMismatch => "Integrity.SizeMismatch",
+    IntegritySourceChanged => "Integrity.SourceChanged",
+    IntegrityMd5Mismatch => "Integrity.Md5Mismatch",
+    Cancelled => "Cancelled",
+    ApiUnauthorized => "Api.Unauthorized",
+    ApiNotFound => "Api.TaskNotFound",
+    ApiBadRequest => "Api.BadRequest",
+    ApiPayloadTooLarge => "Api.PayloadTooLarge",
+    ApiShuttingDown => "Api.ShuttingDown",
+    ApiTaskIdConflict => "Api.TaskIdConflict",
+    ApiClientTokenConflict => "Api.ClientTokenConflict",
+    Internal => "Internal",
 }
 
 impl Code {
-    /// Every code, for documentation tests and the README table.
-    pub const ALL: &'static [Code] = &[
-        Code::InvalidPayload,
-        Code::InvalidUnknownField,
-        Code::InvalidTaskId,
-        Code::InvalidClientToken,
-        Code::InvalidUploadType,
-        Code::InvalidSourceFilePath,
-        Code::InvalidUploadUrl,
-        Code::InvalidUploadEndpoint,
-        Code::InvalidTargetFileName,
-        Code::InvalidCredentials,
-        Code::InvalidFileMd5,
-        Code::InvalidAutoInstall,
-        Code::InvalidConfig,
-        Code::UnsupportedAutoInstall,
-        Code::InstallInvalidApk,
-        Code::InstallNotAnApk,
-        Code::InstallTimeout,
-        Code::InstallPmFailed,
-        Code::SourceNotFound,
-        Code::SourceAccessDenied,
-        Code::SourceHttp4xx,
-        Code::SourceHttp5xx,
-        Code::SourceTooManyRedirects,
-        Code::SourceRedirectNotAllowed,
-        Code::SourceBadResponse,
-        Code::SourceRangeNotSatisfiable,
-        Code::SourceBadContentRange,
-        Code::SourceNoSuchBucket,
-        Code::SourceSignatureDoesNotMatch,
-        Code::SourceInvalidAccessKeyId,
-        Code::SourceCredentialsExpired,
-        Code::SourceUnsafeObjectKey,
-        Code::SourceTooManyObjects,
-        Code::SourceS3Error,
-        Code::NetworkDns,
-        Code::NetworkDnsUnavailable,
-        Code::NetworkConnect,
-        Code::NetworkTimeout,
-        Code::NetworkReset,
-        Code::NetworkTls,
-        Code::NetworkAddressNotAllowed,
-        Code::NetworkTooSlow,
-        Code::TransferDeadlineExceeded,
-        Code::StorageDiskFull,
-        Code::StoragePathNotAllowed,
-        Code::StoragePermissionDenied,
-        Code::StorageIo,
-        Code::IntegritySizeMismatch,
-        Code::IntegritySourceChanged,
-        Code::IntegrityMd5Mismatch,
-        Code::Cancelled,
-        Code::ApiUnauthorized,
-        Code::ApiNotFound,
-        Code::ApiBadRequest,
-        Code::ApiPayloadTooLarge,
-        Code::ApiShuttingDown,
-        Code::ApiTaskIdConflict,
-        Code::ApiClientTokenConflict,
-        Code::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::InvalidPayload => "InvalidParameter.Payload",
-            Code::InvalidUnknownField => "InvalidParameter.UnknownField",
-            Code::InvalidTaskId => "InvalidParameter.TaskId",
-            Code::InvalidClientToken => "InvalidParameter.ClientToken",
-            Code::InvalidUploadType => "InvalidParameter.UploadType",
-            Code::InvalidSourceFilePath => "InvalidParameter.SourceFilePath",
-            Code::InvalidUploadUrl => "InvalidParameter.UploadUrl",
-            Code::InvalidUploadEndpoint => "InvalidParameter.UploadEndpoint",
-            Code::InvalidTargetFileName => "InvalidParameter.TargetFileName",
-            Code::InvalidCredentials => "InvalidParameter.Credentials",
-            Code::InvalidFileMd5 => "InvalidParameter.FileMd5",
-            Code::InvalidAutoInstall => "InvalidParameter.AutoInstall",
-            Code::InvalidConfig => "InvalidConfig",
-            Code::UnsupportedAutoInstall => "Unsupported.AutoInstall",
-            Code::InstallInvalidApk => "Install.InvalidApk",
-            Code::InstallNotAnApk => "Install.NotAnApk",
-            Code::InstallTimeout => "Install.Timeout",
-            Code::InstallPmFailed => "Install.PmFailed",
-            Code::SourceNotFound => "Source.NotFound",
-            Code::SourceAccessDenied => "Source.AccessDenied",
-            Code::SourceHttp4xx => "Source.Http4xx",
-            Code::SourceHttp5xx => "Source.Http5xx",
-            Code::SourceTooManyRedirects => "Source.TooManyRedirects",
-            Code::SourceRedirectNotAllowed => "Source.RedirectNotAllowed",
-            Code::SourceBadResponse => "Source.BadResponse",
-            Code::SourceRangeNotSatisfiable => "Source.RangeNotSatisfiable",
-            Code::SourceBadContentRange => "Source.BadContentRange",
-            Code::SourceNoSuchBucket => "Source.NoSuchBucket",
-            Code::SourceSignatureDoesNotMatch => "Source.SignatureDoesNotMatch",
-            Code::SourceInvalidAccessKeyId => "Source.InvalidAccessKeyId",
-            Code::SourceCredentialsExpired => "Source.CredentialsExpired",
-            Code::SourceUnsafeObjectKey => "Source.UnsafeObjectKey",
-            Code::SourceTooManyObjects => "Source.TooManyObjects",
-            Code::SourceS3Error => "Source.S3Error",
-            Code::NetworkDns => "Network.Dns",
-            Code::NetworkDnsUnavailable => "Network.DnsUnavailable",
-            Code::NetworkConnect => "Network.ConnectFailed",
-            Code::NetworkTimeout => "Network.Timeout",
-            Code::NetworkReset => "Network.ConnectionReset",
-            Code::NetworkTls => "Network.Tls",
-            Code::NetworkAddressNotAllowed => "Network.AddressNotAllowed",
-            Code::NetworkTooSlow => "Network.TooSlow",
-            Code::TransferDeadlineExceeded => "Transfer.DeadlineExceeded",
-            Code::StorageDiskFull => "Storage.DiskFull",
-            Code::StoragePathNotAllowed => "Storage.PathNotAllowed",
-            Code::StoragePermissionDenied => "Storage.PermissionDenied",
-            Code::StorageIo => "Storage.Io",
-            Code::IntegritySizeMismatch => "Integrity.SizeMismatch",
-            Code::IntegritySourceChanged => "Integrity.SourceChanged",
-            Code::IntegrityMd5Mismatch => "Integrity.Md5Mismatch",
-            Code::Cancelled => "Cancelled",
-            Code::ApiUnauthorized => "Api.Unauthorized",
-            Code::ApiNotFound => "Api.TaskNotFound",
-            Code::ApiBadRequest => "Api.BadRequest",
-            Code::ApiPayloadTooLarge => "Api.PayloadTooLarge",
-            Code::ApiShuttingDown => "Api.ShuttingDown",
-            Code::ApiTaskIdConflict => "Api.TaskIdConflict",
-            Code::ApiClientTokenConflict => "Api.ClientTokenConflict",
-            Code::Internal => "Internal",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Code> {
-        Code::ALL.iter().copied().find(|c| c.as_str() == s)
-    }
-
     /// Whether partial data should be kept after a task fails with this code, so that
     /// re-submitting the same TaskId resumes instead of starting over.
     pub fn keeps_partial(self) -> bool {
@@ -376,6 +274,34 @@ mod tests {
         for code in Code::ALL {
             assert!(seen.insert(code.as_str()), "duplicate {code}");
             assert_eq!(Code::parse(code.as_str()), Some(*code));
+        }
+    }
+
+    /// The README's error-code table is what a control plane reads: every code must have a
+    /// row, either spelled out or as `.Name` after a sibling of its group (`Api.X` / `.Y`).
+    #[test]
+    fn readme_table_lists_every_code() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split_once("### Error codes")
+            .and_then(|(_, rest)| rest.split("\n## ").next())
+            .expect("README has an \"### Error codes\" section");
+        let first_cells: Vec<&str> = section
+            .lines()
+            .filter_map(|row| row.strip_prefix("| `"))
+            .map(|row| row.split(" | ").next().unwrap_or(row))
+            .collect();
+        for code in Code::ALL {
+            let text = code.as_str();
+            let listed = first_cells.iter().any(|cell| {
+                let cell = format!("`{cell}");
+                cell.contains(&format!("`{text}`"))
+                    || text.split_once('.').is_some_and(|(group, name)| {
+                        cell.starts_with(&format!("`{group}."))
+                            && cell.contains(&format!("`.{name}`"))
+                    })
+            });
+            assert!(listed, "README's error-code table has no row for {text}");
         }
     }
 

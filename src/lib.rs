@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo_server;
 pub mod error;
 pub mod install;

@@ -6,8 +6,14 @@
 //! and `/dev/socket/logdw`). Code that stats such a path before using it sees the denial; code
 //! that just connects or opens, as bionic and liblog do, works. The filter is a seccomp
 //! program on that thread alone (and the threads it starts): other tests are not affected.
+//!
+//! [`skip`] is the integration tests' own helper (tests/common/skip.rs), so a unit test that
+//! cannot run skips the same way: loudly, and as a failure under `CI=true`.
 
 use std::io::ErrorKind;
+
+#[path = "../tests/common/skip.rs"]
+pub mod skip;
 
 /// Runs `f` on a new thread whose path stats (`stat`, `lstat`, `newfstatat` and `statx`
 /// without `AT_EMPTY_PATH`) fail with EACCES; `fstat` of an open descriptor still works.

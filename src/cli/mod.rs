@@ -3,10 +3,12 @@
 //! 3 no daemon reachable).
 //!
 //! Client subcommands (`send`, `tasks`, `cancel`) pair with the daemon's routes; `fetch`
-//! runs a payload in-process; `demo` runs a daemon and a file server in-process.
+//! runs a payload in-process; `demo` (only in builds with the `demo` feature) runs a daemon
+//! and a file server in-process.
 
 pub mod cancel;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod fetch;
 pub mod payload_args;
@@ -34,10 +36,22 @@ pub const EXIT_UNREACHABLE: u8 = 3;
     name = "ferry",
     version,
     about = "On-device transfer agent for Android cloud phones",
-    long_about = "ferry takes SendFile task payloads (DOWNLOAD_URL, OSS, OSS_BRIDGED), fetches \
-        the files with resume and verification, and reports their status.\n\n\
-        Try `ferry demo` for a self-contained run.",
     disable_help_subcommand = true
+)]
+#[cfg_attr(
+    feature = "demo",
+    command(
+        long_about = "ferry takes SendFile task payloads (DOWNLOAD_URL, OSS, OSS_BRIDGED), fetches \
+            the files with resume and verification, and reports their status.\n\n\
+            Try `ferry demo` for a self-contained run."
+    )
+)]
+#[cfg_attr(
+    not(feature = "demo"),
+    command(
+        long_about = "ferry takes SendFile task payloads (DOWNLOAD_URL, OSS, OSS_BRIDGED), fetches \
+            the files with resume and verification, and reports their status."
+    )
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -82,6 +96,7 @@ pub enum Command {
     /// Cancel a task on a daemon
     Cancel(cancel::CancelArgs),
     /// Run a daemon and a local file server in-process and send one file through the API
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
 }
 
@@ -256,6 +271,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Fetch(args) => fetch::run(&global, args).await,
         Command::Tasks(args) => tasks::run(&global, args).await,
         Command::Cancel(args) => cancel::run(&global, args).await,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(&global, args).await,
     }
 }

@@ -3,7 +3,7 @@
 //! the binary set up to run against it, natively or as the aarch64 build under qemu in a
 //! chroot (see `target.rs`); [`Daemon`], a daemon child on a target that is killed when the
 //! test ends; a tiny HTTP/1.1 client over TCP or the unix socket that shows raw statuses;
-//! and the demo file server.
+//! and the demo file server (with the `demo` feature; the tests using it require it).
 //! [`results`]: what the transfer tests check after a task (`Result.Files`, files on disk).
 //!
 //! ```ignore
@@ -27,6 +27,7 @@ pub mod target;
 
 pub use target::Target;
 
+#[cfg(feature = "demo")]
 use ferry::demo_server::DemoServer;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -302,11 +303,13 @@ pub fn unix_exchange(socket: &Path, request: &[u8]) -> (u16, String) {
 }
 
 /// The demo file server on its own runtime (declared first so it stops before the runtime).
+#[cfg(feature = "demo")]
 pub struct Files {
     pub server: DemoServer,
     _rt: tokio::runtime::Runtime,
 }
 
+#[cfg(feature = "demo")]
 impl Files {
     pub fn start(size: u64) -> Files {
         let rt = tokio::runtime::Builder::new_multi_thread()
