@@ -1,7 +1,9 @@
 //! Tasks: intake ([`payload`]: a SendFile payload checked into a plan), the durable
 //! [`record`] of each task with its [`state`] and transitions, the [`journal`] that stores
-//! records, and the [`manager`] that queues and schedules them ([`worker`] runs one).
+//! records, and the [`manager`] that queues and schedules them ([`commands`] are its journal
+//! writes, [`worker`] runs one task).
 
+mod commands;
 pub mod journal;
 pub mod manager;
 pub mod payload;
