@@ -2,7 +2,9 @@
 //! cancel, describe, list and a stream of state changes; running one task is
 //! [`super::worker`]'s job, and the task's rules are [`super::state`]'s.
 //!
-//! Every state change is saved before it is shown. Journal writes happen on blocking threads
+//! Every state change is saved before subscribers hear of it, and an outcome (success,
+//! failure, cancel) before any caller sees it; only RUNNING shows in `describe` a moment
+//! before its save, as the worker's first step. Journal writes happen on blocking threads
 //! under the journal lock, which serialises them; the table lock is only ever held for
 //! in-memory work, so an API call never waits for an fsync. Both locks survive a panic of
 //! their holder (see [`lock`]): one bug must not take the API down.
@@ -299,7 +301,6 @@ impl Inner {
             let (id, plan) = (slot.record.task_id.clone(), slot.plan.clone());
             let resume = slot.record.state.resume().cloned();
             let done = slot.record.state.progress().done;
-            self.emit(slot.record.view());
             let inner = self.clone();
             self.workers.spawn(async move {
                 inner.work(id, plan, resume, done, cancel).await;

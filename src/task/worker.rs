@@ -34,6 +34,9 @@ impl Inner {
         cancel: CancellationToken,
     ) {
         self.save(&id).await;
+        if let Ok(view) = self.table().view(&id) {
+            self.emit(view);
+        }
         tracing::info!(task = %id, "transfer started");
         let services = self.services();
         let outcome = match &plan {

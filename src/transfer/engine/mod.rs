@@ -165,22 +165,16 @@ pub async fn transfer<O: Observer>(
             }
         }
     };
-    if let Some(expected) = job.md5 {
-        if written.md5 != Some(expected) {
-            sink::discard(&job.dir, &job.staging).ok();
-            return Err(Error::new(
-                Code::IntegrityMd5Mismatch,
-                format!(
-                    "{} has MD5 {}, but FileMd5 says {}; the partial file was removed",
-                    job.source.describe(),
-                    sink::hex(&written.md5.unwrap_or_default()),
-                    sink::hex(&expected)
-                ),
-            ));
-        }
-    }
     let target = job.final_dir.as_ref().unwrap_or(&job.dir);
-    sink::commit_into(&job.dir, &job.staging, target, &job.final_name)?;
+    sink::verify_and_commit(
+        &job.dir,
+        &job.staging,
+        &written,
+        job.md5,
+        &shown,
+        target,
+        &job.final_name,
+    )?;
     let encoding = ctx.encoding.lock().expect("encoding").take();
     Ok(Outcome {
         written,

@@ -356,6 +356,33 @@ pub fn check_final_target(target: &Dir, final_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a finished staging file against what the task expects of it (FileMd5, when
+/// given), then commits it. A mismatch removes the staging file: nothing takes the final name.
+pub fn verify_and_commit(
+    dir: &Dir,
+    staging: &str,
+    written: &Written,
+    md5: Option<[u8; 16]>,
+    source: &str,
+    target: &Dir,
+    final_name: &str,
+) -> Result<()> {
+    if let Some(expected) = md5 {
+        if written.md5 != Some(expected) {
+            discard(dir, staging).ok();
+            return Err(Error::new(
+                Code::IntegrityMd5Mismatch,
+                format!(
+                    "{source} has MD5 {}, but FileMd5 says {}; the partial file was removed",
+                    hex(&written.md5.unwrap_or_default()),
+                    hex(&expected)
+                ),
+            ));
+        }
+    }
+    commit_into(dir, staging, target, final_name)
+}
+
 /// Moves a finished staging file onto its final name, atomically and durably.
 pub fn commit(dir: &Dir, staging: &str, final_name: &str) -> Result<()> {
     commit_into(dir, staging, dir, final_name)
