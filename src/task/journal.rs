@@ -49,9 +49,8 @@ impl Journal {
             }
             match fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    serde_json::from_slice::<TaskRecord>(&bytes).map_err(|e| e.to_string())
-                }) {
+                .and_then(|bytes| TaskRecord::decode(&bytes))
+            {
                 Ok(record) => match check_record(&record, &path, &allowed) {
                     Ok(()) => records.push(record),
                     Err(why) => {

@@ -172,13 +172,14 @@ fn is_zero(n: &u64) -> bool {
 /// The durable record of one task, as kept in the journal: what was asked (`payload`), what
 /// a person should know (`notes`) and where the task is (`state`, which carries its data).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", try_from = "serde_json::Value")]
+#[serde(rename_all = "PascalCase")]
 pub struct TaskRecord {
     pub version: u32,
     pub task_id: String,
     /// The payload as submitted; the journal file is 0600 because it may carry credentials.
     pub payload: TaskPayload,
     /// Remarks a person should see, such as "TargetFileName has no effect for DOWNLOAD_URL".
+    #[serde(default)]
     pub notes: Vec<String>,
     /// Times are milliseconds since the Unix epoch (UTC).
     pub created_ms: u64,
@@ -186,41 +187,17 @@ pub struct TaskRecord {
     pub state: TaskState,
 }
 
-impl TryFrom<serde_json::Value> for TaskRecord {
-    type Error = String;
-
-    /// Records of this build have a `State`; version 1 records (flat fields beside a data-less
-    /// `Phase`) are read through [`super::record_v1`].
-    fn try_from(value: serde_json::Value) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Current {
-            version: u32,
-            task_id: String,
-            payload: TaskPayload,
-            #[serde(default)]
-            notes: Vec<String>,
-            created_ms: u64,
-            updated_ms: u64,
-            state: TaskState,
-        }
-        if value.get("State").is_none() {
-            return super::record_v1::read(value);
-        }
-        let c: Current = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        Ok(TaskRecord {
-            version: c.version,
-            task_id: c.task_id,
-            payload: c.payload,
-            notes: c.notes,
-            created_ms: c.created_ms,
-            updated_ms: c.updated_ms,
-            state: c.state,
-        })
-    }
-}
-
 impl TaskRecord {
+    /// Reads a journal record of this build or, failing that, of version 1 (flat fields
+    /// beside a data-less `Phase`, see [`super::record_v1`]). Straight from the bytes, no
+    /// intermediate JSON tree: the phone binary pays for one deserializer per format only.
+    pub fn decode(bytes: &[u8]) -> Result<TaskRecord, String> {
+        match serde_json::from_slice::<TaskRecord>(bytes) {
+            Ok(record) => Ok(record),
+            Err(current) => super::record_v1::read(bytes).map_err(|_| current.to_string()),
+        }
+    }
+
     pub fn new(task_id: String, payload: TaskPayload, notes: Vec<String>) -> Self {
         let now = unix_millis_now();
         TaskRecord {

@@ -34,8 +34,8 @@ struct RecordV1 {
     updated_ms: u64,
 }
 
-pub(super) fn read(value: serde_json::Value) -> Result<TaskRecord, String> {
-    let old: RecordV1 = serde_json::from_value(value).map_err(|e| e.to_string())?;
+pub(super) fn read(bytes: &[u8]) -> Result<TaskRecord, String> {
+    let old: RecordV1 = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let progress = Progress {
         done: old.bytes_done,
         total: old.bytes_total,
