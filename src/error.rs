@@ -52,6 +52,8 @@ codes! {
     InvalidCredentials => "InvalidParameter.Credentials",
     InvalidFileMd5 => "InvalidParameter.FileMd5",
     InvalidAutoInstall => "InvalidParameter.AutoInstall",
+    /// An instance id that cannot name an MQTT topic or a phone (fleet).
+    InvalidInstanceId => "InvalidParameter.InstanceId",
     InvalidConfig => "InvalidConfig",
     /// AutoInstall asked of a daemon configured without it (`install.enabled = false`); also
     /// in task records written before AutoInstall worked.

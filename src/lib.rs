@@ -12,10 +12,13 @@ pub mod android;
 pub mod api;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "controller")]
+pub mod controller;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo_server;
 pub mod error;
+pub mod fleet;
 pub mod install;
 pub mod logging;
 pub mod net;

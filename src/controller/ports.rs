@@ -1,0 +1,57 @@
+//! The seams between the controller's parts, as traits so each is built and tested on its
+//! own: the API calls the fleet logic ([`Actions`]) after checking callers ([`Credentials`]);
+//! the logic hands out orders ([`Outbox`]) and delivery hands in what agents say ([`Inbox`]).
+
+use super::model::{
+    ApiError, DescribeTasksQuery, DescribeTasksResponse, SendFileRequest, SendFileResponse,
+};
+use crate::error::Result;
+use crate::fleet::wire::{Hello, Order, Presence, Report};
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Implemented by delivery: publish an order to one instance (QoS 1). Called only after the
+/// order's task is durable, so a crash between the two loses nothing: the agent's next
+/// `Hello` brings a resend.
+pub trait Outbox: Send + Sync {
+    fn send(&self, instance_id: &str, order: Order) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Implemented by the fleet logic: what agents said, already checked by delivery to come
+/// from the instance its topic names. Each call is durable before it returns (delivery acks
+/// the MQTT message only then).
+pub trait Inbox: Send + Sync {
+    /// A task changed on an agent. Unknown TaskIds, or TaskIds of another instance, are
+    /// refused (`Err`) and dropped by delivery.
+    fn report(&self, report: Report) -> BoxFuture<'_, Result<()>>;
+    /// An agent (re)connected: record what it is, then answer with the orders it misses
+    /// (Run for its unfinished tasks not held, Cancel still owed), which delivery sends.
+    fn hello(&self, hello: Hello) -> BoxFuture<'_, Result<Vec<Order>>>;
+    fn presence(&self, instance_id: &str, presence: Presence) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Implemented by the fleet logic, called by the HTTP API once a request's signature holds.
+pub trait Actions: Send + Sync {
+    fn send_file(
+        &self,
+        request: SendFileRequest,
+    ) -> BoxFuture<'_, Result<SendFileResponse, ApiError>>;
+    fn describe_tasks(
+        &self,
+        query: DescribeTasksQuery,
+    ) -> BoxFuture<'_, Result<DescribeTasksResponse, ApiError>>;
+}
+
+/// Implemented by the store: the secrets the API and the broker check callers against.
+pub trait Credentials: Send + Sync {
+    /// The secret of an API AccessKey (ACS3 signs with it, so it is kept as is), or `None`
+    /// for an unknown or disabled key.
+    fn access_key_secret(&self, access_key_id: &str) -> BoxFuture<'_, Result<Option<String>>>;
+    /// The `$7$` hash ([`super::secrets`]) of an agent's MQTT password, or `None` for an
+    /// unknown instance.
+    fn agent_password_hash(&self, instance_id: &str) -> BoxFuture<'_, Result<Option<String>>>;
+    /// Every instance with its password hash, for an external broker's password file.
+    fn agent_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>>;
+}
