@@ -54,6 +54,13 @@ codes! {
     InvalidAutoInstall => "InvalidParameter.AutoInstall",
     /// An instance id that cannot name an MQTT topic or a phone (fleet).
     InvalidInstanceId => "InvalidParameter.InstanceId",
+    /// SendFile's instance list: empty, or naming an instance twice (fleet).
+    InvalidInstanceIdList => "InvalidParameter.AndroidInstanceIdList",
+    /// DescribeTasks paging and filters (fleet).
+    InvalidMaxResults => "InvalidParameter.MaxResults",
+    InvalidNextToken => "InvalidParameter.NextToken",
+    InvalidLevel => "InvalidParameter.Level",
+    InvalidTaskStatus => "InvalidParameter.TaskStatus",
     InvalidConfig => "InvalidConfig",
     /// AutoInstall asked of a daemon configured without it (`install.enabled = false`); also
     /// in task records written before AutoInstall worked.
@@ -102,6 +109,12 @@ codes! {
     ApiShuttingDown => "Api.ShuttingDown",
     ApiTaskIdConflict => "Api.TaskIdConflict",
     ApiClientTokenConflict => "Api.ClientTokenConflict",
+    /// SendFile named instances the controller does not know (`instance add` first).
+    FleetUnknownInstance => "Fleet.UnknownInstance",
+    /// `instance add` for an instance that exists, without `--rotate`.
+    FleetInstanceExists => "Fleet.InstanceExists",
+    /// The phone never took its task before the controller's expiry.
+    FleetInstanceOffline => "Fleet.InstanceOffline",
     Internal => "Internal",
 }
 

@@ -7,3 +7,5 @@
 pub mod model;
 pub mod ports;
 pub mod secrets;
+pub mod service;
+pub mod store;

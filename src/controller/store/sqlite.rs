@@ -1,0 +1,669 @@
+//! [`Store`] on SQLite: one file in the state directory (mode 0600: it holds AccessKey
+//! secrets and the payloads' OSS credentials), one connection behind a mutex, used only on
+//! tokio's blocking threads.
+//!
+//! Durability: WAL with `synchronous = FULL`, so a commit has reached the disk (the WAL is
+//! fsync'd) before the call returns. NORMAL would survive a controller crash but could lose
+//! the last commits on a power or OS failure, after their MQTT messages were acknowledged:
+//! an agent would not resend them.
+//!
+//! Schema: numbered migrations in `migrations/`, applied in order at open and recorded in
+//! `schema_version`; a file written by a newer build is refused, not guessed at.
+
+use super::{
+    BatchIds, BatchRow, Child, ChildChange, Counts, Instance, NewBatch, Seen, Status, Store,
+    TaskFilter, TaskPage, TaskRecord,
+};
+use crate::controller::ports::BoxFuture;
+use crate::error::{Code, Error, Result};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// `(version, SQL)`, in order; a new schema change is a new file, never an edit.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+
+/// The state file's name inside the state directory.
+pub const FILE_NAME: &str = "controller.sqlite";
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::new(Code::Internal, format!("controller state (SQLite): {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating it 0600 if needed) and migrates the state file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io("creating the controller state", path, &e))?;
+        let mut conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::new(
+                Code::Internal,
+                format!("{}: SQLite refused WAL mode ({mode})", path.display()),
+            ));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(db_err)?;
+        migrate(&mut conn).map_err(|e| match e {
+            Migration::Db(e) => db_err(e),
+            Migration::Newer(v) => Error::new(
+                Code::InvalidConfig,
+                format!(
+                    "{}: schema version {v} is newer than this ferry-controller knows ({}); run the newer build",
+                    path.display(),
+                    MIGRATIONS.len()
+                ),
+            ),
+        })?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens `DIR/controller.sqlite`.
+    pub fn open_dir(state_dir: &Path) -> Result<SqliteStore> {
+        SqliteStore::open(&state_dir.join(FILE_NAME))
+    }
+
+    fn run<T, F>(&self, f: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut conn).map_err(db_err)
+            })
+            .await
+            .map_err(|e| Error::new(Code::Internal, format!("controller state task: {e}")))?
+        })
+    }
+}
+
+enum Migration {
+    Db(rusqlite::Error),
+    Newer(i64),
+}
+
+impl From<rusqlite::Error> for Migration {
+    fn from(e: rusqlite::Error) -> Self {
+        Migration::Db(e)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> std::result::Result<(), Migration> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    let newest = MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0);
+    if current > newest {
+        return Err(Migration::Newer(current));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+const CHILD_COLS: &str = "c.task_id, c.batch_id, c.instance_id, c.status, c.phase, c.error_code, \
+    c.error_msg, c.result_json, c.progress, c.bytes_done, c.bytes_total, c.created_ms, \
+    c.updated_ms, c.start_ms, c.finish_ms, c.sent, c.cancel_requested";
+
+fn status_of(text: &str) -> rusqlite::Result<Status> {
+    Status::parse(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown status {text:?}").into(),
+        )
+    })
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.map(|n| n.max(0) as u64)
+}
+
+/// A child from [`CHILD_COLS`] starting at column `at`.
+fn child_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Child> {
+    Ok(Child {
+        task_id: row.get(at)?,
+        batch_id: row.get(at + 1)?,
+        instance_id: row.get(at + 2)?,
+        status: status_of(&row.get::<_, String>(at + 3)?)?,
+        phase: row.get(at + 4)?,
+        error_code: row.get(at + 5)?,
+        error_msg: row.get(at + 6)?,
+        result_json: row.get(at + 7)?,
+        progress: row.get::<_, i64>(at + 8)?.clamp(0, 100) as u8,
+        bytes_done: row.get::<_, i64>(at + 9)?.max(0) as u64,
+        bytes_total: opt_u64(row.get(at + 10)?),
+        created_ms: row.get::<_, i64>(at + 11)?.max(0) as u64,
+        updated_ms: row.get::<_, i64>(at + 12)?.max(0) as u64,
+        start_ms: opt_u64(row.get(at + 13)?),
+        finish_ms: opt_u64(row.get(at + 14)?),
+        sent: row.get(at + 15)?,
+        cancel_requested: row.get(at + 16)?,
+    })
+}
+
+fn children_where(
+    conn: &Connection,
+    condition: &str,
+    args: Vec<Value>,
+) -> rusqlite::Result<Vec<Child>> {
+    let sql = format!("SELECT {CHILD_COLS} FROM children c WHERE {condition} ORDER BY c.seq DESC");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |r| child_at(r, 0))?;
+    rows.collect()
+}
+
+fn batch_ids(conn: &Connection, condition: &str, arg: &str) -> rusqlite::Result<Option<BatchIds>> {
+    let found: Option<(String, String)> = conn
+        .query_row(
+            &format!("SELECT task_id, request_hash FROM batches WHERE {condition}"),
+            [arg],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((task_id, request_hash)) = found else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT instance_id, task_id FROM children WHERE batch_id = ?1 ORDER BY seq DESC",
+    )?;
+    let children = stmt
+        .query_map([&task_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+    Ok(Some(BatchIds {
+        task_id,
+        request_hash,
+        children,
+    }))
+}
+
+fn counts_of(tx: &Connection, batch_id: &str) -> rusqlite::Result<(Counts, Option<i64>)> {
+    tx.query_row(
+        "SELECT n_pending, n_running, n_finished, n_failed, finish_ms FROM batches WHERE task_id = ?1",
+        [batch_id],
+        |r| {
+            Ok((
+                Counts {
+                    pending: r.get(0)?,
+                    running: r.get(1)?,
+                    finished: r.get(2)?,
+                    failed: r.get(3)?,
+                },
+                r.get(4)?,
+            ))
+        },
+    )
+}
+
+impl Store for SqliteStore {
+    fn add_access_key(&self, id: String, secret: String, now_ms: u64) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO access_keys (id, secret, created_ms) VALUES (?1, ?2, ?3)",
+                params![id, secret, now_ms as i64],
+            )
+            .map(drop)
+        })
+    }
+
+    fn access_key_secret(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
+        self.run(move |c| {
+            c.query_row("SELECT secret FROM access_keys WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    fn put_instance(
+        &self,
+        id: String,
+        password_hash: String,
+        rotate: bool,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists = tx
+                .query_row("SELECT 1 FROM instances WHERE id = ?1", [&id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            let done = match (exists, rotate) {
+                (true, false) => false,
+                (true, true) => {
+                    tx.execute(
+                        "UPDATE instances SET password_hash = ?2 WHERE id = ?1",
+                        params![id, password_hash],
+                    )?;
+                    true
+                }
+                (false, _) => {
+                    tx.execute(
+                        "INSERT INTO instances (id, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+                        params![id, password_hash, now_ms as i64],
+                    )?;
+                    true
+                }
+            };
+            tx.commit()?;
+            Ok(done)
+        })
+    }
+
+    fn instance_password_hash(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
+        self.run(move |c| {
+            c.query_row(
+                "SELECT password_hash FROM instances WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn instance_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        self.run(|c| {
+            let mut stmt = c.prepare("SELECT id, password_hash FROM instances ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    fn unknown_instances(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM instances WHERE id = ?1")?;
+            let mut unknown = Vec::new();
+            for id in ids {
+                if !stmt.exists([&id])? {
+                    unknown.push(id);
+                }
+            }
+            Ok(unknown)
+        })
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<Instance>>> {
+        self.run(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, created_ms, online, last_seen_ms, agent_json FROM instances ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Instance {
+                    instance_id: r.get(0)?,
+                    created_ms: r.get::<_, i64>(1)?.max(0) as u64,
+                    online: r.get(2)?,
+                    last_seen_ms: opt_u64(r.get(3)?),
+                    agent_json: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn touch_instance(&self, id: String, seen: Seen) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c| {
+            let n = c.execute(
+                "UPDATE instances SET last_seen_ms = ?2, online = COALESCE(?3, online), \
+                 agent_json = COALESCE(?4, agent_json) WHERE id = ?1",
+                params![id, seen.now_ms as i64, seen.online, seen.agent_json],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn batch_by_client_token(&self, token: String) -> BoxFuture<'_, Result<Option<BatchIds>>> {
+        self.run(move |c| batch_ids(c, "client_token = ?1", &token))
+    }
+
+    fn create_batch(&self, batch: NewBatch) -> BoxFuture<'_, Result<Option<BatchIds>>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(token) = &batch.client_token {
+                if let Some(existing) = batch_ids(&tx, "client_token = ?1", token)? {
+                    return Ok(Some(existing));
+                }
+            }
+            let base: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM batches", [], |r| {
+                r.get(0)
+            })?;
+            let n = batch.children.len() as i64;
+            let counts = Counts {
+                pending: n as u32,
+                ..Counts::default()
+            };
+            tx.execute(
+                "INSERT INTO batches (task_id, seq, request_id, client_token, request_hash, \
+                 payload_json, created_ms, status, n_pending) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    batch.task_id,
+                    base + n + 1,
+                    batch.request_id,
+                    batch.client_token,
+                    batch.request_hash,
+                    batch.payload_json,
+                    batch.created_ms as i64,
+                    counts.batch_status().as_str(),
+                    n,
+                ],
+            )?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO children (task_id, seq, batch_id, instance_id, status, created_ms, updated_ms) \
+                     VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?5)",
+                )?;
+                for (i, (instance, task_id)) in batch.children.iter().enumerate() {
+                    stmt.execute(params![
+                        task_id,
+                        base + n - i as i64,
+                        batch.task_id,
+                        instance,
+                        batch.created_ms as i64
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(None)
+        })
+    }
+
+    fn batch_payload(&self, batch_id: String) -> BoxFuture<'_, Result<Option<String>>> {
+        self.run(move |c| {
+            c.query_row(
+                "SELECT payload_json FROM batches WHERE task_id = ?1",
+                [batch_id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn is_batch(&self, task_id: String) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c| {
+            c.prepare_cached("SELECT 1 FROM batches WHERE task_id = ?1")?
+                .exists([task_id])
+        })
+    }
+
+    fn child(&self, task_id: String) -> BoxFuture<'_, Result<Option<Child>>> {
+        self.run(move |c| {
+            Ok(
+                children_where(c, "c.task_id = ?1", vec![Value::Text(task_id)])?
+                    .into_iter()
+                    .next(),
+            )
+        })
+    }
+
+    fn batch_children(&self, batch_id: String) -> BoxFuture<'_, Result<Vec<Child>>> {
+        self.run(move |c| children_where(c, "c.batch_id = ?1", vec![Value::Text(batch_id)]))
+    }
+
+    fn open_children(&self, instance_id: String) -> BoxFuture<'_, Result<Vec<Child>>> {
+        self.run(move |c| {
+            children_where(
+                c,
+                "c.instance_id = ?1 AND c.status IN ('PENDING', 'RUNNING')",
+                vec![Value::Text(instance_id)],
+            )
+        })
+    }
+
+    fn pending_before(&self, created_before_ms: u64) -> BoxFuture<'_, Result<Vec<Child>>> {
+        self.run(move |c| {
+            children_where(
+                c,
+                "c.status = 'PENDING' AND c.created_ms < ?1",
+                vec![Value::Integer(created_before_ms as i64)],
+            )
+        })
+    }
+
+    fn update_child(
+        &self,
+        task_id: String,
+        change: ChildChange,
+    ) -> BoxFuture<'_, Result<Option<Child>>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(mut child) =
+                children_where(&tx, "c.task_id = ?1", vec![Value::Text(task_id)])?
+                    .into_iter()
+                    .next()
+            else {
+                return Ok(None);
+            };
+            let before = child.status;
+            if !change(&mut child) {
+                return Ok(Some(child));
+            }
+            tx.execute(
+                "UPDATE children SET status = ?2, phase = ?3, error_code = ?4, error_msg = ?5, \
+                 result_json = ?6, progress = ?7, bytes_done = ?8, bytes_total = ?9, \
+                 updated_ms = ?10, start_ms = ?11, finish_ms = ?12, sent = ?13, \
+                 cancel_requested = ?14 WHERE task_id = ?1",
+                params![
+                    child.task_id,
+                    child.status.as_str(),
+                    child.phase,
+                    child.error_code,
+                    child.error_msg,
+                    child.result_json,
+                    child.progress,
+                    child.bytes_done as i64,
+                    child.bytes_total.map(|n| n as i64),
+                    child.updated_ms as i64,
+                    child.start_ms.map(|n| n as i64),
+                    child.finish_ms.map(|n| n as i64),
+                    child.sent,
+                    child.cancel_requested,
+                ],
+            )?;
+            if before != child.status {
+                let (mut counts, finish_ms) = counts_of(&tx, &child.batch_id)?;
+                let old = counts.slot(before);
+                *old = old.saturating_sub(1);
+                *counts.slot(child.status) += 1;
+                let status = counts.batch_status();
+                let finish_ms = match (status.is_final(), finish_ms) {
+                    (true, None) => Some(child.updated_ms as i64),
+                    (true, kept) => kept,
+                    (false, _) => None,
+                };
+                tx.execute(
+                    "UPDATE batches SET status = ?2, n_pending = ?3, n_running = ?4, \
+                     n_finished = ?5, n_failed = ?6, finish_ms = ?7 WHERE task_id = ?1",
+                    params![
+                        child.batch_id,
+                        status.as_str(),
+                        counts.pending,
+                        counts.running,
+                        counts.finished,
+                        counts.failed,
+                        finish_ms
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Some(child))
+        })
+    }
+
+    fn mark_sent(&self, task_ids: Vec<String>) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE children SET sent = 1 WHERE task_id = ?1")?;
+                for id in task_ids {
+                    stmt.execute([id])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>> {
+        self.run(move |c| describe(c, &filter))
+    }
+}
+
+fn in_list(column: &str, values: &[String], args: &mut Vec<Value>) -> String {
+    let marks: Vec<String> = values
+        .iter()
+        .map(|v| {
+            args.push(Value::Text(v.clone()));
+            format!("?{}", args.len())
+        })
+        .collect();
+    format!("{column} IN ({})", marks.join(", "))
+}
+
+/// One half of DescribeTasks (batches or children) with its WHERE clause, its arguments
+/// pushed onto `args`. Both halves have the same columns, so one UNION ALL sorts and pages
+/// them together: the sort key, the level, the child columns (NULL for a batch), the
+/// batch's InvokeId and its counts.
+fn half(filter: &TaskFilter, batch: bool, args: &mut Vec<Value>) -> Option<String> {
+    if filter.level.is_some_and(|l| l != if batch { 1 } else { 2 }) {
+        return None;
+    }
+    if batch && (filter.parent_task_id.is_some() || filter.instance_id.is_some()) {
+        return None;
+    }
+    let table = if batch { "b" } else { "c" };
+    let mut wheres = vec!["1 = 1".to_string()];
+    if !filter.task_ids.is_empty() {
+        wheres.push(in_list(&format!("{table}.task_id"), &filter.task_ids, args));
+    }
+    if !filter.statuses.is_empty() {
+        let names: Vec<String> = filter.statuses.iter().map(|s| s.as_str().into()).collect();
+        wheres.push(in_list(&format!("{table}.status"), &names, args));
+    }
+    if let Some(invoke) = &filter.invoke_id {
+        args.push(Value::Text(invoke.clone()));
+        wheres.push(format!("b.request_id = ?{}", args.len()));
+    }
+    if !batch {
+        if let Some(parent) = &filter.parent_task_id {
+            args.push(Value::Text(parent.clone()));
+            wheres.push(format!("c.batch_id = ?{}", args.len()));
+        }
+        if let Some(instance) = &filter.instance_id {
+            args.push(Value::Text(instance.clone()));
+            wheres.push(format!("c.instance_id = ?{}", args.len()));
+        }
+    }
+    let sql = if batch {
+        format!(
+            "SELECT b.seq AS seq, 1 AS level, b.task_id, b.task_id, NULL, b.status, NULL, NULL, \
+             NULL, NULL, 0, 0, NULL, b.created_ms, b.created_ms, NULL, b.finish_ms, 0, 0, \
+             b.request_id, b.n_pending, b.n_running, b.n_finished, b.n_failed \
+             FROM batches b WHERE {}",
+            wheres.join(" AND ")
+        )
+    } else {
+        format!(
+            "SELECT c.seq AS seq, 2 AS level, {CHILD_COLS}, b.request_id, 0, 0, 0, 0 \
+             FROM children c JOIN batches b ON b.task_id = c.batch_id WHERE {}",
+            wheres.join(" AND ")
+        )
+    };
+    Some(sql)
+}
+
+fn describe(c: &Connection, filter: &TaskFilter) -> rusqlite::Result<TaskPage> {
+    let mut args = Vec::new();
+    let halves: Vec<String> = [true, false]
+        .into_iter()
+        .filter_map(|batch| half(filter, batch, &mut args))
+        .collect();
+    if halves.is_empty() {
+        return Ok(TaskPage::default());
+    }
+    let union = halves.join(" UNION ALL ");
+    let total: i64 = c.query_row(
+        &format!("SELECT COUNT(*) FROM ({union})"),
+        params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
+    let mut page_args = args.clone();
+    let after = match filter.after {
+        Some(key) => {
+            page_args.push(Value::Integer(key));
+            format!("WHERE seq < ?{}", page_args.len())
+        }
+        None => String::new(),
+    };
+    page_args.push(Value::Integer(i64::from(filter.limit) + 1));
+    let sql = format!(
+        "SELECT * FROM ({union}) {after} ORDER BY seq DESC LIMIT ?{}",
+        page_args.len()
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let mut rows: Vec<(i64, TaskRecord)> = stmt
+        .query_map(params_from_iter(page_args.iter()), |r| {
+            let seq: i64 = r.get(0)?;
+            let level: i64 = r.get(1)?;
+            let invoke: String = r.get(19)?;
+            let record = if level == 1 {
+                TaskRecord::Batch(BatchRow {
+                    task_id: r.get(2)?,
+                    request_id: invoke,
+                    status: status_of(&r.get::<_, String>(5)?)?,
+                    counts: Counts {
+                        pending: r.get(20)?,
+                        running: r.get(21)?,
+                        finished: r.get(22)?,
+                        failed: r.get(23)?,
+                    },
+                    created_ms: r.get::<_, i64>(13)?.max(0) as u64,
+                    finish_ms: opt_u64(r.get(16)?),
+                })
+            } else {
+                TaskRecord::Child(child_at(r, 2)?, invoke)
+            };
+            Ok((seq, record))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let more = rows.len() > filter.limit as usize;
+    rows.truncate(filter.limit as usize);
+    Ok(TaskPage {
+        total: total.max(0) as u64,
+        last_key: if more {
+            rows.last().map(|(k, _)| *k)
+        } else {
+            None
+        },
+        rows: rows.into_iter().map(|(_, r)| r).collect(),
+    })
+}
