@@ -261,3 +261,25 @@ pub trait Store: Send + Sync {
 
     fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_pending_then_running_then_finished_or_failed() {
+        let counts = |pending, running, finished, failed| Counts {
+            pending,
+            running,
+            finished,
+            failed,
+        };
+        assert_eq!(counts(3, 0, 0, 0).batch_status(), Status::Pending);
+        assert_eq!(counts(2, 1, 0, 0).batch_status(), Status::Running);
+        assert_eq!(counts(2, 0, 1, 0).batch_status(), Status::Running);
+        assert_eq!(counts(0, 0, 3, 0).batch_status(), Status::Finished);
+        assert_eq!(counts(0, 0, 2, 1).batch_status(), Status::Failed);
+        assert_eq!(Status::parse("finished"), Some(Status::Finished));
+        assert_eq!(Status::parse("Processing"), None);
+    }
+}

@@ -667,3 +667,38 @@ fn describe(c: &Connection, filter: &TaskFilter) -> rusqlite::Result<TaskPage> {
         rows: rows.into_iter().map(|(_, r)| r).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_in_wal_mode_migrates_once_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(SqliteStore::open(&path).unwrap());
+        // Reopening applies nothing twice.
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let versions: Vec<i64> = conn
+            .prepare("SELECT version FROM schema_version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(versions, vec![1]);
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])
+            .unwrap();
+        drop(conn);
+        let Err(e) = SqliteStore::open(&path) else {
+            panic!("a newer schema was opened")
+        };
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.message.contains("99"), "{e}");
+    }
+}
