@@ -90,6 +90,35 @@ async fn a_client_token_repeat_gets_the_same_ids_even_after_a_restart_and_a_chan
 }
 
 #[tokio::test]
+async fn a_lost_publish_costs_nothing_and_concurrent_repeats_of_a_token_make_one_batch() {
+    let h = Harness::new(&["acp-1", "acp-2"]).await;
+    h.outbox.fail(true);
+    let answer = h.send(&["acp-1", "acp-2"], None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.outbox.orders().is_empty());
+    h.outbox.fail(false);
+    // The agent's Hello brings the order it never got.
+    let orders = h.fleet.hello(hello("acp-2", vec![])).await.unwrap();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].task_id(), answer.data[1].task_id);
+    // Two identical SendFiles racing under one ClientToken: one batch, the same answer.
+    let (a, b) = tokio::join!(
+        h.send(&["acp-1", "acp-2"], Some("race")),
+        h.send(&["acp-1", "acp-2"], Some("race"))
+    );
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(
+        h.describe(DescribeTasksQuery {
+            level: Some(1),
+            ..Default::default()
+        })
+        .await
+        .total_count,
+        2
+    );
+}
+
+#[tokio::test]
 async fn unknown_duplicate_or_missing_instances_and_bad_payloads_create_nothing() {
     let h = Harness::new(&["acp-1"]).await;
     let unknown = h

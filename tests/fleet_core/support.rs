@@ -11,7 +11,7 @@ use ferry::error::{Result, TaskCode};
 use ferry::fleet::wire::{Order, Report};
 use ferry::task::payload::{Credentials, TaskPayload};
 use ferry::task::record::{FileResult, Phase, TaskResult, TaskView};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,9 +22,15 @@ pub const OSS_TOKEN: &str = "sts-token-must-not-leak";
 #[derive(Default)]
 pub struct RecordingOutbox {
     sent: Mutex<Vec<(String, Order)>>,
+    /// Refuse every publish, as a broker that is down.
+    failing: AtomicBool,
 }
 
 impl RecordingOutbox {
+    pub fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
     pub fn orders(&self) -> Vec<(String, Order)> {
         self.sent.lock().unwrap().clone()
     }
@@ -49,6 +55,14 @@ impl RecordingOutbox {
 
 impl Outbox for RecordingOutbox {
     fn send(&self, instance_id: &str, order: Order) -> BoxFuture<'_, Result<()>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(ferry::error::Error::new(
+                    ferry::error::Code::NetworkConnect,
+                    "broker down (test)",
+                ))
+            });
+        }
         self.sent
             .lock()
             .unwrap()

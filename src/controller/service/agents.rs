@@ -97,30 +97,33 @@ fn apply_report(c: &mut Child, view: &TaskView, now: u64) -> bool {
 impl Fleet {
     async fn report_now(&self, report: Report) -> Result<()> {
         let view = report.task;
-        let Some(child) = self.store.child(view.task_id.clone()).await? else {
-            return Err(Error::new(
+        let (id, from) = (view.task_id.clone(), report.instance_id.clone());
+        let now = unix_millis_now();
+        // One transaction: the instance check and the transition see the same record.
+        let child = self
+            .store
+            .update_child(
+                id.clone(),
+                Box::new(move |c| c.instance_id == from && apply_report(c, &view, now)),
+            )
+            .await?;
+        match child {
+            None => Err(Error::new(
                 Code::ApiNotFound,
                 format!(
-                    "report from {} for task {}, which this controller never created",
-                    report.instance_id, view.task_id
+                    "report from {} for task {id}, which this controller never created",
+                    report.instance_id
                 ),
-            ));
-        };
-        if child.instance_id != report.instance_id {
-            return Err(Error::new(
+            )),
+            Some(c) if c.instance_id != report.instance_id => Err(Error::new(
                 Code::ApiUnauthorized,
                 format!(
-                    "report from {} for task {} of instance {}: refused",
-                    report.instance_id, view.task_id, child.instance_id
+                    "report from {} for task {id} of instance {}: refused",
+                    report.instance_id, c.instance_id
                 ),
-            ));
+            )),
+            Some(_) => Ok(()),
         }
-        let now = unix_millis_now();
-        let id = view.task_id.clone();
-        self.store
-            .update_child(id, Box::new(move |c| apply_report(c, &view, now)))
-            .await?;
-        Ok(())
     }
 
     async fn hello_now(&self, hello: Hello) -> Result<Vec<Order>> {
