@@ -10,19 +10,22 @@
 //! Schema: numbered migrations in `migrations/`, applied in order at open and recorded in
 //! `schema_version`; a file written by a newer build is refused, not guessed at.
 
+mod query;
+mod rows;
+
 use super::{
-    BatchIds, BatchRow, Child, ChildChange, Counts, Instance, NewBatch, Seen, Status, Store,
-    TaskFilter, TaskPage, TaskRecord,
+    BatchIds, Child, ChildChange, Counts, Instance, NewBatch, Seen, Store, TaskFilter, TaskPage,
 };
 use crate::controller::ports::BoxFuture;
 use crate::error::{Code, Error, Result};
+use rows::{batch_ids, children_where, counts_of, opt_u64};
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// `(version, SQL)`, in order; a new schema change is a new file, never an edit.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
 
 /// The state file's name inside the state directory.
 pub const FILE_NAME: &str = "controller.sqlite";
@@ -129,100 +132,6 @@ fn migrate(conn: &mut Connection) -> std::result::Result<(), Migration> {
         tx.commit()?;
     }
     Ok(())
-}
-
-const CHILD_COLS: &str = "c.task_id, c.batch_id, c.instance_id, c.status, c.phase, c.error_code, \
-    c.error_msg, c.result_json, c.progress, c.bytes_done, c.bytes_total, c.created_ms, \
-    c.updated_ms, c.start_ms, c.finish_ms, c.sent, c.cancel_requested";
-
-fn status_of(text: &str) -> rusqlite::Result<Status> {
-    Status::parse(text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("unknown status {text:?}").into(),
-        )
-    })
-}
-
-fn opt_u64(v: Option<i64>) -> Option<u64> {
-    v.map(|n| n.max(0) as u64)
-}
-
-/// A child from [`CHILD_COLS`] starting at column `at`.
-fn child_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Child> {
-    Ok(Child {
-        task_id: row.get(at)?,
-        batch_id: row.get(at + 1)?,
-        instance_id: row.get(at + 2)?,
-        status: status_of(&row.get::<_, String>(at + 3)?)?,
-        phase: row.get(at + 4)?,
-        error_code: row.get(at + 5)?,
-        error_msg: row.get(at + 6)?,
-        result_json: row.get(at + 7)?,
-        progress: row.get::<_, i64>(at + 8)?.clamp(0, 100) as u8,
-        bytes_done: row.get::<_, i64>(at + 9)?.max(0) as u64,
-        bytes_total: opt_u64(row.get(at + 10)?),
-        created_ms: row.get::<_, i64>(at + 11)?.max(0) as u64,
-        updated_ms: row.get::<_, i64>(at + 12)?.max(0) as u64,
-        start_ms: opt_u64(row.get(at + 13)?),
-        finish_ms: opt_u64(row.get(at + 14)?),
-        sent: row.get(at + 15)?,
-        cancel_requested: row.get(at + 16)?,
-    })
-}
-
-fn children_where(
-    conn: &Connection,
-    condition: &str,
-    args: Vec<Value>,
-) -> rusqlite::Result<Vec<Child>> {
-    let sql = format!("SELECT {CHILD_COLS} FROM children c WHERE {condition} ORDER BY c.seq DESC");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args), |r| child_at(r, 0))?;
-    rows.collect()
-}
-
-fn batch_ids(conn: &Connection, condition: &str, arg: &str) -> rusqlite::Result<Option<BatchIds>> {
-    let found: Option<(String, String)> = conn
-        .query_row(
-            &format!("SELECT task_id, request_hash FROM batches WHERE {condition}"),
-            [arg],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((task_id, request_hash)) = found else {
-        return Ok(None);
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT instance_id, task_id FROM children WHERE batch_id = ?1 ORDER BY seq DESC",
-    )?;
-    let children = stmt
-        .query_map([&task_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
-    Ok(Some(BatchIds {
-        task_id,
-        request_hash,
-        children,
-    }))
-}
-
-fn counts_of(tx: &Connection, batch_id: &str) -> rusqlite::Result<(Counts, Option<i64>)> {
-    tx.query_row(
-        "SELECT n_pending, n_running, n_finished, n_failed, finish_ms FROM batches WHERE task_id = ?1",
-        [batch_id],
-        |r| {
-            Ok((
-                Counts {
-                    pending: r.get(0)?,
-                    running: r.get(1)?,
-                    finished: r.get(2)?,
-                    failed: r.get(3)?,
-                },
-                r.get(4)?,
-            ))
-        },
-    )
 }
 
 impl Store for SqliteStore {
@@ -534,138 +443,8 @@ impl Store for SqliteStore {
     }
 
     fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>> {
-        self.run(move |c| describe(c, &filter))
+        self.run(move |c| query::describe(c, &filter))
     }
-}
-
-fn in_list(column: &str, values: &[String], args: &mut Vec<Value>) -> String {
-    let marks: Vec<String> = values
-        .iter()
-        .map(|v| {
-            args.push(Value::Text(v.clone()));
-            format!("?{}", args.len())
-        })
-        .collect();
-    format!("{column} IN ({})", marks.join(", "))
-}
-
-/// One half of DescribeTasks (batches or children) with its WHERE clause, its arguments
-/// pushed onto `args`. Both halves have the same columns, so one UNION ALL sorts and pages
-/// them together: the sort key, the level, the child columns (NULL for a batch), the
-/// batch's InvokeId and its counts.
-fn half(filter: &TaskFilter, batch: bool, args: &mut Vec<Value>) -> Option<String> {
-    if filter.level.is_some_and(|l| l != if batch { 1 } else { 2 }) {
-        return None;
-    }
-    if batch && (filter.parent_task_id.is_some() || filter.instance_id.is_some()) {
-        return None;
-    }
-    let table = if batch { "b" } else { "c" };
-    let mut wheres = vec!["1 = 1".to_string()];
-    if !filter.task_ids.is_empty() {
-        wheres.push(in_list(&format!("{table}.task_id"), &filter.task_ids, args));
-    }
-    if !filter.statuses.is_empty() {
-        let names: Vec<String> = filter.statuses.iter().map(|s| s.as_str().into()).collect();
-        wheres.push(in_list(&format!("{table}.status"), &names, args));
-    }
-    if let Some(invoke) = &filter.invoke_id {
-        args.push(Value::Text(invoke.clone()));
-        wheres.push(format!("b.request_id = ?{}", args.len()));
-    }
-    if !batch {
-        if let Some(parent) = &filter.parent_task_id {
-            args.push(Value::Text(parent.clone()));
-            wheres.push(format!("c.batch_id = ?{}", args.len()));
-        }
-        if let Some(instance) = &filter.instance_id {
-            args.push(Value::Text(instance.clone()));
-            wheres.push(format!("c.instance_id = ?{}", args.len()));
-        }
-    }
-    let sql = if batch {
-        format!(
-            "SELECT b.seq AS seq, 1 AS level, b.task_id, b.task_id, NULL, b.status, NULL, NULL, \
-             NULL, NULL, 0, 0, NULL, b.created_ms, b.created_ms, NULL, b.finish_ms, 0, 0, \
-             b.request_id, b.n_pending, b.n_running, b.n_finished, b.n_failed \
-             FROM batches b WHERE {}",
-            wheres.join(" AND ")
-        )
-    } else {
-        format!(
-            "SELECT c.seq AS seq, 2 AS level, {CHILD_COLS}, b.request_id, 0, 0, 0, 0 \
-             FROM children c JOIN batches b ON b.task_id = c.batch_id WHERE {}",
-            wheres.join(" AND ")
-        )
-    };
-    Some(sql)
-}
-
-fn describe(c: &Connection, filter: &TaskFilter) -> rusqlite::Result<TaskPage> {
-    let mut args = Vec::new();
-    let halves: Vec<String> = [true, false]
-        .into_iter()
-        .filter_map(|batch| half(filter, batch, &mut args))
-        .collect();
-    if halves.is_empty() {
-        return Ok(TaskPage::default());
-    }
-    let union = halves.join(" UNION ALL ");
-    let total: i64 = c.query_row(
-        &format!("SELECT COUNT(*) FROM ({union})"),
-        params_from_iter(args.iter()),
-        |r| r.get(0),
-    )?;
-    let mut page_args = args.clone();
-    let after = match filter.after {
-        Some(key) => {
-            page_args.push(Value::Integer(key));
-            format!("WHERE seq < ?{}", page_args.len())
-        }
-        None => String::new(),
-    };
-    page_args.push(Value::Integer(i64::from(filter.limit) + 1));
-    let sql = format!(
-        "SELECT * FROM ({union}) {after} ORDER BY seq DESC LIMIT ?{}",
-        page_args.len()
-    );
-    let mut stmt = c.prepare(&sql)?;
-    let mut rows: Vec<(i64, TaskRecord)> = stmt
-        .query_map(params_from_iter(page_args.iter()), |r| {
-            let seq: i64 = r.get(0)?;
-            let level: i64 = r.get(1)?;
-            let invoke: String = r.get(19)?;
-            let record = if level == 1 {
-                TaskRecord::Batch(BatchRow {
-                    task_id: r.get(2)?,
-                    request_id: invoke,
-                    status: status_of(&r.get::<_, String>(5)?)?,
-                    counts: Counts {
-                        pending: r.get(20)?,
-                        running: r.get(21)?,
-                        finished: r.get(22)?,
-                        failed: r.get(23)?,
-                    },
-                    created_ms: r.get::<_, i64>(13)?.max(0) as u64,
-                    finish_ms: opt_u64(r.get(16)?),
-                })
-            } else {
-                TaskRecord::Child(child_at(r, 2)?, invoke)
-            };
-            Ok((seq, record))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let more = rows.len() > filter.limit as usize;
-    rows.truncate(filter.limit as usize);
-    Ok(TaskPage {
-        total: total.max(0) as u64,
-        last_key: if more {
-            rows.last().map(|(k, _)| *k)
-        } else {
-            None
-        },
-        rows: rows.into_iter().map(|(_, r)| r).collect(),
-    })
 }
 
 #[cfg(test)]
