@@ -391,7 +391,7 @@ async fn raw(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let now = ferry::timefmt::unix_millis_now() / 1000;
-    let date = ferry::timefmt::rfc3339(now * 1000).replace(".000Z", "Z");
+    let date = acs3::format_date(now);
     let nonce = format!("{:032x}", fastrand::u128(..));
     let host = addr.to_string();
     let headers = acs3::sign(&acs3::Signing {

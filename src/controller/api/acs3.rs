@@ -228,6 +228,12 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, ApiError> {
     })
 }
 
+/// `x-acs-date` for `unix_secs`: `YYYY-MM-DDTHH:MM:SSZ`, as the SDK writes it.
+pub fn format_date(unix_secs: u64) -> String {
+    let text = crate::timefmt::rfc3339(unix_secs * 1000);
+    format!("{}Z", &text[..19])
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` (what the SDK sends) to seconds since the epoch.
 pub fn parse_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();

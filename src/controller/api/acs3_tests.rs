@@ -262,6 +262,7 @@ fn dates_parse_strictly() {
     assert_eq!(parse_date("1970-01-01T00:00:00Z"), Some(0));
     assert_eq!(parse_date("2000-02-29T00:00:00Z"), Some(951_782_400));
     assert_eq!(parse_date("2026-11-27T22:54:40Z"), Some(1_795_820_080));
+    assert_eq!(format_date(1_795_820_080), "2026-11-27T22:54:40Z");
     for bad in [
         "2026-11-27T22:54:40",
         "2026-13-01T00:00:00Z",
