@@ -116,6 +116,25 @@ codes! {
     /// The phone never took its task before the controller's expiry.
     FleetInstanceOffline => "Fleet.InstanceOffline",
     Internal => "Internal",
+    /// The controller's public API answers with Alibaba's OpenAPI gateway codes (RPC style,
+    /// src/controller/api): these are the ones it uses besides the payload codes above.
+    OpenApiMissingParameter => "MissingParameter",
+    OpenApiInvalidParameter => "InvalidParameter",
+    OpenApiUnsupportedParameter => "UnsupportedParameter",
+    OpenApiDuplicateInstanceId => "InvalidParameter.DuplicateInstanceId",
+    OpenApiApiNotFound => "InvalidApi.NotFound",
+    OpenApiInvalidVersion => "InvalidVersion",
+    OpenApiUnsupportedHttpMethod => "UnsupportedHTTPMethod",
+    OpenApiIncompleteSignature => "IncompleteSignature",
+    OpenApiInvalidSignatureMethod => "InvalidSignatureMethod",
+    OpenApiSignatureDoesNotMatch => "SignatureDoesNotMatch",
+    OpenApiSignatureNonceUsed => "SignatureNonceUsed",
+    OpenApiTimeStampExpired => "InvalidTimeStamp.Expired",
+    OpenApiTimeStampFormat => "InvalidTimeStamp.Format",
+    OpenApiAccessKeyNotFound => "InvalidAccessKeyId.NotFound",
+    OpenApiThrottling => "Throttling.User",
+    OpenApiRequestTooLarge => "RequestTooLarge",
+    OpenApiInternalError => "InternalError",
 }
 
 impl Code {
