@@ -1,441 +1,19 @@
 //! The controller's MQTT side (src/controller/delivery.rs) against real brokers on
 //! 127.0.0.1: the embedded one (src/controller/broker.rs) and Debian's mosquitto with the
 //! files `mosquitto_files` writes. Agents are plain rumqttc clients logging in as their
-//! instance; the fleet logic is a recording [`Inbox`].
+//! instance; the fleet logic is a recording `Inbox` (tests/fleet_support).
 
-mod common;
-#[path = "common/skip.rs"]
-mod skip;
+mod fleet_support;
 
-use common::mosquitto::Mosquitto;
-use ferry::controller::broker::{self, BrokerHandle, BrokerOptions};
-use ferry::controller::delivery::{Delivery, DeliveryHandle, DeliveryOptions};
-use ferry::controller::mosquitto::mosquitto_files;
-use ferry::controller::ports::{BoxFuture, Credentials, Inbox, Outbox};
-use ferry::controller::secrets;
-use ferry::error::{Code, Error, Result};
+use ferry::controller::broker::{BrokerOptions, BrokerTls};
+use ferry::controller::delivery::Delivery;
 use ferry::fleet::topics::{self, Kind};
-use ferry::fleet::wire::{AgentInfo, Hello, Order, Presence, Report};
-use ferry::task::record::TaskView;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use ferry::fleet::wire::{AgentInfo, Hello, Order, Presence};
+use fleet_support::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-
-const CONTROLLER: (&str, &str) = ("ferry-controller", "controller-secret");
-const WAIT: Duration = Duration::from_secs(15);
-/// How long "nothing arrives" is watched for.
-const QUIET: Duration = Duration::from_millis(1500);
-
-/// Agent passwords as the store keeps them: `$7$` hashes only.
-struct Store(HashMap<String, String>);
-
-impl Credentials for Store {
-    fn access_key_secret(&self, _: &str) -> BoxFuture<'_, Result<Option<String>>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn agent_password_hash(&self, id: &str) -> BoxFuture<'_, Result<Option<String>>> {
-        let hash = self.0.get(id).cloned();
-        Box::pin(async move { Ok(hash) })
-    }
-    fn agent_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
-        let all = self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        Box::pin(async move { Ok(all) })
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Call {
-    Report(Box<Report>),
-    Hello(Hello),
-    Presence(String, bool),
-}
-
-/// The fleet logic's stand-in: records every call; can fail the next reports (as a store
-/// that cannot write) and answer hellos with given orders.
-#[derive(Default)]
-struct Recorder {
-    calls: Mutex<Vec<Call>>,
-    fail_reports: AtomicUsize,
-    failed: AtomicUsize,
-    answer: Mutex<Vec<Order>>,
-}
-
-impl Recorder {
-    fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, what: &str, pred: impl Fn(&[Call]) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !pred(&self.calls()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; calls: {:#?}",
-                self.calls()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Inbox for Recorder {
-    fn report(&self, report: Report) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            if self
-                .fail_reports
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                self.failed.fetch_add(1, Ordering::SeqCst);
-                return Err(Error::new(Code::StorageIo, "the store cannot write (test)"));
-            }
-            self.calls
-                .lock()
-                .unwrap()
-                .push(Call::Report(Box::new(report)));
-            Ok(())
-        })
-    }
-    fn hello(&self, hello: Hello) -> BoxFuture<'_, Result<Vec<Order>>> {
-        Box::pin(async move {
-            self.calls.lock().unwrap().push(Call::Hello(hello));
-            Ok(self.answer.lock().unwrap().clone())
-        })
-    }
-    fn presence(&self, id: &str, presence: Presence) -> BoxFuture<'_, Result<()>> {
-        let call = Call::Presence(id.to_string(), presence.online);
-        Box::pin(async move {
-            self.calls.lock().unwrap().push(call);
-            Ok(())
-        })
-    }
-}
-
-enum Server {
-    Embedded(Option<BrokerHandle>, SocketAddr, Arc<Store>),
-    Mosquitto(Mosquitto),
-}
-
-/// A broker with agents `acp-x` and `acp-y` known, and the controller's delivery on it.
-struct Fleet {
-    server: Server,
-    secrets: HashMap<String, String>,
-    inbox: Arc<Recorder>,
-    outbox: Arc<dyn Outbox>,
-    delivery: Option<DeliveryHandle>,
-}
-
-fn agents() -> (HashMap<String, String>, Arc<Store>) {
-    let secrets: HashMap<String, String> = ["acp-x", "acp-y"]
-        .into_iter()
-        .map(|id| (id.to_string(), secrets::new_secret()))
-        .collect();
-    let store = Store(
-        secrets
-            .iter()
-            .map(|(id, s)| (id.clone(), secrets::hash(s)))
-            .collect(),
-    );
-    (secrets, Arc::new(store))
-}
-
-fn controller_user() -> (String, String) {
-    (CONTROLLER.0.to_string(), CONTROLLER.1.to_string())
-}
-
-impl Fleet {
-    async fn embedded() -> Fleet {
-        let (secrets, store) = agents();
-        let handle = broker::start(
-            BrokerOptions::plain("127.0.0.1:0".parse().unwrap()),
-            store.clone(),
-            controller_user(),
-        )
-        .await
-        .expect("starting the embedded broker");
-        let addr = handle.local_addr();
-        Self::with(Server::Embedded(Some(handle), addr, store), secrets).await
-    }
-
-    async fn mosquitto() -> Option<Fleet> {
-        let (secrets, store) = agents();
-        let (passwd, acl) = mosquitto_files(&*store, CONTROLLER.0, CONTROLLER.1)
-            .await
-            .expect("mosquitto files");
-        let started = Mosquitto::start_with(|dir| {
-            std::fs::write(dir.join("passwd"), &passwd).unwrap();
-            std::fs::write(dir.join("acl"), &acl).unwrap();
-            format!(
-                "allow_anonymous false\npassword_file {0}/passwd\nacl_file {0}/acl\nuse_username_as_clientid true\n",
-                dir.display()
-            )
-        });
-        match started {
-            Ok(m) => Some(Self::with(Server::Mosquitto(m), secrets).await),
-            Err(reason) => {
-                skip::skip(&reason);
-                None
-            }
-        }
-    }
-
-    async fn with(server: Server, secrets: HashMap<String, String>) -> Fleet {
-        let url = match &server {
-            Server::Embedded(_, addr, _) => format!("mqtt://{addr}"),
-            Server::Mosquitto(m) => m.url(),
-        };
-        let mut options = DeliveryOptions::new(&url, CONTROLLER.0, CONTROLLER.1);
-        options.retry_delay = Duration::from_millis(200);
-        let outbox = Delivery::new(options).unwrap().outbox();
-        let mut fleet = Fleet {
-            server,
-            secrets,
-            inbox: Arc::new(Recorder::default()),
-            outbox,
-            delivery: None,
-        };
-        fleet.start_delivery().await;
-        fleet
-    }
-
-    /// A new delivery (same client id, so the same persistent session) on `self.inbox`.
-    async fn start_delivery(&mut self) {
-        let mut options = DeliveryOptions::new(&self.url(), CONTROLLER.0, CONTROLLER.1);
-        options.retry_delay = Duration::from_millis(200);
-        let delivery = Delivery::new(options).unwrap();
-        self.outbox = delivery.outbox();
-        let delivery = delivery.run(self.inbox.clone());
-        assert!(
-            delivery.wait_connected(WAIT).await,
-            "delivery connects to the broker"
-        );
-        self.delivery = Some(delivery);
-    }
-
-    fn url(&self) -> String {
-        match &self.server {
-            Server::Embedded(_, addr, _) => format!("mqtt://{addr}"),
-            Server::Mosquitto(m) => m.url(),
-        }
-    }
-
-    async fn agent(&self, id: &str) -> Agent {
-        Agent::connect(&self.url(), id, id, &self.secrets[id], true).await
-    }
-
-    async fn restart_broker(&mut self) {
-        match &mut self.server {
-            Server::Embedded(handle, addr, store) => {
-                handle.take().unwrap().stop().await;
-                let again = broker::start(
-                    BrokerOptions::plain(*addr),
-                    store.clone(),
-                    controller_user(),
-                )
-                .await
-                .expect("restarting the embedded broker on its port");
-                *handle = Some(again);
-            }
-            Server::Mosquitto(m) => m.restart(),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.delivery.take().unwrap().stop().await;
-        if let Server::Embedded(Some(handle), _, _) = self.server {
-            handle.stop().await;
-        }
-    }
-}
-
-/// A rumqttc client playing an agent: what arrives on its subscriptions, its SUBACK codes.
-struct Agent {
-    id: String,
-    client: AsyncClient,
-    received: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-    subacks: Arc<Mutex<Vec<rumqttc::SubscribeReasonCode>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Agent {
-    /// Connects (waiting for the CONNACK), sets the last will on its presence topic and
-    /// subscribes to `subscribe_own` its order topic.
-    async fn connect(
-        url: &str,
-        id: &str,
-        user: &str,
-        password: &str,
-        subscribe_own: bool,
-    ) -> Agent {
-        Self::try_connect(url, id, user, password, subscribe_own)
-            .await
-            .unwrap_or_else(|e| panic!("agent {id} connects: {e}"))
-    }
-
-    async fn try_connect(
-        url: &str,
-        id: &str,
-        user: &str,
-        password: &str,
-        subscribe_own: bool,
-    ) -> std::result::Result<Agent, String> {
-        let addr: SocketAddr = url.trim_start_matches("mqtt://").parse().unwrap();
-        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        options
-            .set_credentials(user, password)
-            .set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(5))
-            .set_last_will(LastWill::new(
-                topics::topic(id, Kind::Presence),
-                r#"{"Online":false}"#,
-                QoS::AtLeastOnce,
-                true,
-            ));
-        let (client, mut eventloop) = AsyncClient::new(options, 100);
-        match tokio::time::timeout(WAIT, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
-            other => return Err(format!("{other:?}")),
-        }
-        let (tx, received) = mpsc::unbounded_channel();
-        let subacks = Arc::new(Mutex::new(Vec::new()));
-        let acks = subacks.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(s))) => {
-                        acks.lock().unwrap().extend(s.return_codes);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        let agent = Agent {
-            id: id.to_string(),
-            client,
-            received,
-            subacks,
-            task,
-        };
-        if subscribe_own {
-            agent.subscribe(&topics::topic(id, Kind::Order)).await;
-        }
-        Ok(agent)
-    }
-
-    async fn subscribe(&self, filter: &str) {
-        let before = self.subacks.lock().unwrap().len();
-        self.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.subacks.lock().unwrap().len() == before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no SUBACK for {filter}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn publish(&self, topic: &str, body: impl serde::Serialize, retain: bool) {
-        self.client
-            .publish(
-                topic,
-                QoS::AtLeastOnce,
-                retain,
-                serde_json::to_vec(&body).unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn report(&self, topic_instance: &str, claimed: &str, task_id: &str) {
-        let report = Report {
-            instance_id: claimed.to_string(),
-            task: task_view(task_id),
-        };
-        self.publish(&topics::topic(topic_instance, Kind::Report), report, false)
-            .await;
-    }
-
-    async fn next(&mut self) -> (String, Vec<u8>) {
-        tokio::time::timeout(WAIT, self.received.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{} received nothing", self.id))
-            .unwrap()
-    }
-
-    async fn assert_quiet(&mut self) {
-        if let Ok(Some((topic, body))) = tokio::time::timeout(QUIET, self.received.recv()).await {
-            panic!(
-                "{} received {topic}: {}",
-                self.id,
-                String::from_utf8_lossy(&body)
-            );
-        }
-    }
-
-    /// Gone without a DISCONNECT, like a killed process: the broker sends the will.
-    fn kill(self) {
-        self.task.abort();
-    }
-}
-
-fn task_view(task_id: &str) -> TaskView {
-    serde_json::from_value(serde_json::json!({
-        "TaskId": task_id,
-        "ClientToken": null,
-        "TaskStatus": "Processing",
-        "Phase": "RUNNING",
-        "Progress": 0,
-        "BytesDone": 0,
-        "BytesTotal": null,
-        "ErrorCode": null,
-        "ErrorMsg": null,
-        "Result": null,
-        "Notes": [],
-        "Payload": {
-            "TaskId": task_id,
-            "SourceFilePath": "/sdcard/Download/a.bin",
-            "UploadType": "DOWNLOAD_URL",
-            "UploadUrl": "https://files.example/a.bin",
-        },
-        "CreationTime": "2026-12-02T00:00:00Z",
-        "StartTime": null,
-        "FinishTime": null,
-    }))
-    .expect("a TaskView")
-}
-
-fn run_order(task_id: &str) -> Order {
-    serde_json::from_value(serde_json::json!({
-        "Kind": "Run",
-        "TaskId": task_id,
-        "Payload": {
-            "TaskId": task_id,
-            "SourceFilePath": "/sdcard/Download/a.bin",
-            "UploadType": "DOWNLOAD_URL",
-            "UploadUrl": "https://files.example/a.bin",
-        },
-    }))
-    .unwrap()
-}
-
-fn reports_of(calls: &[Call], task_id: &str) -> usize {
-    calls
-        .iter()
-        .filter(|c| matches!(c, Call::Report(r) if r.task.task_id == task_id))
-        .count()
-}
 
 /// Runs one scenario against both brokers: `NAME_embedded` and `NAME_mosquitto`.
 macro_rules! on_both_brokers {
@@ -697,5 +275,125 @@ async fn reports_sent_while_the_controller_is_away_arrive_when_it_returns(mut fl
             reports_of(c, "t-while-away") == 1
         })
         .await;
+    fleet.stop().await;
+}
+
+/// An order for an agent that is offline waits in its persistent session, across a broker
+/// restart: the agent gets it when it comes back.
+async fn orders_for_an_offline_agent_wait_across_a_broker_restart(mut fleet: Fleet) {
+    let x = fleet.agent("acp-x").await;
+    x.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet
+        .outbox
+        .send("acp-x", run_order("t-queued"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.restart_broker().await;
+    let url = fleet.url();
+    let secret = fleet.secrets["acp-x"].clone();
+    let mut back = Agent::connect(&url, "acp-x", "acp-x", &secret, false).await;
+    let (topic, body) = back.next().await;
+    assert_eq!(topic, "ferry/v1/i/acp-x/order");
+    assert_eq!(
+        serde_json::from_slice::<Order>(&body).unwrap(),
+        run_order("t-queued")
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_orders_survive_a_restart_embedded_with_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = BrokerOptions {
+        storage_dir: Some(dir.path().join("broker")),
+        ..BrokerOptions::plain("127.0.0.1:0".parse().unwrap())
+    };
+    let fleet = Fleet::embedded_with(options, |_, _| {}).await;
+    orders_for_an_offline_agent_wait_across_a_broker_restart(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_orders_survive_a_restart_mosquitto() {
+    if let Some(fleet) = Fleet::mosquitto().await {
+        orders_for_an_offline_agent_wait_across_a_broker_restart(fleet).await;
+    }
+}
+
+/// A test CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (ca.pem, cert.pem, key.pem).
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry test CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_reaches_the_embedded_broker_over_tls_trusting_only_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(dir.path());
+    let options = BrokerOptions {
+        tls: Some(BrokerTls {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_file: cert,
+            key_file: key,
+        }),
+        ..BrokerOptions::plain("127.0.0.1:0".parse().unwrap())
+    };
+    let fleet = Fleet::embedded_with(options, |delivery, broker| {
+        let tls = broker.tls.as_ref().unwrap().listen;
+        delivery.broker = format!("mqtts://{tls}");
+        delivery.ca_file = Some(ca.clone());
+    })
+    .await;
+    let mut x = fleet.agent("acp-x").await;
+    fleet
+        .outbox
+        .send("acp-x", run_order("t-tls"))
+        .await
+        .unwrap();
+    assert_eq!(x.next().await.0, "ferry/v1/i/acp-x/order");
+    x.report("acp-x", "acp-x", "t-tls").await;
+    fleet
+        .inbox
+        .wait_for("a report through the TLS link", |c| {
+            reports_of(c, "t-tls") == 1
+        })
+        .await;
+
+    // The same broker is not trusted with the web roots only.
+    let mut untrusting = fleet.delivery_options.clone();
+    untrusting.ca_file = None;
+    untrusting.client_id = "ferry-controller-2".into();
+    let other = Delivery::new(untrusting)
+        .unwrap()
+        .run(Arc::new(Recorder::default()));
+    assert!(!other.wait_connected(Duration::from_secs(2)).await);
+    other.stop().await;
     fleet.stop().await;
 }
