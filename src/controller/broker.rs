@@ -29,6 +29,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
+/// Messages and bytes the broker keeps queued for one offline client (past them it drops).
+const QUEUED_MESSAGES: usize = 200_000;
+const QUEUED_BYTES: usize = 256 << 20;
+
 /// Where and how the embedded broker listens.
 #[derive(Clone, Debug)]
 pub struct BrokerOptions {
@@ -94,12 +98,14 @@ pub async fn start(
     let storage = match &options.storage_dir {
         Some(dir) => StorageConfig::new()
             .with_backend(StorageBackend::File)
-            .with_base_dir(dir.clone())
-            .with_persistence(true),
-        None => StorageConfig::new()
-            .with_backend(StorageBackend::Memory)
-            .with_persistence(true),
-    };
+            .with_base_dir(dir.clone()),
+        None => StorageConfig::new().with_backend(StorageBackend::Memory),
+    }
+    .with_persistence(true)
+    // What waits for one offline client. The controller's session is the big one: every
+    // agent's reports while it is away (500 agents, progress every 2 s, is 15 000 a minute).
+    .with_max_queued_messages_per_client(QUEUED_MESSAGES)
+    .with_max_queued_bytes_per_client(QUEUED_BYTES);
     let mut config = BrokerConfig::new()
         .with_bind_address(options.listen)
         .with_storage(storage)
