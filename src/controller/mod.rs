@@ -5,7 +5,10 @@
 //! Built only with the `controller` feature: the phone binary links none of it.
 
 pub mod api;
+pub mod broker;
+pub mod delivery;
 pub mod model;
+pub mod mosquitto;
 pub mod ports;
 pub mod secrets;
 pub mod service;

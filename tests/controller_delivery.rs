@@ -1,0 +1,399 @@
+//! The controller's MQTT side (src/controller/delivery.rs) against real brokers on
+//! 127.0.0.1: the embedded one (src/controller/broker.rs) and Debian's mosquitto with the
+//! files `mosquitto_files` writes. Agents are plain rumqttc clients logging in as their
+//! instance; the fleet logic is a recording `Inbox` (tests/fleet_support).
+
+mod fleet_support;
+
+use ferry::controller::broker::{BrokerOptions, BrokerTls};
+use ferry::controller::delivery::Delivery;
+use ferry::fleet::topics::{self, Kind};
+use ferry::fleet::wire::{AgentInfo, Hello, Order, Presence};
+use fleet_support::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs one scenario against both brokers: `NAME_embedded` and `NAME_mosquitto`.
+macro_rules! on_both_brokers {
+    ($name:ident, $embedded:ident, $mosquitto:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $embedded() {
+            $name(Fleet::embedded().await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $mosquitto() {
+            if let Some(fleet) = Fleet::mosquitto().await {
+                $name(fleet).await;
+            }
+        }
+    };
+}
+
+on_both_brokers!(
+    orders_reach_their_agent_only_and_reports_reach_the_inbox,
+    orders_and_reports_embedded,
+    orders_and_reports_mosquitto
+);
+async fn orders_reach_their_agent_only_and_reports_reach_the_inbox(fleet: Fleet) {
+    let mut x = fleet.agent("acp-x").await;
+    let mut y = fleet.agent("acp-y").await;
+    fleet.outbox.send("acp-x", run_order("t-x1")).await.unwrap();
+    let (topic, body) = x.next().await;
+    assert_eq!(topic, "ferry/v1/i/acp-x/order");
+    assert_eq!(
+        serde_json::from_slice::<Order>(&body).unwrap(),
+        run_order("t-x1")
+    );
+    y.assert_quiet().await;
+    assert!(fleet.outbox.send("a/b", run_order("t-bad")).await.is_err());
+
+    x.report("acp-x", "acp-x", "t-x1").await;
+    fleet
+        .inbox
+        .wait_for("x's report", |c| reports_of(c, "t-x1") == 1)
+        .await;
+    fleet.stop().await;
+}
+
+on_both_brokers!(
+    forged_messages_never_reach_the_inbox_or_another_agent,
+    forged_embedded,
+    forged_mosquitto
+);
+async fn forged_messages_never_reach_the_inbox_or_another_agent(fleet: Fleet) {
+    let mut x = fleet.agent("acp-x").await;
+    let mut y = fleet.agent("acp-y").await;
+    // X's topic, Y's InstanceId: the broker lets it through, delivery drops it.
+    x.report("acp-x", "acp-y", "t-forged-1").await;
+    // Y's topic and InstanceId, published with X's credentials: the broker refuses it.
+    x.report("acp-y", "acp-y", "t-forged-2").await;
+    x.publish(
+        &topics::topic("acp-y", Kind::Presence),
+        Presence { online: false },
+        true,
+    )
+    .await;
+    // X may not read Y's orders, nor write orders.
+    x.subscribe(&topics::topic("acp-y", Kind::Order)).await;
+    x.subscribe("ferry/v1/i/+/order").await;
+    x.publish(
+        &topics::topic("acp-y", Kind::Order),
+        run_order("t-forged-3"),
+        false,
+    )
+    .await;
+    fleet.outbox.send("acp-y", run_order("t-y1")).await.unwrap();
+    let (topic, _) = y.next().await;
+    assert_eq!(topic, "ferry/v1/i/acp-y/order");
+    y.assert_quiet().await;
+    x.assert_quiet().await;
+    // A genuine report after the forged ones: once it is in, the forged ones had their turn.
+    x.report("acp-x", "acp-x", "t-genuine").await;
+    fleet
+        .inbox
+        .wait_for("the genuine report", |c| reports_of(c, "t-genuine") == 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = fleet.inbox.calls();
+    for forged in ["t-forged-1", "t-forged-2"] {
+        assert_eq!(reports_of(&calls, forged), 0, "{forged}: {calls:#?}");
+    }
+    assert!(
+        !calls.contains(&Call::Presence("acp-y".into(), false)),
+        "{calls:#?}"
+    );
+
+    // Wrong password, unknown instance, another agent's client id: refused at connect.
+    let url = fleet.url();
+    for (id, user, password) in [
+        ("acp-x", "acp-x", "wrong"),
+        ("acp-z", "acp-z", "anything"),
+        ("acp-x", "acp-y", fleet.secrets["acp-y"].as_str()),
+    ] {
+        if let Ok(agent) = Agent::try_connect(&url, id, user, password, false).await {
+            // mosquitto binds the client id to the user name instead of refusing: the
+            // session is then Y's own, still confined to Y's topics.
+            assert!(
+                matches!(fleet.server, Server::Mosquitto(_)) && user == "acp-y",
+                "{id} as {user} with a bad password connected"
+            );
+            agent.kill();
+        }
+    }
+    fleet.stop().await;
+}
+
+on_both_brokers!(
+    a_hello_is_answered_with_the_orders_the_agent_misses,
+    hello_embedded,
+    hello_mosquitto
+);
+async fn a_hello_is_answered_with_the_orders_the_agent_misses(fleet: Fleet) {
+    let mut x = fleet.agent("acp-x").await;
+    *fleet.inbox.answer.lock().unwrap() = vec![
+        run_order("t-missed"),
+        Order::Cancel {
+            task_id: "t-owed".into(),
+        },
+    ];
+    let hello = Hello {
+        instance_id: "acp-x".into(),
+        agent: AgentInfo {
+            version: "0.1.0".into(),
+            abi: "x86_64".into(),
+            ..AgentInfo::default()
+        },
+        held: vec![],
+    };
+    x.publish(&topics::topic("acp-x", Kind::Hello), &hello, false)
+        .await;
+    let first: Order = serde_json::from_slice(&x.next().await.1).unwrap();
+    let second: Order = serde_json::from_slice(&x.next().await.1).unwrap();
+    assert_eq!(first, run_order("t-missed"));
+    assert_eq!(second.task_id(), "t-owed");
+    assert_eq!(fleet.inbox.calls(), vec![Call::Hello(hello)]);
+    // A hello claiming another instance is dropped, unanswered.
+    let forged = Hello {
+        instance_id: "acp-y".into(),
+        agent: AgentInfo::default(),
+        held: vec![],
+    };
+    x.publish(&topics::topic("acp-x", Kind::Hello), &forged, false)
+        .await;
+    x.assert_quiet().await;
+    assert_eq!(fleet.inbox.calls().len(), 1);
+    fleet.stop().await;
+}
+
+on_both_brokers!(
+    a_message_the_inbox_fails_is_redelivered_and_handled_once,
+    redelivery_embedded,
+    redelivery_mosquitto
+);
+async fn a_message_the_inbox_fails_is_redelivered_and_handled_once(fleet: Fleet) {
+    let x = fleet.agent("acp-x").await;
+    fleet.inbox.fail_reports.store(2, Ordering::SeqCst);
+    x.report("acp-x", "acp-x", "t-retry").await;
+    x.report("acp-x", "acp-x", "t-after").await;
+    fleet
+        .inbox
+        .wait_for("the failed report, redelivered", |c| {
+            reports_of(c, "t-retry") == 1 && reports_of(c, "t-after") == 1
+        })
+        .await;
+    assert_eq!(fleet.inbox.failed.load(Ordering::SeqCst), 2);
+    // In order: what came after the failed message was left for the redelivery too.
+    let order: Vec<String> = fleet
+        .inbox
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::Report(r) => Some(r.task.task_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["t-retry", "t-after"]);
+    fleet.stop().await;
+}
+
+on_both_brokers!(
+    delivery_reconnects_after_a_broker_restart,
+    broker_restart_embedded,
+    broker_restart_mosquitto
+);
+async fn delivery_reconnects_after_a_broker_restart(mut fleet: Fleet) {
+    let x = fleet.agent("acp-x").await;
+    x.kill();
+    fleet.restart_broker().await;
+    let delivery = fleet.delivery.as_ref().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // The restart is seen (the link drops) and then the link comes back.
+    while delivery.is_connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivery.wait_connected(WAIT).await, "delivery reconnects");
+    let mut x = fleet.agent("acp-x").await;
+    // Resubscribed (the embedded broker without storage lost the session): reports arrive.
+    x.report("acp-x", "acp-x", "t-after-restart").await;
+    fleet
+        .inbox
+        .wait_for("a report after the restart", |c| {
+            reports_of(c, "t-after-restart") == 1
+        })
+        .await;
+    fleet.outbox.send("acp-x", run_order("t-o2")).await.unwrap();
+    assert_eq!(x.next().await.0, "ferry/v1/i/acp-x/order");
+    fleet.stop().await;
+}
+
+on_both_brokers!(
+    presence_arrives_and_the_last_will_says_offline_when_an_agent_dies,
+    presence_embedded,
+    presence_mosquitto
+);
+async fn presence_arrives_and_the_last_will_says_offline_when_an_agent_dies(fleet: Fleet) {
+    let x = fleet.agent("acp-x").await;
+    x.publish(
+        &topics::topic("acp-x", Kind::Presence),
+        Presence { online: true },
+        true,
+    )
+    .await;
+    let online = Call::Presence("acp-x".into(), true);
+    let offline = Call::Presence("acp-x".into(), false);
+    fleet
+        .inbox
+        .wait_for("online", |c| c.contains(&online))
+        .await;
+    x.kill();
+    fleet
+        .inbox
+        .wait_for("the last will", |c| c.last() == Some(&offline))
+        .await;
+    fleet.stop().await;
+}
+
+on_both_brokers!(
+    reports_sent_while_the_controller_is_away_arrive_when_it_returns,
+    controller_away_embedded,
+    controller_away_mosquitto
+);
+/// Reports sent while the controller is away wait in its persistent session.
+async fn reports_sent_while_the_controller_is_away_arrive_when_it_returns(mut fleet: Fleet) {
+    let x = fleet.agent("acp-x").await;
+    fleet.delivery.take().unwrap().stop().await;
+    x.report("acp-x", "acp-x", "t-while-away").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.inbox = Arc::new(Recorder::default());
+    fleet.start_delivery().await;
+    fleet
+        .inbox
+        .wait_for("the report sent while away", |c| {
+            reports_of(c, "t-while-away") == 1
+        })
+        .await;
+    fleet.stop().await;
+}
+
+/// An order for an agent that is offline waits in its persistent session, across a broker
+/// restart: the agent gets it when it comes back.
+async fn orders_for_an_offline_agent_wait_across_a_broker_restart(mut fleet: Fleet) {
+    let x = fleet.agent("acp-x").await;
+    x.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet
+        .outbox
+        .send("acp-x", run_order("t-queued"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.restart_broker().await;
+    let url = fleet.url();
+    let secret = fleet.secrets["acp-x"].clone();
+    let mut back = Agent::connect(&url, "acp-x", "acp-x", &secret, false).await;
+    let (topic, body) = back.next().await;
+    assert_eq!(topic, "ferry/v1/i/acp-x/order");
+    assert_eq!(
+        serde_json::from_slice::<Order>(&body).unwrap(),
+        run_order("t-queued")
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_orders_survive_a_restart_embedded_with_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = BrokerOptions {
+        storage_dir: Some(dir.path().join("broker")),
+        ..BrokerOptions::plain("127.0.0.1:0".parse().unwrap())
+    };
+    let fleet = Fleet::embedded_with(options, |_, _| {}).await;
+    orders_for_an_offline_agent_wait_across_a_broker_restart(fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_orders_survive_a_restart_mosquitto() {
+    if let Some(fleet) = Fleet::mosquitto().await {
+        orders_for_an_offline_agent_wait_across_a_broker_restart(fleet).await;
+    }
+}
+
+/// A test CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (ca.pem, cert.pem, key.pem).
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry test CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_reaches_the_embedded_broker_over_tls_trusting_only_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(dir.path());
+    let options = BrokerOptions {
+        tls: Some(BrokerTls {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_file: cert,
+            key_file: key,
+        }),
+        ..BrokerOptions::plain("127.0.0.1:0".parse().unwrap())
+    };
+    let fleet = Fleet::embedded_with(options, |delivery, broker| {
+        let tls = broker.tls.as_ref().unwrap().listen;
+        delivery.broker = format!("mqtts://{tls}");
+        delivery.ca_file = Some(ca.clone());
+    })
+    .await;
+    let mut x = fleet.agent("acp-x").await;
+    fleet
+        .outbox
+        .send("acp-x", run_order("t-tls"))
+        .await
+        .unwrap();
+    assert_eq!(x.next().await.0, "ferry/v1/i/acp-x/order");
+    x.report("acp-x", "acp-x", "t-tls").await;
+    fleet
+        .inbox
+        .wait_for("a report through the TLS link", |c| {
+            reports_of(c, "t-tls") == 1
+        })
+        .await;
+
+    // The same broker is not trusted with the web roots only.
+    let mut untrusting = fleet.delivery_options.clone();
+    untrusting.ca_file = None;
+    untrusting.client_id = "ferry-controller-2".into();
+    let other = Delivery::new(untrusting)
+        .unwrap()
+        .run(Arc::new(Recorder::default()));
+    assert!(!other.wait_connected(Duration::from_secs(2)).await);
+    other.stop().await;
+    fleet.stop().await;
+}
