@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+pub mod mosquitto;
 
 use ferry::config::Config;
 use ferry::error::Error;
