@@ -31,33 +31,56 @@ struct Fleet {
 /// mosquitto with the fleet ACL, a controller peer subscribed to every agent topic, and a
 /// daemon for `id` whose `[fleet]` points at the broker.
 fn fleet(id: &str) -> Option<Fleet> {
+    fleet_with(id, None)
+}
+
+/// [`fleet`], the broker on TLS with a certificate for `tls.0` when given; the agent dials
+/// `mqtts://tls.1:PORT` trusting the test CA through `ca_file`.
+fn fleet_with(id: &str, tls: Option<(&str, &str)>) -> Option<Fleet> {
     let auth_dir = tempfile::tempdir().unwrap().keep();
     let agent_pw = format!("pw-{id}-secret");
     if common::mosquitto::binary().is_none() {
         skip("mosquitto is not installed (apt-get install mosquitto)");
         return None;
     }
-    let options = fleet_auth(&auth_dir, &[("controller", CONTROLLER_PW), (id, &agent_pw)]);
-    let broker = Mosquitto::start(options).expect("mosquitto");
+    let mut options = fleet_auth(&auth_dir, &[("controller", CONTROLLER_PW), (id, &agent_pw)]);
+    if let Some((cert_name, _)) = tls {
+        options.tls = Some(common::mosquitto::tls_files(&auth_dir, &[cert_name]));
+    }
+    let broker = Mosquitto::start(options.clone()).expect("mosquitto");
     let filters: Vec<String> = [Kind::Report, Kind::Hello, Kind::Presence]
         .into_iter()
         .map(every)
         .collect();
+    // The test's controller speaks plain MQTT: a second, local listener of the same broker.
+    let controller_port = match tls {
+        Some(_) => broker.plain_port.expect("a plain listener beside TLS"),
+        None => broker.port,
+    };
     let controller = Peer::connect(
-        broker.port,
+        controller_port,
         "controller",
         "controller",
         CONTROLLER_PW,
         &filters,
     );
     let target = Target::new();
-    let config = target.config(
-        "/data/local/tmp/ferry.toml",
-        &format!(
-            "[fleet]\nbroker = \"{}\"\ninstance_id = \"{id}\"\npassword = \"{agent_pw}\"\nprogress_interval_ms = 200\nkeepalive_secs = 5\n",
-            broker.url()
-        ),
+    let mut toml = format!(
+        "[fleet]\ninstance_id = \"{id}\"\npassword = \"{agent_pw}\"\nprogress_interval_ms = 200\nkeepalive_secs = 5\n"
     );
+    match tls {
+        Some((_, host)) => {
+            let ca = std::fs::read(options.tls.as_ref().unwrap().0.clone()).unwrap();
+            target.write("/data/local/tmp/broker-ca.pem", ca);
+            toml.push_str(&format!(
+                "broker = \"mqtts://{host}:{}\"\nca_file = \"{}\"\n",
+                broker.port,
+                target.arg("/data/local/tmp/broker-ca.pem").display()
+            ));
+        }
+        None => toml.push_str(&format!("broker = \"{}\"\n", broker.url())),
+    }
+    let config = target.config("/data/local/tmp/ferry.toml", &toml);
     let daemon = target.daemon(&[&config[0], &config[1]]);
     Some(Fleet {
         broker,
@@ -111,7 +134,7 @@ impl Fleet {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = Peer::connect(
-            self.broker.port,
+            self.broker.plain_port.unwrap_or(self.broker.port),
             &format!("presence-check-{n}"),
             "controller",
             CONTROLLER_PW,
@@ -275,5 +298,38 @@ fn cancel_order_cancels_bad_payloads_fail_with_intake_codes_and_sigterm_says_off
     assert!(
         log.contains("Client acp-cancel1 disconnected."),
         "no clean disconnect in the broker's log: {log}"
+    );
+}
+
+#[test]
+fn mqtts_broker_with_a_private_ca_is_trusted_through_ca_file_and_checked_by_host_name() {
+    // The certificate names "localhost"; ferry resolves it itself and still checks the name.
+    let Some(f) = fleet_with("acp-tls1", Some(("localhost", "localhost"))) else {
+        return;
+    };
+    let (_, hello) = f.hello(0);
+    assert_eq!(hello["InstanceId"], "acp-tls1");
+    f.retained_presence(true);
+}
+
+#[test]
+fn mqtts_broker_whose_certificate_names_another_host_is_refused() {
+    let Some(f) = fleet_with("acp-tls2", Some(("broker.example", "localhost"))) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        f.controller
+            .messages()
+            .iter()
+            .all(|m| !m.topic.contains("acp-tls2")),
+        "the agent connected to a broker whose certificate is for another name"
+    );
+    let log = f.daemon.log_text();
+    assert!(log.contains("fleet link down"), "{log}");
+    // Checked against the configured host name, not the address ferry resolved it to.
+    assert!(
+        log.contains(r#"certificate not valid for name "localhost""#),
+        "{log}"
     );
 }

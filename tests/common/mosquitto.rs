@@ -24,10 +24,15 @@ pub struct Options {
     /// mosquitto_passwd file; None = anonymous clients allowed.
     pub password_file: Option<PathBuf>,
     pub acl_file: Option<PathBuf>,
+    /// PEM files of a TLS listener: `(cafile, certfile, keyfile)`; None = plain TCP.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 pub struct Mosquitto {
+    /// The listener of [`Options`] (TLS when `tls` is set).
     pub port: u16,
+    /// With TLS, a second, plain listener on 127.0.0.1 (for the test's own clients).
+    pub plain_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     log: PathBuf,
@@ -40,10 +45,25 @@ impl Mosquitto {
         let binary = binary()?;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut conf = format!(
+        let plain_port = options.tls.as_ref().map(|_| free_port());
+        let mut conf = String::new();
+        if let Some(plain) = plain_port {
+            conf.push_str(&format!(
+                "per_listener_settings false\nlistener {plain} 127.0.0.1\n"
+            ));
+        }
+        conf.push_str(&format!(
             "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest stderr\nlog_type all\n",
             dir.path().display()
-        );
+        ));
+        if let Some((ca, cert, key)) = &options.tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ));
+        }
         match &options.password_file {
             Some(file) => conf.push_str(&format!(
                 "allow_anonymous false\npassword_file {}\n",
@@ -58,6 +78,7 @@ impl Mosquitto {
         let log = dir.path().join("mosquitto.log");
         let mut broker = Mosquitto {
             port,
+            plain_port,
             dir,
             child: None,
             log,
@@ -171,7 +192,40 @@ pub fn fleet_auth(dir: &Path, users: &[(&str, &str)]) -> Options {
     Options {
         password_file: Some(password_file),
         acl_file: Some(acl_file),
+        tls: None,
     }
+}
+
+/// A test CA and a server certificate for `names` signed by it, written as PEM files into
+/// `dir`: `(cafile, certfile, keyfile)` for [`Options::tls`].
+pub fn tls_files(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry test broker CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&files.0, ca_cert.pem()).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    files
 }
 
 /// One received message.
