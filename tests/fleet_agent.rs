@@ -282,9 +282,19 @@ fn cancel_order_cancels_bad_payloads_fail_with_intake_codes_and_sigterm_says_off
     f.controller
         .publish(&topic(&f.id, Kind::Order), b"{not json");
     f.order(&json!({"Kind": "Cancel", "TaskId": "t-never"}));
-    f.order(&f.run_order("t-after", &server.url("/none"), "/sdcard/Download/n.bin"));
-    let (_, failed) = f.report(0, "t-after", "FAILED");
+    let after = f.run_order("t-after", &server.url("/none"), "/sdcard/Download/n.bin");
+    f.order(&after);
+    let (i, failed) = f.report(0, "t-after", "FAILED");
     assert_eq!(failed["ErrorCode"], "Source.NotFound", "{failed}");
+    let hits = server.hits("/none");
+    // A redelivered order for a failed task answers with its state; it does not run again.
+    f.order(&after);
+    f.report(i + 1, "t-after", "FAILED");
+    assert_eq!(
+        server.hits("/none"),
+        hits,
+        "a repeated order re-ran a failed task"
+    );
     assert!(
         !f.daemon.log_text().contains("pw-acp-cancel1-secret"),
         "the fleet password reached the log"

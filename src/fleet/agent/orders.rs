@@ -78,6 +78,12 @@ pub async fn handle(manager: &Manager, body: &[u8]) -> Option<TaskView> {
 }
 
 async fn run_order(manager: &Manager, id: String, raw: serde_json::Value) -> Option<TaskView> {
+    // Held already (running, or finished: a failed task is not re-run by a redelivered
+    // order, though intake would resume it): answer with where it stands.
+    if let Ok(held) = manager.describe(&id) {
+        tracing::info!(task = %id, phase = ?held.phase, "fleet order repeated; nothing new started");
+        return Some(held);
+    }
     let json = raw.to_string().into_bytes();
     let parsed = payload::parse(&json);
     let checked = parsed.as_ref().map_err(Clone::clone).and_then(|p| {
@@ -99,10 +105,8 @@ async fn run_order(manager: &Manager, id: String, raw: serde_json::Value) -> Opt
     };
     match outcome {
         Ok(submitted) if submitted.created => None,
-        Ok(submitted) => {
-            tracing::info!(task = %id, phase = ?submitted.view.phase, "fleet order repeated; nothing new started");
-            Some(submitted.view)
-        }
+        // Admitted meanwhile by another path (the local API): where it stands.
+        Ok(submitted) => Some(submitted.view),
         Err(e) => match manager.describe(&id) {
             // Never fail a task this agent holds because a second order for it was bad.
             Ok(held) => {

@@ -13,7 +13,10 @@ use rumqttc::{AsyncClient, QoS};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -37,11 +40,11 @@ impl Throttle {
     }
 
     /// The view to publish now, if any: a new phase or a final state always; progress in
-    /// the same phase once the interval since the last one sent has passed (else held). A
-    /// view older than a final state already sent is dropped.
+    /// the same phase once the interval since the last one sent has passed (else held).
+    /// Every change is in the stream, so the last view published for a task is always its
+    /// latest state, even when an older one from the stream follows a resync.
     pub fn offer(&mut self, view: TaskView, now: Instant) -> Option<TaskView> {
         match self.sent.get(&view.task_id) {
-            Some((phase, _)) if phase.is_finished() && !view.phase.is_finished() => None,
             Some((phase, at))
                 if *phase == view.phase
                     && !phase.is_finished()
@@ -124,11 +127,11 @@ pub async fn run(
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "fleet reports fell behind; sending every task's state");
-                    resend_all(&manager, &mut throttle, &publish).await;
+                    resend_all(&manager, &mut events, &mut throttle, &publish).await;
                 }
                 Err(RecvError::Closed) => return,
             },
-            _ = resync.notified() => resend_all(&manager, &mut throttle, &publish).await,
+            _ = resync.notified() => resend_all(&manager, &mut events, &mut throttle, &publish).await,
             _ = sleep_until(due), if due.is_some() => {
                 for view in throttle.due(Instant::now()) {
                     publish(view).await;
@@ -145,11 +148,20 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn resend_all<F, Fut>(manager: &Manager, throttle: &mut Throttle, publish: &F)
-where
+async fn resend_all<F, Fut>(
+    manager: &Manager,
+    events: &mut broadcast::Receiver<TaskView>,
+    throttle: &mut Throttle,
+    publish: &F,
+) where
     F: Fn(TaskView) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    // What is queued is older than the list taken next: skip it rather than send it after.
+    while !matches!(
+        events.try_recv(),
+        Err(TryRecvError::Empty | TryRecvError::Closed)
+    ) {}
     let views = manager.list();
     throttle.retain(&views);
     // Oldest first, so a controller applying them in order sees the newest last.
@@ -227,13 +239,15 @@ mod tests {
             .unwrap();
         assert_eq!(done.phase, Phase::Success);
         assert_eq!(t.next_due(), None, "the final state replaces held progress");
-        assert!(
-            t.offer(view("a", Phase::Running, 40), t0 + ms(9000))
-                .is_none(),
-            "nothing older after the final state"
-        );
         assert!(t
             .offer(view("a", Phase::Success, 50), t0 + ms(4004))
+            .is_some());
+        // A failed task submitted again runs again: its new phases are reported.
+        assert!(t
+            .offer(view("a", Phase::Failed, 50), t0 + ms(4005))
+            .is_some());
+        assert!(t
+            .offer(view("a", Phase::Pending, 0), t0 + ms(4006))
             .is_some());
         t.retain(&[view("b", Phase::Running, 5)]);
         assert!(
