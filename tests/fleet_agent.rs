@@ -320,6 +320,37 @@ fn mqtts_broker_with_a_private_ca_is_trusted_through_ca_file_and_checked_by_host
     let (_, hello) = f.hello(0);
     assert_eq!(hello["InstanceId"], "acp-tls1");
     f.retained_presence(true);
+    if !f.daemon.target.is_emulated() {
+        // Idle with the link open: nothing but the keepalive (5 s here) may wake the daemon.
+        std::thread::sleep(Duration::from_millis(1500));
+        let pid = f.daemon.child.id();
+        let before = context_switches(pid);
+        std::thread::sleep(Duration::from_secs(4));
+        let after = context_switches(pid);
+        let woke: u64 = after
+            .iter()
+            .map(|(tid, n)| n - before.get(tid).copied().unwrap_or(0))
+            .sum();
+        assert!(woke <= 6, "the idle agent woke {woke} times in 4 s");
+    }
+}
+
+/// Voluntary + involuntary context switches of each thread of `pid`.
+fn context_switches(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut counts = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let entry = entry.unwrap();
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let n: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        counts.insert(entry.file_name().to_string_lossy().into_owned(), n);
+    }
+    counts
 }
 
 #[test]

@@ -42,7 +42,7 @@ impl Mosquitto {
     /// Starts the broker; `None` when mosquitto is not installed (the caller skips/fails
     /// through `skip`).
     pub fn start(options: Options) -> Option<Mosquitto> {
-        let binary = binary()?;
+        binary()?;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let plain_port = options.tls.as_ref().map(|_| free_port());
@@ -83,7 +83,6 @@ impl Mosquitto {
             child: None,
             log,
         };
-        let _ = binary;
         broker.launch();
         Some(broker)
     }
