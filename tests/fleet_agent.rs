@@ -22,6 +22,8 @@ const CONTROLLER_PW: &str = "controller-pw";
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Fleet {
+    /// Password file, ACL and TLS files of the broker.
+    _auth: tempfile::TempDir,
     broker: Mosquitto,
     controller: Peer,
     daemon: Daemon,
@@ -37,7 +39,8 @@ fn fleet(id: &str) -> Option<Fleet> {
 /// [`fleet`], the broker on TLS with a certificate for `tls.0` when given; the agent dials
 /// `mqtts://tls.1:PORT` trusting the test CA through `ca_file`.
 fn fleet_with(id: &str, tls: Option<(&str, &str)>) -> Option<Fleet> {
-    let auth_dir = tempfile::tempdir().unwrap().keep();
+    let auth = tempfile::tempdir().unwrap();
+    let auth_dir = auth.path().to_path_buf();
     let agent_pw = format!("pw-{id}-secret");
     if common::mosquitto::binary().is_none() {
         skip("mosquitto is not installed (apt-get install mosquitto)");
@@ -83,6 +86,7 @@ fn fleet_with(id: &str, tls: Option<(&str, &str)>) -> Option<Fleet> {
     let config = target.config("/data/local/tmp/ferry.toml", &toml);
     let daemon = target.daemon(&[&config[0], &config[1]]);
     Some(Fleet {
+        _auth: auth,
         broker,
         controller,
         daemon,
