@@ -37,9 +37,11 @@ ensure_rust_tools
 # What the tests themselves use at run time: curl for end-to-end checks
 # against the daemon, procps (ps/pkill-by-pid helpers), CA certificates, and
 # dnsmasq (dnsmasq-base: the binary only, no system service) as the real DNS
-# server of tests/android_dns.rs, and mosquitto (with mosquitto_passwd), the real MQTT broker
-# of the fleet tests (tests/fleet_agent.rs; without it they fail under CI=true).
-ensure_apt curl procps ca-certificates dnsmasq-base busybox-static mosquitto
+# server of tests/android_dns.rs; python3 + python3-venv for the venv under /var/tmp in which
+# tests/controller_api.rs installs Alibaba's Python SDK (tests/common/alibaba_sdk.rs); and
+# mosquitto (with mosquitto_passwd), the real MQTT broker of the fleet tests
+# (tests/fleet_agent.rs; without it they fail under CI=true).
+ensure_apt curl procps ca-certificates dnsmasq-base busybox-static python3 python3-venv mosquitto
 # s3s-fs, the real S3 server of tests/oss_*.rs (built once into /var/tmp/ferry-tools);
 # exports FERRY_S3S_FS.  Without it those tests fail saying so, they never skip.
 ensure_s3s_fs || loud_warn "s3s-fs could not be installed: the OSS tests will FAIL"
@@ -91,7 +93,7 @@ else
 fi
 
 if [[ "$FERRY_HAVE_CLIPPY" == 1 ]]; then
-    run_step clippy cargo clippy --all-targets "${FERRY_LOCKED[@]}" -- -D warnings || true
+    run_step clippy cargo clippy --all-targets --all-features "${FERRY_LOCKED[@]}" -- -D warnings || true
 else
     skip_step clippy "cargo clippy unavailable"
 fi
@@ -100,7 +102,8 @@ HOST_BUILD_OK=0
 if run_step build cargo build "${FERRY_LOCKED[@]}"; then
     HOST_BUILD_OK=1
     # --no-fail-fast: run every test binary, so one run lists all failures.
-    run_step test cargo test "${FERRY_LOCKED[@]}" --all-targets --no-fail-fast "$@" || true
+    # --all-features: the controller (feature `controller`) and its tests too.
+    run_step test cargo test "${FERRY_LOCKED[@]}" --all-targets --all-features --no-fail-fast "$@" || true
 else
     skip_step test "build failed"
 fi

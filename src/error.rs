@@ -54,6 +54,13 @@ codes! {
     InvalidAutoInstall => "InvalidParameter.AutoInstall",
     /// An instance id that cannot name an MQTT topic or a phone (fleet).
     InvalidInstanceId => "InvalidParameter.InstanceId",
+    /// SendFile's instance list: empty, or naming an instance twice (fleet).
+    InvalidInstanceIdList => "InvalidParameter.AndroidInstanceIdList",
+    /// DescribeTasks paging and filters (fleet).
+    InvalidMaxResults => "InvalidParameter.MaxResults",
+    InvalidNextToken => "InvalidParameter.NextToken",
+    InvalidLevel => "InvalidParameter.Level",
+    InvalidTaskStatus => "InvalidParameter.TaskStatus",
     InvalidConfig => "InvalidConfig",
     /// AutoInstall asked of a daemon configured without it (`install.enabled = false`); also
     /// in task records written before AutoInstall worked.
@@ -102,7 +109,32 @@ codes! {
     ApiShuttingDown => "Api.ShuttingDown",
     ApiTaskIdConflict => "Api.TaskIdConflict",
     ApiClientTokenConflict => "Api.ClientTokenConflict",
+    /// SendFile named instances the controller does not know (`instance add` first).
+    FleetUnknownInstance => "Fleet.UnknownInstance",
+    /// `instance add` for an instance that exists, without `--rotate`.
+    FleetInstanceExists => "Fleet.InstanceExists",
+    /// The phone never took its task before the controller's expiry.
+    FleetInstanceOffline => "Fleet.InstanceOffline",
     Internal => "Internal",
+    /// The controller's public API answers with Alibaba's OpenAPI gateway codes (RPC style,
+    /// src/controller/api): these are the ones it uses besides the payload codes above.
+    OpenApiMissingParameter => "MissingParameter",
+    OpenApiInvalidParameter => "InvalidParameter",
+    OpenApiUnsupportedParameter => "UnsupportedParameter",
+    OpenApiDuplicateInstanceId => "InvalidParameter.DuplicateInstanceId",
+    OpenApiApiNotFound => "InvalidApi.NotFound",
+    OpenApiInvalidVersion => "InvalidVersion",
+    OpenApiUnsupportedHttpMethod => "UnsupportedHTTPMethod",
+    OpenApiIncompleteSignature => "IncompleteSignature",
+    OpenApiInvalidSignatureMethod => "InvalidSignatureMethod",
+    OpenApiSignatureDoesNotMatch => "SignatureDoesNotMatch",
+    OpenApiSignatureNonceUsed => "SignatureNonceUsed",
+    OpenApiTimeStampExpired => "InvalidTimeStamp.Expired",
+    OpenApiTimeStampFormat => "InvalidTimeStamp.Format",
+    OpenApiAccessKeyNotFound => "InvalidAccessKeyId.NotFound",
+    OpenApiThrottling => "Throttling.User",
+    OpenApiRequestTooLarge => "RequestTooLarge",
+    OpenApiInternalError => "InternalError",
 }
 
 impl Code {

@@ -69,7 +69,7 @@ fn fleet_with(id: &str, tls: Option<(&str, &str)>) -> Option<Fleet> {
     );
     let target = Target::new();
     let mut toml = format!(
-        "[fleet]\ninstance_id = \"{id}\"\npassword = \"{agent_pw}\"\nprogress_interval_ms = 200\nkeepalive_secs = 5\n"
+        "[fleet]\ninstance_id = \"{id}\"\npassword = \"{agent_pw}\"\nprogress_interval_ms = 200\nkeepalive_secs = 30\n"
     );
     match tls {
         Some((_, host)) => {
@@ -325,7 +325,7 @@ fn mqtts_broker_with_a_private_ca_is_trusted_through_ca_file_and_checked_by_host
     assert_eq!(hello["InstanceId"], "acp-tls1");
     f.retained_presence(true);
     if !f.daemon.target.is_emulated() {
-        // Idle with the link open: nothing but the keepalive (5 s here) may wake the daemon.
+        // Idle with the link open: nothing but the keepalive (30 s here) may wake the daemon.
         std::thread::sleep(Duration::from_millis(1500));
         let pid = f.daemon.child.id();
         let before = context_switches(pid);

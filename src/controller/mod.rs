@@ -4,6 +4,9 @@
 //!
 //! Built only with the `controller` feature: the phone binary links none of it.
 
+pub mod api;
 pub mod model;
 pub mod ports;
 pub mod secrets;
+pub mod service;
+pub mod store;

@@ -50,6 +50,9 @@ pub struct DescribeTasksQuery {
     /// 1–100, default 10.
     pub max_results: u32,
     pub next_token: Option<String>,
+    /// `ResourceIds.N`: for SendFile tasks the resource is the phone, so a row matches when
+    /// its InstanceId is one of them (empty: no filter).
+    pub resource_ids: Vec<String>,
 }
 
 /// One row of DescribeTasks (Alibaba's field names; ferry's own `Result` detail inside).

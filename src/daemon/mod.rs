@@ -37,7 +37,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections may take to finish their reply once the manager stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the fleet link may take to publish its offline presence and disconnect.
-const FLEET_STOP_WAIT: Duration = Duration::from_secs(3);
+const FLEET_STOP_WAIT: Duration = Duration::from_secs(4);
 
 /// A daemon that is ready to serve: what [`start`] prepared for [`run`].
 pub struct Started {

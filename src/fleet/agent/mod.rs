@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// How long a stopping agent waits to say it is offline.
-const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 
 /// Builds the link (checks TLS settings) so a bad `[fleet]` fails the start, then runs it
 /// on its own task until `stop`; the handle ends once the agent said goodbye.

@@ -1,0 +1,341 @@
+//! What agents say: reports move a child's state forward only (a late or repeated message
+//! changes nothing), a Hello is answered with the orders the agent misses, presence keeps
+//! the instance list current; and expiry fails children no agent took in time.
+
+use super::{run_order, Fleet};
+use crate::controller::ports::{BoxFuture, Inbox};
+use crate::controller::store::{Child, Seen, Status};
+use crate::error::{Code, Error, Result};
+use crate::fleet::topics::check_instance_id;
+use crate::fleet::wire::{Hello, Order, Presence, Report};
+use crate::task::payload::TaskPayload;
+use crate::task::record::{Phase, TaskView};
+use crate::timefmt::unix_millis_now;
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+pub(crate) fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "PENDING",
+        Phase::Running => "RUNNING",
+        Phase::Installing => "INSTALLING",
+        Phase::Success => "SUCCESS",
+        Phase::Failed => "FAILED",
+        Phase::Cancelled => "CANCELLED",
+    }
+}
+
+fn phase_rank(name: Option<&str>) -> u8 {
+    match name {
+        None => 0,
+        Some("PENDING") => 1,
+        Some("RUNNING") => 2,
+        Some("INSTALLING") => 3,
+        Some(_) => 4,
+    }
+}
+
+/// DescribeTasks' status for an agent phase: held = RUNNING, then FINISHED or FAILED.
+pub fn status_for_phase(phase: Phase) -> Status {
+    match phase {
+        Phase::Pending | Phase::Running | Phase::Installing => Status::Running,
+        Phase::Success => Status::Finished,
+        Phase::Failed | Phase::Cancelled => Status::Failed,
+    }
+}
+
+/// Applies one report to a child: never backwards (a phase below the stored one, or any
+/// change after a final state, is ignored); within a phase the byte count only grows unless
+/// the total changed (a new run of the transfer).
+fn apply_report(c: &mut Child, view: &TaskView, now: u64) -> bool {
+    if c.status.is_final() {
+        return false;
+    }
+    let name = phase_name(view.phase);
+    let (old_rank, new_rank) = (phase_rank(c.phase.as_deref()), phase_rank(Some(name)));
+    if new_rank < old_rank {
+        return false;
+    }
+    let same_run = new_rank == old_rank && c.bytes_total == view.bytes_total;
+    let (bytes_done, progress) = if same_run {
+        (
+            c.bytes_done.max(view.bytes_done),
+            c.progress.max(view.progress),
+        )
+    } else {
+        (view.bytes_done, view.progress)
+    };
+    let before = c.clone();
+    c.status = status_for_phase(view.phase);
+    c.phase = Some(name.to_string());
+    c.error_code = view
+        .error_code
+        .as_ref()
+        .map(|code| code.as_str().to_string());
+    c.error_msg = view.error_msg.clone();
+    c.result_json = view
+        .result
+        .as_ref()
+        .and_then(|r| serde_json::to_string(r).ok());
+    c.progress = progress.min(100);
+    c.bytes_done = bytes_done;
+    c.bytes_total = view.bytes_total;
+    if c.start_ms.is_none() && view.phase != Phase::Pending {
+        c.start_ms = Some(now);
+    }
+    if c.status.is_final() {
+        c.finish_ms = Some(now);
+    }
+    if *c == before {
+        return false;
+    }
+    c.updated_ms = now;
+    true
+}
+
+impl Fleet {
+    async fn report_now(&self, report: Report) -> Result<()> {
+        let view = report.task;
+        let (id, from) = (view.task_id.clone(), report.instance_id.clone());
+        let now = unix_millis_now();
+        // One transaction: the instance check and the transition see the same record.
+        let child = self
+            .store
+            .update_child(
+                id.clone(),
+                Box::new(move |c| c.instance_id == from && apply_report(c, &view, now)),
+            )
+            .await?;
+        match child {
+            None => Err(Error::new(
+                Code::ApiNotFound,
+                format!(
+                    "report from {} for task {id}, which this controller never created",
+                    report.instance_id
+                ),
+            )),
+            Some(c) if c.instance_id != report.instance_id => Err(Error::new(
+                Code::ApiUnauthorized,
+                format!(
+                    "report from {} for task {id} of instance {}: refused",
+                    report.instance_id, c.instance_id
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn hello_now(&self, hello: Hello) -> Result<Vec<Order>> {
+        let instance = hello.instance_id;
+        check_instance_id(&instance)?;
+        let seen = Seen {
+            now_ms: unix_millis_now(),
+            online: Some(true),
+            agent_json: serde_json::to_string(&hello.agent).ok(),
+        };
+        if !self.store.touch_instance(instance.clone(), seen).await? {
+            return Err(unknown_instance(&instance));
+        }
+        let mut held: HashMap<String, Phase> = hello
+            .held
+            .into_iter()
+            .map(|t| (t.task_id, t.phase))
+            .collect();
+        let mut orders = Vec::new();
+        let mut runs = Vec::new();
+        for child in self.store.open_children(instance.clone()).await? {
+            match held.remove(&child.task_id) {
+                Some(phase) if child.cancel_requested => {
+                    if !phase.is_finished() {
+                        orders.push(Order::Cancel {
+                            task_id: child.task_id,
+                        });
+                    }
+                }
+                Some(phase) => {
+                    if child.status == Status::Pending && !phase.is_finished() {
+                        // The agent has it: acknowledged, whatever its reports said so far.
+                        let name = phase_name(phase).to_string();
+                        self.store
+                            .update_child(
+                                child.task_id,
+                                Box::new(move |c| {
+                                    if c.status != Status::Pending {
+                                        return false;
+                                    }
+                                    c.status = Status::Running;
+                                    c.phase = Some(name);
+                                    c.updated_ms = unix_millis_now();
+                                    true
+                                }),
+                            )
+                            .await?;
+                    }
+                }
+                // Cancelled while the agent never had it: it ends here.
+                None if child.cancel_requested => {
+                    self.store
+                        .update_child(child.task_id, Box::new(cancel_before_delivery))
+                        .await?;
+                }
+                None => runs.push(child),
+            }
+        }
+        // Tasks the agent still runs that ended here (expired, cancelled): stop them.
+        for (task_id, phase) in held {
+            if phase.is_finished() {
+                continue;
+            }
+            if let Some(child) = self.store.child(task_id.clone()).await? {
+                if child.instance_id == instance && child.status.is_final() {
+                    orders.push(Order::Cancel { task_id });
+                }
+            }
+        }
+        let mut payloads: HashMap<String, TaskPayload> = HashMap::new();
+        let mut resent = Vec::new();
+        for child in runs {
+            if !payloads.contains_key(&child.batch_id) {
+                let Some(json) = self.store.batch_payload(child.batch_id.clone()).await? else {
+                    continue;
+                };
+                let payload = serde_json::from_str(&json).map_err(|e| {
+                    Error::new(
+                        Code::Internal,
+                        format!("stored payload of batch {}: {e}", child.batch_id),
+                    )
+                })?;
+                payloads.insert(child.batch_id.clone(), payload);
+            }
+            orders.push(run_order(&payloads[&child.batch_id], &child.task_id));
+            resent.push(child.task_id);
+        }
+        if !resent.is_empty() {
+            self.store.mark_sent(resent).await?;
+        }
+        Ok(orders)
+    }
+
+    async fn presence_now(&self, instance_id: &str, presence: Presence) -> Result<()> {
+        let seen = Seen {
+            now_ms: unix_millis_now(),
+            online: Some(presence.online),
+            agent_json: None,
+        };
+        if self
+            .store
+            .touch_instance(instance_id.to_string(), seen)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(unknown_instance(instance_id))
+        }
+    }
+
+    /// Fails every child no agent took within the expiry (`Fleet.InstanceOffline`); returns
+    /// their TaskIds.
+    pub async fn expire_due(&self) -> Result<Vec<String>> {
+        let expiry_ms = self.config.expiry.as_millis() as u64;
+        let cutoff = unix_millis_now().saturating_sub(expiry_ms);
+        let mut expired = Vec::new();
+        for child in self.store.pending_before(cutoff).await? {
+            let expiry = self.config.expiry;
+            let updated = self
+                .store
+                .update_child(
+                    child.task_id.clone(),
+                    Box::new(move |c| {
+                        if c.status != Status::Pending {
+                            return false;
+                        }
+                        let now = unix_millis_now();
+                        c.status = Status::Failed;
+                        c.phase = Some("FAILED".into());
+                        c.error_code = Some(Code::FleetInstanceOffline.as_str().into());
+                        c.error_msg = Some(format!(
+                            "instance {} did not take the task within {} s of SendFile (offline or unreachable); it never ran",
+                            c.instance_id,
+                            expiry.as_secs()
+                        ));
+                        c.finish_ms = Some(now);
+                        c.updated_ms = now;
+                        true
+                    }),
+                )
+                .await?;
+            if updated.is_some_and(|c| {
+                c.error_code.as_deref() == Some(Code::FleetInstanceOffline.as_str())
+            }) {
+                tracing::info!(task_id = %child.task_id, instance = %child.instance_id, "task expired");
+                expired.push(child.task_id);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// How often [`Fleet::run_expiry`] checks: a tenth of the expiry, at least a second.
+    pub fn expiry_interval(&self) -> Duration {
+        (self.config.expiry / 10).max(Duration::from_secs(1))
+    }
+
+    /// Checks for expired children every [`Fleet::expiry_interval`] until `shutdown`.
+    pub async fn run_expiry(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.expiry_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.expire_due().await {
+                        tracing::warn!(error = %e, "checking for expired tasks");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A cancelled child no agent runs (never taken, or no longer held): failed here with
+/// `Cancelled`.
+pub(crate) fn cancel_before_delivery(c: &mut Child) -> bool {
+    if c.status.is_final() {
+        return false;
+    }
+    let now = unix_millis_now();
+    c.cancel_requested = true;
+    c.status = Status::Failed;
+    c.phase = Some("CANCELLED".into());
+    c.error_code = Some(Code::Cancelled.as_str().into());
+    c.error_msg = Some(format!(
+        "cancelled while instance {} was not running the task",
+        c.instance_id
+    ));
+    c.finish_ms = Some(now);
+    c.updated_ms = now;
+    true
+}
+
+fn unknown_instance(id: &str) -> Error {
+    Error::new(
+        Code::FleetUnknownInstance,
+        format!("message from instance {id}, which is not registered with this controller"),
+    )
+}
+
+impl Inbox for Fleet {
+    fn report(&self, report: Report) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.report_now(report))
+    }
+
+    fn hello(&self, hello: Hello) -> BoxFuture<'_, Result<Vec<Order>>> {
+        Box::pin(self.hello_now(hello))
+    }
+
+    fn presence(&self, instance_id: &str, presence: Presence) -> BoxFuture<'_, Result<()>> {
+        let instance_id = instance_id.to_string();
+        Box::pin(async move { self.presence_now(&instance_id, presence).await })
+    }
+}

@@ -1,0 +1,483 @@
+//! [`Store`] on SQLite: one file in the state directory (mode 0600: it holds AccessKey
+//! secrets and the payloads' OSS credentials), one connection behind a mutex, used only on
+//! tokio's blocking threads.
+//!
+//! Durability: WAL with `synchronous = FULL`, so a commit has reached the disk (the WAL is
+//! fsync'd) before the call returns. NORMAL would survive a controller crash but could lose
+//! the last commits on a power or OS failure, after their MQTT messages were acknowledged:
+//! an agent would not resend them.
+//!
+//! Schema: numbered migrations in `migrations/`, applied in order at open and recorded in
+//! `schema_version`; a file written by a newer build is refused, not guessed at.
+
+mod query;
+mod rows;
+
+use super::{
+    BatchIds, Child, ChildChange, Counts, Instance, NewBatch, Seen, Store, TaskFilter, TaskPage,
+};
+use crate::controller::ports::BoxFuture;
+use crate::error::{Code, Error, Result};
+use rows::{batch_ids, children_where, counts_of, opt_u64};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// `(version, SQL)`, in order; a new schema change is a new file, never an edit.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+
+/// The state file's name inside the state directory.
+pub const FILE_NAME: &str = "controller.sqlite";
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::new(Code::Internal, format!("controller state (SQLite): {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating it 0600 if needed) and migrates the state file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io("creating the controller state", path, &e))?;
+        let mut conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::new(
+                Code::Internal,
+                format!("{}: SQLite refused WAL mode ({mode})", path.display()),
+            ));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(db_err)?;
+        migrate(&mut conn).map_err(|e| match e {
+            Migration::Db(e) => db_err(e),
+            Migration::Newer(v) => Error::new(
+                Code::InvalidConfig,
+                format!(
+                    "{}: schema version {v} is newer than this ferry-controller knows ({}); run the newer build",
+                    path.display(),
+                    MIGRATIONS.len()
+                ),
+            ),
+        })?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens `DIR/controller.sqlite`.
+    pub fn open_dir(state_dir: &Path) -> Result<SqliteStore> {
+        SqliteStore::open(&state_dir.join(FILE_NAME))
+    }
+
+    fn run<T, F>(&self, f: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut conn).map_err(db_err)
+            })
+            .await
+            .map_err(|e| Error::new(Code::Internal, format!("controller state task: {e}")))?
+        })
+    }
+}
+
+enum Migration {
+    Db(rusqlite::Error),
+    Newer(i64),
+}
+
+impl From<rusqlite::Error> for Migration {
+    fn from(e: rusqlite::Error) -> Self {
+        Migration::Db(e)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> std::result::Result<(), Migration> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    let newest = MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0);
+    if current > newest {
+        return Err(Migration::Newer(current));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn add_access_key(&self, id: String, secret: String, now_ms: u64) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO access_keys (id, secret, created_ms) VALUES (?1, ?2, ?3)",
+                params![id, secret, now_ms as i64],
+            )
+            .map(drop)
+        })
+    }
+
+    fn access_key_secret(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
+        self.run(move |c| {
+            c.query_row("SELECT secret FROM access_keys WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    fn put_instance(
+        &self,
+        id: String,
+        password_hash: String,
+        rotate: bool,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists = tx
+                .query_row("SELECT 1 FROM instances WHERE id = ?1", [&id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            let done = match (exists, rotate) {
+                (true, false) => false,
+                (true, true) => {
+                    tx.execute(
+                        "UPDATE instances SET password_hash = ?2 WHERE id = ?1",
+                        params![id, password_hash],
+                    )?;
+                    true
+                }
+                (false, _) => {
+                    tx.execute(
+                        "INSERT INTO instances (id, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+                        params![id, password_hash, now_ms as i64],
+                    )?;
+                    true
+                }
+            };
+            tx.commit()?;
+            Ok(done)
+        })
+    }
+
+    fn instance_password_hash(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
+        self.run(move |c| {
+            c.query_row(
+                "SELECT password_hash FROM instances WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn instance_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        self.run(|c| {
+            let mut stmt = c.prepare("SELECT id, password_hash FROM instances ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    fn unknown_instances(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM instances WHERE id = ?1")?;
+            let mut unknown = Vec::new();
+            for id in ids {
+                if !stmt.exists([&id])? {
+                    unknown.push(id);
+                }
+            }
+            Ok(unknown)
+        })
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<Instance>>> {
+        self.run(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, created_ms, online, last_seen_ms, agent_json FROM instances ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Instance {
+                    instance_id: r.get(0)?,
+                    created_ms: r.get::<_, i64>(1)?.max(0) as u64,
+                    online: r.get(2)?,
+                    last_seen_ms: opt_u64(r.get(3)?),
+                    agent_json: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn touch_instance(&self, id: String, seen: Seen) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c| {
+            let n = c.execute(
+                "UPDATE instances SET last_seen_ms = ?2, online = COALESCE(?3, online), \
+                 agent_json = COALESCE(?4, agent_json) WHERE id = ?1",
+                params![id, seen.now_ms as i64, seen.online, seen.agent_json],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn batch_by_client_token(&self, token: String) -> BoxFuture<'_, Result<Option<BatchIds>>> {
+        self.run(move |c| batch_ids(c, "client_token = ?1", &token))
+    }
+
+    fn create_batch(&self, batch: NewBatch) -> BoxFuture<'_, Result<Option<BatchIds>>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(token) = &batch.client_token {
+                if let Some(existing) = batch_ids(&tx, "client_token = ?1", token)? {
+                    return Ok(Some(existing));
+                }
+            }
+            let base: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM batches", [], |r| {
+                r.get(0)
+            })?;
+            let n = batch.children.len() as i64;
+            let counts = Counts {
+                pending: n as u32,
+                ..Counts::default()
+            };
+            tx.execute(
+                "INSERT INTO batches (task_id, seq, request_id, client_token, request_hash, \
+                 payload_json, created_ms, status, n_pending) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    batch.task_id,
+                    base + n + 1,
+                    batch.request_id,
+                    batch.client_token,
+                    batch.request_hash,
+                    batch.payload_json,
+                    batch.created_ms as i64,
+                    counts.batch_status().as_str(),
+                    n,
+                ],
+            )?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO children (task_id, seq, batch_id, instance_id, status, created_ms, updated_ms) \
+                     VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?5)",
+                )?;
+                for (i, (instance, task_id)) in batch.children.iter().enumerate() {
+                    stmt.execute(params![
+                        task_id,
+                        base + n - i as i64,
+                        batch.task_id,
+                        instance,
+                        batch.created_ms as i64
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(None)
+        })
+    }
+
+    fn batch_payload(&self, batch_id: String) -> BoxFuture<'_, Result<Option<String>>> {
+        self.run(move |c| {
+            c.query_row(
+                "SELECT payload_json FROM batches WHERE task_id = ?1",
+                [batch_id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn is_batch(&self, task_id: String) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c| {
+            c.prepare_cached("SELECT 1 FROM batches WHERE task_id = ?1")?
+                .exists([task_id])
+        })
+    }
+
+    fn child(&self, task_id: String) -> BoxFuture<'_, Result<Option<Child>>> {
+        self.run(move |c| {
+            Ok(
+                children_where(c, "c.task_id = ?1", vec![Value::Text(task_id)])?
+                    .into_iter()
+                    .next(),
+            )
+        })
+    }
+
+    fn batch_children(&self, batch_id: String) -> BoxFuture<'_, Result<Vec<Child>>> {
+        self.run(move |c| children_where(c, "c.batch_id = ?1", vec![Value::Text(batch_id)]))
+    }
+
+    fn open_children(&self, instance_id: String) -> BoxFuture<'_, Result<Vec<Child>>> {
+        self.run(move |c| {
+            children_where(
+                c,
+                "c.instance_id = ?1 AND c.status IN ('PENDING', 'RUNNING')",
+                vec![Value::Text(instance_id)],
+            )
+        })
+    }
+
+    fn pending_before(&self, created_before_ms: u64) -> BoxFuture<'_, Result<Vec<Child>>> {
+        self.run(move |c| {
+            children_where(
+                c,
+                "c.status = 'PENDING' AND c.created_ms < ?1",
+                vec![Value::Integer(created_before_ms as i64)],
+            )
+        })
+    }
+
+    fn update_child(
+        &self,
+        task_id: String,
+        change: ChildChange,
+    ) -> BoxFuture<'_, Result<Option<Child>>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(mut child) =
+                children_where(&tx, "c.task_id = ?1", vec![Value::Text(task_id)])?
+                    .into_iter()
+                    .next()
+            else {
+                return Ok(None);
+            };
+            let before = child.status;
+            if !change(&mut child) {
+                return Ok(Some(child));
+            }
+            tx.execute(
+                "UPDATE children SET status = ?2, phase = ?3, error_code = ?4, error_msg = ?5, \
+                 result_json = ?6, progress = ?7, bytes_done = ?8, bytes_total = ?9, \
+                 updated_ms = ?10, start_ms = ?11, finish_ms = ?12, sent = ?13, \
+                 cancel_requested = ?14 WHERE task_id = ?1",
+                params![
+                    child.task_id,
+                    child.status.as_str(),
+                    child.phase,
+                    child.error_code,
+                    child.error_msg,
+                    child.result_json,
+                    child.progress,
+                    child.bytes_done as i64,
+                    child.bytes_total.map(|n| n as i64),
+                    child.updated_ms as i64,
+                    child.start_ms.map(|n| n as i64),
+                    child.finish_ms.map(|n| n as i64),
+                    child.sent,
+                    child.cancel_requested,
+                ],
+            )?;
+            if before != child.status {
+                let (mut counts, finish_ms) = counts_of(&tx, &child.batch_id)?;
+                let old = counts.slot(before);
+                *old = old.saturating_sub(1);
+                *counts.slot(child.status) += 1;
+                let status = counts.batch_status();
+                let finish_ms = match (status.is_final(), finish_ms) {
+                    (true, None) => Some(child.updated_ms as i64),
+                    (true, kept) => kept,
+                    (false, _) => None,
+                };
+                tx.execute(
+                    "UPDATE batches SET status = ?2, n_pending = ?3, n_running = ?4, \
+                     n_finished = ?5, n_failed = ?6, finish_ms = ?7 WHERE task_id = ?1",
+                    params![
+                        child.batch_id,
+                        status.as_str(),
+                        counts.pending,
+                        counts.running,
+                        counts.finished,
+                        counts.failed,
+                        finish_ms
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Some(child))
+        })
+    }
+
+    fn mark_sent(&self, task_ids: Vec<String>) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE children SET sent = 1 WHERE task_id = ?1")?;
+                for id in task_ids {
+                    stmt.execute([id])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>> {
+        self.run(move |c| query::describe(c, &filter))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_in_wal_mode_migrates_once_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        drop(SqliteStore::open(&path).unwrap());
+        // Reopening applies nothing twice.
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let versions: Vec<i64> = conn
+            .prepare("SELECT version FROM schema_version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(versions, vec![1]);
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])
+            .unwrap();
+        drop(conn);
+        let Err(e) = SqliteStore::open(&path) else {
+            panic!("a newer schema was opened")
+        };
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.message.contains("99"), "{e}");
+    }
+}
