@@ -5,7 +5,7 @@
 #
 # Steps: cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test, then the
 # Android stage: scripts/build-android.sh (static aarch64 binary) and the end-to-end tests
-# (cli_api, daemon_kill, oss_*, android_*: android_install among them) run on that binary
+# (cli_api, daemon_kill, fleet_agent, oss_*, android_*: android_install among them) run on that binary
 # under qemu in an Android-like chroot (FERRY_TEST_CHROOT=1, see tests/cli_support/target.rs).
 # The chroot needs root; without
 # it the e2e step is SKIPPED loudly.  FERRY_SKIP_ANDROID=1 skips the whole stage (a quick
@@ -38,8 +38,10 @@ ensure_rust_tools
 # against the daemon, procps (ps/pkill-by-pid helpers), CA certificates, and
 # dnsmasq (dnsmasq-base: the binary only, no system service) as the real DNS
 # server of tests/android_dns.rs; python3 + python3-venv for the venv under /var/tmp in which
-# tests/controller_api.rs installs Alibaba's Python SDK (tests/common/alibaba_sdk.rs).
-ensure_apt curl procps ca-certificates dnsmasq-base busybox-static python3 python3-venv
+# tests/controller_api.rs installs Alibaba's Python SDK (tests/common/alibaba_sdk.rs); and
+# mosquitto (with mosquitto_passwd), the real MQTT broker of the fleet tests
+# (tests/fleet_agent.rs; without it they fail under CI=true).
+ensure_apt curl procps ca-certificates dnsmasq-base busybox-static python3 python3-venv mosquitto
 # s3s-fs, the real S3 server of tests/oss_*.rs (built once into /var/tmp/ferry-tools);
 # exports FERRY_S3S_FS.  Without it those tests fail saying so, they never skip.
 ensure_s3s_fs || loud_warn "s3s-fs could not be installed: the OSS tests will FAIL"
@@ -111,8 +113,9 @@ fi
 android_e2e() {
     # oss_*: against s3s-fs on the host's 127.0.0.1 (oss_s3_server_selftest does not run
     # ferry, so it is not repeated here).
+    # fleet_agent: the phone build's MQTT client against mosquitto on the host's 127.0.0.1.
     local tests=(--test cli_api --test daemon_kill --test oss_transfer --test oss_stand_in
-        --test oss_conformance)
+        --test oss_conformance --test fleet_agent)
     local file
     for file in tests/android_*.rs; do
         [[ -e "$file" ]] || continue

@@ -2,10 +2,12 @@
 //! file, then the environment, then command-line flags, and validated once.
 
 mod android;
+mod fleet;
 mod install;
 mod oss;
 
 pub use android::{DnsConfig, LogcatConfig, MediaScanConfig, MediaScanMode, RunAs, TlsConfig};
+pub use fleet::{BrokerAddr, FleetConfig};
 pub use install::{InstallConfig, STREAM_INSTALL_UIDS};
 pub use oss::OssConfig;
 
@@ -66,6 +68,8 @@ pub struct Config {
     pub install: InstallConfig,
     /// Identity to switch to once sockets are bound; unset keeps the starting user.
     pub run_as: Option<RunAs>,
+    /// The link to a `ferry-controller` over MQTT; absent = none (local API only).
+    pub fleet: Option<FleetConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +164,7 @@ impl Default for Config {
             oss: OssConfig::default(),
             install: InstallConfig::default(),
             run_as: None,
+            fleet: None,
         }
     }
 }
@@ -382,6 +387,9 @@ impl Config {
             return bad(problem);
         }
         if let Some(problem) = self.install_identity_problem(self.run_as.as_ref()) {
+            return bad(problem);
+        }
+        if let Some(problem) = self.fleet.as_ref().and_then(FleetConfig::problem) {
             return bad(problem);
         }
         if self.http.max_redirects > 10 {

@@ -36,6 +36,8 @@ use tracing::{debug, error, info, warn};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections may take to finish their reply once the manager stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the fleet link may take to publish its offline presence and disconnect.
+const FLEET_STOP_WAIT: Duration = Duration::from_secs(4);
 
 /// A daemon that is ready to serve: what [`start`] prepared for [`run`].
 pub struct Started {
@@ -82,13 +84,23 @@ pub async fn start(config: Config) -> Result<Started> {
     })
 }
 
-/// Serves the API until `shutdown` completes, then shuts the manager down cleanly.
+/// Serves the API (and the fleet link when `[fleet]` is set) until `shutdown` completes,
+/// then says goodbye to the fleet and shuts the manager down cleanly.
 pub async fn run(
     manager: Manager,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let Listeners { tcp, unix, token } = listeners;
+    let fleet_stop = CancellationToken::new();
+    let fleet = match manager.config().fleet.clone() {
+        Some(fleet) => Some(crate::fleet::agent::spawn(
+            manager.clone(),
+            fleet,
+            fleet_stop.clone(),
+        )?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         manager: manager.clone(),
         token,
@@ -121,6 +133,12 @@ pub async fn run(
     shared.stopping.store(true, Ordering::SeqCst);
     info!("shutting down: no new connections; checkpointing running transfers");
     drop((tcp, unix, socket_file));
+    // Offline (retained) before the transfers stop: the controller must not take their
+    // interruption for an outcome.
+    fleet_stop.cancel();
+    if let Some(fleet) = fleet {
+        let _ = tokio::time::timeout(FLEET_STOP_WAIT, fleet).await;
+    }
     manager.shutdown().await;
     stop.cancel();
     drop(done_tx);
@@ -308,6 +326,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.run_as != new.run_as {
         changed.push("run_as");
+    }
+    if old.fleet != new.fleet {
+        changed.push("fleet");
     }
     changed
 }

@@ -149,7 +149,7 @@ fn load_dir(dir: &Path, removed: &Removed, roots: &mut AndroidRoots, seen: &mut 
 
 /// The certificates of one PEM file, each checked the way rustls will accept a root; none
 /// when `file` is not a regular file.
-fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     // Opened, then checked through the descriptor (links followed): no stat of the path.
     let mut bytes = Vec::new();
     let f = std::fs::File::open(file).map_err(|e| format!("cannot open it: {e}"))?;

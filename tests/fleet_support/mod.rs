@@ -4,7 +4,8 @@
 
 #![allow(dead_code)]
 
-#[path = "../common/mosquitto.rs"]
+/// Debian's mosquitto for the controller-side tests (the agent tests have their own in
+/// tests/common, built around a live `ferry daemon`).
 pub mod mosquitto;
 #[path = "../common/skip.rs"]
 mod skip;

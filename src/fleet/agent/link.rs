@@ -1,0 +1,255 @@
+//! How the agent reaches its broker: the MQTT options of one connection attempt (client id =
+//! username = InstanceId, persistent session, last will), the broker's address resolved with
+//! the agent's own resolver (a static binary has no working getaddrinfo on Android), TLS with
+//! the same trust as the HTTP client, and the reconnect backoff.
+
+use crate::config::{BrokerAddr, Config, FleetConfig};
+use crate::error::{Code, Error, Result};
+use crate::fleet::topics::{topic, Kind};
+use crate::fleet::wire::Presence;
+use crate::net::dns::AndroidResolver;
+use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Requests (publishes, subscribes) queued for the connection; a reporter that gets ahead of
+/// a slow broker waits here, never the manager.
+pub const REQUEST_CAPACITY: usize = 256;
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What stays the same across connection attempts.
+pub struct Link {
+    pub fleet: FleetConfig,
+    addr: BrokerAddr,
+    resolver: AndroidResolver,
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl Link {
+    pub fn new(config: &Config, fleet: FleetConfig) -> Result<Link> {
+        let addr = fleet.broker_addr()?;
+        let tls = if addr.tls {
+            Some(client_config(config, &fleet, &addr.host)?)
+        } else {
+            None
+        };
+        Ok(Link {
+            resolver: AndroidResolver::new(config, &|k| std::env::var(k).ok()),
+            fleet,
+            addr,
+            tls,
+        })
+    }
+
+    pub fn broker(&self) -> String {
+        format!("{}:{}", self.addr.host, self.addr.port)
+    }
+
+    /// The options of the next attempt: the broker's host resolved now (it may move).
+    pub async fn options(&self) -> Result<MqttOptions> {
+        let ips = self
+            .resolver
+            .resolve(&self.addr.host)
+            .await
+            .map_err(|e| Error::new(e.code(), e.to_string()))?;
+        let ip: IpAddr = *ips.first().ok_or_else(|| {
+            Error::new(
+                Code::NetworkDns,
+                format!("{} has no address", self.addr.host),
+            )
+        })?;
+        Ok(self.options_for(ip))
+    }
+
+    fn options_for(&self, ip: IpAddr) -> MqttOptions {
+        let f = &self.fleet;
+        let mut o = MqttOptions::new(f.instance_id.clone(), ip.to_string(), self.addr.port);
+        o.set_credentials(f.instance_id.clone(), f.password.clone());
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(f.keepalive_secs));
+        o.set_request_channel_capacity(REQUEST_CAPACITY);
+        o.set_last_will(LastWill::new(
+            topic(&f.instance_id, Kind::Presence),
+            presence(false),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        o
+    }
+}
+
+/// The retained presence body.
+pub fn presence(online: bool) -> Vec<u8> {
+    serde_json::to_vec(&Presence { online }).expect("presence serialises")
+}
+
+/// TLS trusting what the HTTP client trusts (bundled webpki roots, the Android CA folders,
+/// minus CAs the user turned off) plus `fleet.ca_file`; the certificate is checked against
+/// the broker's host name even though the connection goes to an address resolved here.
+fn client_config(config: &Config, fleet: &FleetConfig, host: &str) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    let android = crate::net::tls::load(config);
+    // As the HTTP client: once the user turned a CA off, only the phone's own store counts.
+    if !android.any_removed || android.certs.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for cert in android.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(file) = &fleet.ca_file {
+        let certs = crate::net::tls::read_certs(file).map_err(|why| {
+            Error::new(
+                Code::InvalidConfig,
+                format!("fleet.ca_file {}: {why}", file.display()),
+            )
+        })?;
+        for cert in certs {
+            let _ = roots.add(cert);
+        }
+    }
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
+        Error::new(
+            Code::InvalidConfig,
+            format!("fleet.broker host {host:?}: {e}"),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| Error::new(Code::NetworkTls, format!("TLS roots for the broker: {e}")))?;
+    let tls = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::new(Code::NetworkTls, format!("TLS for the broker: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ForHost { inner, name }))
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
+/// WebPKI verification against the configured host name, whatever name the MQTT client
+/// passes (it only knows the address ferry resolved).
+#[derive(Debug)]
+struct ForHost {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for ForHost {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Jittered exponential backoff between connection attempts, capped at 30 s, for ever.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: FIRST_BACKOFF,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before the next attempt: between half and all of the current step.
+    pub fn next_wait(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        step.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    pub fn reset(&mut self) {
+        self.next = FIRST_BACKOFF;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_to_its_cap_and_resets() {
+        let mut b = Backoff::default();
+        let first = b.next_wait();
+        assert!(first >= Duration::from_millis(250) && first <= FIRST_BACKOFF);
+        for _ in 0..20 {
+            assert!(b.next_wait() <= MAX_BACKOFF);
+        }
+        let late = b.next_wait();
+        assert!(late >= MAX_BACKOFF / 2, "{late:?}");
+        b.reset();
+        assert!(b.next_wait() <= FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn options_identify_the_instance_keep_the_session_and_leave_a_will() {
+        let fleet = FleetConfig {
+            broker: "mqtt://127.0.0.1:1884".into(),
+            instance_id: "acp-7".into(),
+            password: "pw".into(),
+            ca_file: None,
+            keepalive_secs: 30,
+            progress_interval_ms: 2000,
+        };
+        let link = Link::new(&Config::default(), fleet).unwrap();
+        let o = link.options_for("127.0.0.1".parse().unwrap());
+        assert_eq!(o.client_id(), "acp-7");
+        assert!(!o.clean_session());
+        assert_eq!(o.keep_alive(), Duration::from_secs(30));
+        assert_eq!(o.broker_address(), ("127.0.0.1".to_string(), 1884));
+        let login = o.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("acp-7", "pw")
+        );
+        let will = o.last_will().unwrap();
+        assert_eq!(will.topic, "ferry/v1/i/acp-7/presence");
+        assert_eq!(&will.message[..], br#"{"Online":false}"#);
+        assert!(will.retain);
+    }
+}

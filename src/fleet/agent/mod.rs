@@ -1,0 +1,201 @@
+//! The agent's side of the fleet link, run by `ferry daemon` when `[fleet]` is configured:
+//! one MQTT connection to the controller's broker, dialled out and kept for ever (jittered
+//! backoff up to 30 s; a missing broker never stops the daemon).
+//!
+//! On every connection: subscribe to the instance's order topic, publish `{"Online":true}`
+//! retained on its presence topic (the last will says `false`), a [`Hello`] with the
+//! inventory and every task held, then every task's current report. Orders go to
+//! [`orders`], the manager's stream of changes to [`reports`]. On stop, `{"Online":false}`
+//! is published before a clean disconnect. Idle, the link wakes only for the keepalive.
+//!
+//! [`Hello`]: crate::fleet::wire::Hello
+
+pub mod inventory;
+pub mod link;
+pub mod orders;
+pub mod reports;
+
+use crate::config::FleetConfig;
+use crate::error::Result;
+use crate::fleet::topics::{topic, Kind};
+use crate::task::manager::Manager;
+use link::{presence, Backoff, Link};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How long a stopping agent waits to say it is offline.
+const GOODBYE_WAIT: Duration = Duration::from_secs(3);
+
+/// Builds the link (checks TLS settings) so a bad `[fleet]` fails the start, then runs it
+/// on its own task until `stop`; the handle ends once the agent said goodbye.
+pub fn spawn(
+    manager: Manager,
+    fleet: FleetConfig,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let link = Link::new(&manager.config(), fleet)?;
+    Ok(tokio::spawn(run(manager, link, stop)))
+}
+
+async fn run(manager: Manager, link: Link, stop: CancellationToken) {
+    let id = link.fleet.instance_id.clone();
+    let interval = Duration::from_millis(link.fleet.progress_interval_ms);
+    let device = inventory::Device::probe(&manager.config()).await;
+    info!(instance = %id, broker = %link.broker(), abi = %device.abi, "fleet link starting");
+    // The first options are replaced before each attempt, with the broker resolved anew.
+    let (client, mut events) = AsyncClient::new(
+        rumqttc::MqttOptions::new(id.clone(), "0.0.0.0", 1),
+        link::REQUEST_CAPACITY,
+    );
+    let resync = Arc::new(Notify::new());
+    let (order_tx, order_rx) = mpsc::unbounded_channel();
+    let workers = [
+        tokio::spawn(reports::run(
+            manager.clone(),
+            client.clone(),
+            id.clone(),
+            interval,
+            resync.clone(),
+        )),
+        tokio::spawn(orders::run(
+            manager.clone(),
+            client.clone(),
+            id.clone(),
+            order_rx,
+        )),
+    ];
+    let order_topic = topic(&id, Kind::Order);
+    let mut backoff = Backoff::default();
+    loop {
+        if events.network.is_none() {
+            match link.options().await {
+                Ok(options) => events.mqtt_options = options,
+                Err(e) => {
+                    warn!(broker = %link.broker(), error = %e, "fleet broker address unknown");
+                    if pause(&stop, backoff.next_wait()).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            event = events.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                backoff.reset();
+                info!(
+                    session_present = ack.session_present,
+                    "fleet link connected"
+                );
+                tokio::spawn(greet(
+                    manager.clone(),
+                    client.clone(),
+                    device.clone(),
+                    id.clone(),
+                    resync.clone(),
+                ));
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == order_topic => {
+                let _ = order_tx.send(p.payload);
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                debug!(topic = %p.topic, "ignoring a message on a topic not ours");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // rumqttc's errors name the broker and the failure, never the password.
+                let wait = backoff.next_wait();
+                warn!(broker = %link.broker(), error = %e, retry_in_ms = wait.as_millis() as u64, "fleet link down");
+                if pause(&stop, wait).await {
+                    break;
+                }
+            }
+        }
+    }
+    if events.network.is_some() {
+        goodbye(&client, &mut events, &id).await;
+    }
+    for worker in workers {
+        worker.abort();
+    }
+    info!("fleet link stopped");
+}
+
+/// Sleeps `wait` unless `stop` comes first (then true).
+async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Subscribe, presence, Hello, then every task's report (the reporter's resync).
+async fn greet(
+    manager: Manager,
+    client: AsyncClient,
+    device: inventory::Device,
+    id: String,
+    resync: Arc<Notify>,
+) {
+    let sent = async {
+        client
+            .subscribe(topic(&id, Kind::Order), QoS::AtLeastOnce)
+            .await?;
+        client
+            .publish(
+                topic(&id, Kind::Presence),
+                QoS::AtLeastOnce,
+                true,
+                presence(true),
+            )
+            .await?;
+        let hello = inventory::hello(&manager, &device, &id).await;
+        let body = serde_json::to_vec(&hello).expect("a Hello serialises");
+        client
+            .publish(topic(&id, Kind::Hello), QoS::AtLeastOnce, false, body)
+            .await
+    };
+    match sent.await {
+        Ok(()) => resync.notify_one(),
+        Err(e) => warn!("fleet greeting not queued: {e}"),
+    }
+}
+
+/// `{"Online":false}` retained (a clean disconnect does not fire the last will), then
+/// DISCONNECT; bounded by [`GOODBYE_WAIT`].
+async fn goodbye(client: &AsyncClient, events: &mut EventLoop, id: &str) {
+    let send = async {
+        let _ = client
+            .publish(
+                topic(id, Kind::Presence),
+                QoS::AtLeastOnce,
+                true,
+                presence(false),
+            )
+            .await;
+        let _ = client.disconnect().await;
+        std::future::pending::<()>().await
+    };
+    let drive = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(GOODBYE_WAIT, async {
+        tokio::select! {
+            _ = send => {}
+            _ = drive => {}
+        }
+    })
+    .await;
+}
