@@ -2,6 +2,7 @@
 //! field names, between the HTTP layer (`api`) and the fleet logic (`service`).
 
 use crate::error::Code;
+use crate::fleet::wire::RootSpace;
 use crate::task::payload::TaskPayload;
 use serde::Serialize;
 
@@ -135,4 +136,40 @@ impl From<Code> for ApiError {
     fn from(code: Code) -> Self {
         ApiError::new(crate::api::status_for(code), code.as_str(), code.as_str())
     }
+}
+
+/// FerryCancelTask's answer: the children a Cancel was requested for (those already final
+/// are left as they are).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CancelResponse {
+    pub task_id: String,
+    pub data: Vec<InstanceTask>,
+}
+
+/// One instance as FerryListInstances shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceView {
+    pub instance_id: String,
+    pub online: bool,
+    /// ISO 8601 UTC; absent until the agent first connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    pub creation_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abi: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub android_release: Option<String>,
+    /// Free bytes per allowed root, from the agent's last Hello.
+    pub roots: Vec<RootSpace>,
+}
+
+/// FerryListInstances' answer body (without RequestId).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceList {
+    pub instances: Vec<InstanceView>,
 }

@@ -3,7 +3,8 @@
 //! the logic hands out orders ([`Outbox`]) and delivery hands in what agents say ([`Inbox`]).
 
 use super::model::{
-    ApiError, DescribeTasksQuery, DescribeTasksResponse, SendFileRequest, SendFileResponse,
+    ApiError, CancelResponse, DescribeTasksQuery, DescribeTasksResponse, InstanceList,
+    SendFileRequest, SendFileResponse,
 };
 use crate::error::Result;
 use crate::fleet::wire::{Hello, Order, Presence, Report};
@@ -42,6 +43,27 @@ pub trait Actions: Send + Sync {
         &self,
         query: DescribeTasksQuery,
     ) -> BoxFuture<'_, Result<DescribeTasksResponse, ApiError>>;
+    /// ferry's own `FerryCancelTask` (a name no Alibaba action has): a batch or one phone's
+    /// task. An endpoint without it answers as for an unknown action.
+    fn ferry_cancel_task(
+        &self,
+        _task_id: String,
+    ) -> BoxFuture<'_, Result<CancelResponse, ApiError>> {
+        Box::pin(async { Err(not_served("FerryCancelTask")) })
+    }
+    /// ferry's own `FerryListInstances`: every instance, online or not, with its agent.
+    fn ferry_list_instances(&self) -> BoxFuture<'_, Result<InstanceList, ApiError>> {
+        Box::pin(async { Err(not_served("FerryListInstances")) })
+    }
+}
+
+fn not_served(action: &str) -> ApiError {
+    let code = crate::error::Code::OpenApiApiNotFound;
+    ApiError::new(
+        crate::api::status_for(code),
+        code.as_str(),
+        format!("{action} is not served by this endpoint"),
+    )
 }
 
 /// Implemented by the store: the secrets the API and the broker check callers against.

@@ -184,9 +184,20 @@ impl Shared {
                 let body = self.actions.describe_tasks(query).await?;
                 encode(request_id, body)
             }
+            "FerryCancelTask" => {
+                let task_id = params.required("TaskId")?;
+                params.finish("FerryCancelTask")?;
+                let body = self.actions.ferry_cancel_task(task_id).await?;
+                encode(request_id, body)
+            }
+            "FerryListInstances" => {
+                params.finish("FerryListInstances")?;
+                let body = self.actions.ferry_list_instances().await?;
+                encode(request_id, body)
+            }
             other => Err(error(
                 Code::OpenApiApiNotFound,
-                format!("Specified api is not found, please check your url and method: {other:?} is not an action of this endpoint (SendFile, DescribeTasks)."),
+                format!("Specified api is not found, please check your url and method: {other:?} is not an action of this endpoint (SendFile, DescribeTasks, FerryCancelTask, FerryListInstances)."),
             )),
         }
     }

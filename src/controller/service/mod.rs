@@ -8,12 +8,12 @@ mod describe;
 mod ids;
 mod operator;
 
+pub use crate::controller::model::{CancelResponse, InstanceView};
 pub use ids::{new_access_key, new_task_id};
-pub use operator::{CancelResponse, InstanceView};
 
 use super::model::{
-    ApiError, DescribeTasksQuery, DescribeTasksResponse, InstanceTask, SendFileRequest,
-    SendFileResponse,
+    ApiError, DescribeTasksQuery, DescribeTasksResponse, InstanceList, InstanceTask,
+    SendFileRequest, SendFileResponse,
 };
 use super::ports::{Actions, BoxFuture, Credentials, Outbox};
 use super::store::{BatchIds, NewBatch, Store};
@@ -246,6 +246,21 @@ impl Actions for Fleet {
         query: DescribeTasksQuery,
     ) -> BoxFuture<'_, Result<DescribeTasksResponse, ApiError>> {
         Box::pin(describe::describe(&*self.store, query))
+    }
+
+    fn ferry_cancel_task(
+        &self,
+        task_id: String,
+    ) -> BoxFuture<'_, Result<CancelResponse, ApiError>> {
+        Box::pin(async move { self.cancel_task(&task_id).await })
+    }
+
+    fn ferry_list_instances(&self) -> BoxFuture<'_, Result<InstanceList, ApiError>> {
+        Box::pin(async move {
+            Ok(InstanceList {
+                instances: self.list_instances().await?,
+            })
+        })
     }
 }
 

@@ -4,43 +4,13 @@
 use super::agents::cancel_before_delivery;
 use super::describe::iso;
 use super::{new_access_key, Fleet};
-use crate::controller::model::{ApiError, InstanceTask};
+use crate::controller::model::{ApiError, CancelResponse, InstanceTask, InstanceView};
 use crate::controller::secrets;
 use crate::controller::store::Status;
 use crate::error::{Code, Error, Result};
 use crate::fleet::topics::check_instance_id;
-use crate::fleet::wire::{AgentInfo, Order, RootSpace};
+use crate::fleet::wire::{AgentInfo, Order};
 use crate::timefmt::unix_millis_now;
-use serde::Serialize;
-
-/// FerryCancelTask's answer: the children a Cancel was requested for (those already final
-/// are left as they are).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct CancelResponse {
-    pub task_id: String,
-    pub data: Vec<InstanceTask>,
-}
-
-/// One instance as FerryListInstances shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct InstanceView {
-    pub instance_id: String,
-    pub online: bool,
-    /// ISO 8601 UTC; absent until the agent first connected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<String>,
-    pub creation_time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent_version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub abi: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub android_release: Option<String>,
-    /// Free bytes per allowed root, from the agent's last Hello.
-    pub roots: Vec<RootSpace>,
-}
 
 impl Fleet {
     /// Cancels a batch (every child not yet final) or one child. Each is marked durably
