@@ -523,10 +523,7 @@ mod tests {
     fn states_round_trip_through_json_with_their_phase_as_key() {
         let state = running(5);
         let text = serde_json::to_string(&state).unwrap();
-        assert!(
-            text.starts_with(r#"{"RUNNING":{"StartedMs":1,"#),
-            "{text}"
-        );
+        assert!(text.starts_with(r#"{"RUNNING":{"StartedMs":1,"#), "{text}");
         assert_eq!(serde_json::from_str::<TaskState>(&text).unwrap(), state);
     }
 }
