@@ -26,6 +26,9 @@
 #   BENCH_DIR       where the source files and outputs live (default /var/tmp/ferry-bench;
 #                   must have room for the sources plus one output)
 #   FERRY_BIN       use this ferry binary instead of building one
+#   FERRY_BASELINE_BIN  also run this other ferry binary (tool "ferry-baseline", e.g. the
+#                   build before a refactor), interleaved with the rest, so both are
+#                   measured in the same run on the same machine state
 #
 # Targets (from the design): plain: ferry's wall time no worse than curl's; throttled:
 # ferry at least as fast as aria2c and at least 6x curl; every part: ferry's peak RSS
@@ -286,6 +289,12 @@ if [[ "$SKIP_FERRY" != 1 ]]; then
     THROTTLED_TOOLS+=(ferry)
     OSS_TOOLS+=(ferry)
 fi
+if [[ -n "${FERRY_BASELINE_BIN:-}" ]]; then
+    [[ -x "$FERRY_BASELINE_BIN" ]] || die "FERRY_BASELINE_BIN $FERRY_BASELINE_BIN is not executable"
+    PLAIN_TOOLS+=(ferry-baseline)
+    THROTTLED_TOOLS+=(ferry-baseline)
+    OSS_TOOLS+=(ferry-baseline)
+fi
 PLAIN_TOOLS+=(curl wget)
 THROTTLED_TOOLS+=(aria2c curl)
 OSS_TOOLS+=(s5cmd rclone)
@@ -293,8 +302,8 @@ OSS_TOOLS+=(s5cmd rclone)
 # Output file a tool writes in a part, so it can be dropped before and after a run.
 out_file() {
     case "$1:$2" in
-    plain:ferry) printf '%s\n' "$DEV/sdcard/Download/bench.bin" ;;
-    *:ferry) printf '%s\n' "$DEV/sdcard/Download/$OBJ_NAME" ;;
+    plain:ferry | plain:ferry-baseline) printf '%s\n' "$DEV/sdcard/Download/bench.bin" ;;
+    *:ferry | *:ferry-baseline) printf '%s\n' "$DEV/sdcard/Download/$OBJ_NAME" ;;
     *) printf '%s\n' "$OUT/$2.bin" ;;
     esac
 }
@@ -317,7 +326,7 @@ expected_sha() {
 # turn the next run into a resume or a no-op.
 reset_tool() {
     rm -f "$(out_file "$1" "$2")" "$OUT/$2.bin.aria2"
-    if [[ "$2" == ferry ]]; then
+    if [[ "$2" == ferry || "$2" == ferry-baseline ]]; then
         rm -rf "$DEV" "$STATE"
         mkdir -p "$DEV/sdcard/Download" "$STATE"
     fi
@@ -325,6 +334,10 @@ reset_tool() {
 
 run_tool() {
     local part="$1" tool="$2" timing="$3"
+    if [[ "$tool" == ferry-baseline ]]; then
+        FERRY="$FERRY_BASELINE_BIN" run_tool "$part" ferry "$timing"
+        return
+    fi
     local dst
     dst="$(out_file "$part" "$tool")"
     local timed=("$TIME_BIN" -f '%e %U %S %M' -o "$timing")

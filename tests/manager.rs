@@ -172,7 +172,7 @@ async fn shutdown_checkpoints_and_a_restart_resumes_from_the_partial_file() {
     let journal: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("state/tasks/t-r.json")).unwrap())
             .unwrap();
-    assert_eq!(journal["State"]["Phase"], "RUNNING");
+    assert_eq!(common::journal_phase(&journal).0, "RUNNING");
     let kept = std::fs::metadata(staging(&tmp, "t-r")).unwrap().len();
     assert!(kept > 0);
     assert!(!tmp.path().join("dev/sdcard/Download/r.bin").exists());
@@ -336,7 +336,7 @@ async fn resubmitting_right_as_a_task_fails_keeps_the_journal_in_order() {
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("state/tasks/t-race.json")).unwrap())
             .unwrap();
-    assert_eq!(saved["State"]["Phase"], "FAILED", "{saved}");
+    assert_eq!(common::journal_phase(&saved).0, "FAILED", "{saved}");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("state/tasks"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -392,13 +392,13 @@ async fn an_outcome_the_journal_cannot_save_is_not_reported() {
             .any(|n| n.contains("could not be saved to the journal")),
         "{view:?}"
     );
-    assert_eq!(journal_of(&tmp, "t-j")["State"]["Phase"], "RUNNING");
+    assert_eq!(common::journal_phase(&journal_of(&tmp, "t-j")).0, "RUNNING");
     std::fs::remove_dir(&blocker).unwrap();
     let done = wait_for(&m, "t-j", |v| v.phase.is_finished()).await;
     assert_eq!(done.phase, Phase::Success, "{done:?}");
     assert!(done.notes.is_empty(), "{done:?}");
     assert_eq!(done.result.unwrap().files[0].sha256, sha(&body));
-    assert_eq!(journal_of(&tmp, "t-j")["State"]["Phase"], "SUCCESS");
+    assert_eq!(common::journal_phase(&journal_of(&tmp, "t-j")).0, "SUCCESS");
     m.shutdown().await;
 }
 
@@ -427,11 +427,17 @@ async fn a_cancel_the_journal_cannot_save_is_not_shown() {
         "the cancel was not saved"
     );
     assert_eq!(m.describe("t-wait").unwrap().phase, Phase::Pending);
-    assert_eq!(journal_of(&tmp, "t-wait")["State"]["Phase"], "PENDING");
+    assert_eq!(
+        common::journal_phase(&journal_of(&tmp, "t-wait")).0,
+        "PENDING"
+    );
     std::fs::remove_dir(&blocker).unwrap();
     let view = m.cancel("t-wait").await.unwrap();
     assert_eq!(view.phase, Phase::Cancelled);
-    assert_eq!(journal_of(&tmp, "t-wait")["State"]["Phase"], "CANCELLED");
+    assert_eq!(
+        common::journal_phase(&journal_of(&tmp, "t-wait")).0,
+        "CANCELLED"
+    );
     m.cancel("t-run").await.unwrap();
     m.shutdown().await;
 }
@@ -510,8 +516,8 @@ async fn a_record_with_the_old_staging_name_still_resumes() {
     let legacy = tmp.path().join("dev/sdcard/Download/.ferry-t-old.part");
     std::fs::rename(staging(&tmp, "t-old"), &legacy).unwrap();
     let mut record = journal_of(&tmp, "t-old");
-    assert_eq!(record["State"]["Phase"], "RUNNING");
-    record["State"]["Resume"]["StagingName"] = ".ferry-t-old.part".into();
+    assert_eq!(common::journal_phase(&record).0, "RUNNING");
+    record["State"]["RUNNING"]["Resume"]["StagingName"] = ".ferry-t-old.part".into();
     std::fs::write(
         tmp.path().join("state/tasks/t-old.json"),
         serde_json::to_vec(&record).unwrap(),

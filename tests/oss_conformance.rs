@@ -321,7 +321,7 @@ fn resume_after_kill_9_with(kind: Kind, toml: &str) -> Source {
     );
     let record: Value =
         serde_json::from_slice(&std::fs::read(state.join("tasks/t-resume.json")).unwrap()).unwrap();
-    assert_eq!(record["State"]["Phase"], "RUNNING");
+    assert_eq!(common::journal_phase(&record).0, "RUNNING");
     let before = source.ranges("big.bin").len();
 
     // Restart without the limit: the journal's RUNNING task resumes by itself.

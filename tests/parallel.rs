@@ -552,8 +552,8 @@ async fn a_restarted_daemon_fetches_only_the_missing_bytes_of_each_part() {
     let journal: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("state/tasks/t-r.json")).unwrap())
             .unwrap();
-    assert_eq!(journal["State"]["Phase"], "RUNNING");
-    let resume = &journal["State"]["Resume"];
+    assert_eq!(common::journal_phase(&journal).0, "RUNNING");
+    let resume = &common::journal_phase(&journal).1["Resume"];
     assert_eq!(resume["PartSize"], MIB);
     let parts: Vec<u64> = resume["Parts"]
         .as_array()

@@ -28,11 +28,10 @@ impl Progress {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(
-    tag = "Phase",
-    rename_all = "SCREAMING_SNAKE_CASE",
-    rename_all_fields = "PascalCase"
-)]
+/// Stored externally tagged (`{"RUNNING": {"StartedMs": …}}`): the phase is the one key. An
+/// internal tag would buffer every record through serde's `Content` and build a second copy
+/// of every nested deserializer into the phone binary.
+#[serde(rename_all = "SCREAMING_SNAKE_CASE", rename_all_fields = "PascalCase")]
 pub enum TaskState {
     /// Queued. `resume` is the partial data of an earlier run (a restart, or a re-submit
     /// after a failure that kept it); `progress` is how far that run got.
@@ -521,13 +520,10 @@ mod tests {
     }
 
     #[test]
-    fn states_round_trip_through_json_with_their_phase_as_tag() {
+    fn states_round_trip_through_json_with_their_phase_as_key() {
         let state = running(5);
         let text = serde_json::to_string(&state).unwrap();
-        assert!(
-            text.starts_with(r#"{"Phase":"RUNNING","StartedMs":1,"#),
-            "{text}"
-        );
+        assert!(text.starts_with(r#"{"RUNNING":{"StartedMs":1,"#), "{text}");
         assert_eq!(serde_json::from_str::<TaskState>(&text).unwrap(), state);
     }
 }

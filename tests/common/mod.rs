@@ -29,3 +29,15 @@ pub fn download(url: &str, name: &str) -> serde_json::Value {
         "UploadUrl": url,
     })
 }
+
+/// The phase of a journal record read as JSON: its `State` holds one key, the phase
+/// (`{"State": {"RUNNING": {...}}}`), and that key's object holds the state's data.
+#[allow(dead_code)]
+pub fn journal_phase(record: &serde_json::Value) -> (&str, &serde_json::Value) {
+    let state = record["State"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no State object in {record}"));
+    assert_eq!(state.len(), 1, "one phase in {record}");
+    let (phase, data) = state.iter().next().expect("one phase");
+    (phase.as_str(), data)
+}
