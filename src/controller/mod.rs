@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod cli;
 pub mod delivery;
 pub mod model;
 pub mod mosquitto;

@@ -277,3 +277,21 @@ impl Credentials for Fleet {
         self.store.instance_password_hashes()
     }
 }
+
+/// The credentials in a store, for whoever checks callers before the fleet logic exists
+/// (the embedded broker starts before delivery, which the logic needs).
+pub struct StoreCredentials(pub Arc<dyn Store>);
+
+impl Credentials for StoreCredentials {
+    fn access_key_secret(&self, access_key_id: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        self.0.access_key_secret(access_key_id.to_string())
+    }
+
+    fn agent_password_hash(&self, instance_id: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        self.0.instance_password_hash(instance_id.to_string())
+    }
+
+    fn agent_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        self.0.instance_password_hashes()
+    }
+}

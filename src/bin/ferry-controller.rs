@@ -1,0 +1,6 @@
+//! The `ferry-controller` binary (feature `controller`): everything lives in the library; see
+//! [`ferry::controller::cli`].
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(ferry::controller::cli::run(std::env::args_os()))
+}

@@ -1,0 +1,153 @@
+//! Credentials kept in the state folder: API AccessKeys, agents' MQTT passwords, the
+//! controller's own broker user, and the files an external mosquitto needs.
+
+use super::StateDirArgs;
+use crate::controller::ports::{BoxFuture, Outbox};
+use crate::controller::service::{Fleet, FleetConfig};
+use crate::controller::store::sqlite::SqliteStore;
+use crate::error::{Code, Error, Result};
+use crate::fleet::wire::Order;
+use clap::Args;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The controller's MQTT user name; no instance may take it.
+pub const CONTROLLER_USER: &str = "ferry-controller";
+const BROKER_SECRET_FILE: &str = "broker-controller.secret";
+
+#[derive(Args, Debug)]
+pub struct InstanceAddArgs {
+    #[command(flatten)]
+    pub state: StateDirArgs,
+    /// The broker the agent dials, as it reaches it (`mqtt://HOST:PORT`, `mqtts://HOST:PORT`)
+    #[arg(long, value_name = "URL")]
+    pub broker: String,
+    /// Give an existing instance a new password (the old one stops working)
+    #[arg(long)]
+    pub rotate: bool,
+    /// The phone's instance id (Alibaba's `acp-…`)
+    pub instance_id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MosquittoArgs {
+    #[command(flatten)]
+    pub state: StateDirArgs,
+    /// Folder to write `passwd` and `acl` into (mosquitto's password_file and acl_file)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// The outbox of a process that does not serve: commands that only manage credentials never
+/// send orders, and one that tried would be told no broker is connected here.
+struct NotServing;
+
+impl Outbox for NotServing {
+    fn send(&self, instance_id: &str, _order: Order) -> BoxFuture<'_, Result<()>> {
+        let message = format!("no broker connection in this process; {instance_id}'s order goes out from `ferry-controller serve`");
+        Box::pin(async move { Err(Error::new(Code::ApiShuttingDown, message)) })
+    }
+}
+
+/// Opens (creating) the state folder, 0700, and its store.
+pub async fn open_store(state_dir: &Path) -> Result<Arc<SqliteStore>> {
+    let dir = state_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating state folder", &dir, &e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("securing state folder", &dir, &e))?;
+        SqliteStore::open_dir(&dir).map(Arc::new)
+    })
+    .await
+    .map_err(|e| Error::new(Code::Internal, format!("opening the store: {e}")))?
+}
+
+async fn offline_fleet(state_dir: &Path) -> Result<Fleet> {
+    let store = open_store(state_dir).await?;
+    Ok(Fleet::new(
+        store,
+        Arc::new(NotServing),
+        FleetConfig::default(),
+    ))
+}
+
+/// The controller's own broker password, made on first use and kept 0600 in the state
+/// folder: `serve` logs in with it, and `mosquitto-files` writes its hash for mosquitto.
+pub fn controller_broker_password(state_dir: &Path) -> Result<String> {
+    let path = state_dir.join(BROKER_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("reading", &path, &e)),
+    }
+    let secret = crate::controller::secrets::new_secret();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io("creating", &path, &e))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("writing", &path, &e))?;
+    Ok(secret)
+}
+
+pub async fn access_key_create(args: &StateDirArgs) -> Result<()> {
+    let (id, secret) = offline_fleet(&args.state_dir)
+        .await?
+        .create_access_key()
+        .await?;
+    println!("{id} {secret}");
+    Ok(())
+}
+
+pub async fn instance_add(args: &InstanceAddArgs) -> Result<()> {
+    if args.instance_id == CONTROLLER_USER {
+        return Err(Error::new(
+            Code::InvalidInstanceId,
+            format!("{CONTROLLER_USER} is the controller's own broker user, not a phone"),
+        ));
+    }
+    let broker = args.broker.trim();
+    if !(broker.starts_with("mqtt://") || broker.starts_with("mqtts://")) {
+        return Err(Error::new(
+            Code::InvalidConfig,
+            format!("--broker {broker:?} must be mqtt://HOST:PORT or mqtts://HOST:PORT, as the phone reaches it"),
+        ));
+    }
+    let fleet = offline_fleet(&args.state.state_dir).await?;
+    let password = fleet.add_instance(&args.instance_id, args.rotate).await?;
+    // TOML basic strings: the values are checked ASCII without quotes or backslashes.
+    println!("[fleet]");
+    println!("broker = \"{broker}\"");
+    println!("instance_id = \"{}\"", args.instance_id);
+    println!("password = \"{password}\"");
+    Ok(())
+}
+
+pub async fn mosquitto_files(args: &MosquittoArgs) -> Result<()> {
+    let fleet = offline_fleet(&args.state.state_dir).await?;
+    let password = controller_broker_password(&args.state.state_dir)?;
+    let (passwd, acl) =
+        crate::controller::mosquitto::mosquitto_files(&fleet, CONTROLLER_USER, &password).await?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io("creating", &args.out, &e))?;
+    for (name, text) in [("passwd", passwd), ("acl", acl)] {
+        let path = args.out.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("creating", &path, &e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| Error::io("writing", &path, &e))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `ferry-controller serve`: the store, the fleet logic, MQTT delivery (to the embedded broker
+//! or `--broker`), expiry, and the public API, until SIGTERM or SIGINT.
+
+use super::admin::{controller_broker_password, open_store, CONTROLLER_USER};
+use super::parse_addr;
+use crate::controller::broker::{self, BrokerOptions};
+use crate::controller::delivery::{Delivery, DeliveryOptions};
+use crate::controller::ports::{Actions, Credentials, Inbox};
+use crate::controller::service::{Fleet, FleetConfig, StoreCredentials};
+use crate::controller::store::Store;
+use crate::error::{Code, Error, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The controller's state folder (SQLite file, broker credentials and sessions)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Where the API listens (Alibaba's SDK endpoint)
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the embedded MQTT broker listens for agents
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr, default_value = "127.0.0.1:1883", conflicts_with = "broker")]
+    pub mqtt_listen: SocketAddr,
+    /// Use this external broker (`mqtt://HOST:PORT` or `mqtts://HOST:PORT`) instead of the
+    /// embedded one; it must know the controller's user (see `mosquitto-files`)
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// For an `mqtts://` broker with a private CA: its PEM bundle
+    #[arg(long, value_name = "FILE")]
+    pub broker_ca: Option<PathBuf>,
+    /// A phone's task no agent took this long after SendFile fails (Fleet.InstanceOffline)
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    pub expiry_secs: u64,
+    /// Log filter (RUST_LOG syntax)
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    crate::logging::init(crate::config::LogFormat::Human, &args.log_level, None);
+    if args.expiry_secs == 0 {
+        return Err(Error::new(
+            Code::InvalidConfig,
+            "--expiry-secs must be at least 1",
+        ));
+    }
+    let store: Arc<dyn Store> = open_store(&args.state_dir).await?;
+    let password = controller_broker_password(&args.state_dir)?;
+    let shutdown = CancellationToken::new();
+    let api = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Error::new(
+                Code::InvalidConfig,
+                format!("cannot listen on {}: {e}", args.listen),
+            )
+        })?;
+
+    let (broker_url, embedded_opts) = match &args.broker {
+        Some(url) => (url.clone(), None),
+        None => {
+            let mut opts = BrokerOptions::plain(args.mqtt_listen);
+            opts.storage_dir = Some(args.state_dir.join("broker"));
+            (String::new(), Some(opts))
+        }
+    };
+    // The fleet logic needs the outbox before delivery runs, and the broker checks agents
+    // against the fleet's credentials: build delivery's options first, connect last.
+    let mut options = DeliveryOptions::new(&broker_url, CONTROLLER_USER, &password);
+    options.ca_file = args.broker_ca.clone();
+    let config = FleetConfig {
+        expiry: Duration::from_secs(args.expiry_secs),
+        ..FleetConfig::default()
+    };
+    let (fleet, broker, delivery) = match embedded_opts {
+        Some(opts) => {
+            // The embedded broker first (it checks logins against the store), then delivery.
+            let creds = Arc::new(StoreCredentials(store.clone()));
+            let broker =
+                broker::start(opts, creds, (CONTROLLER_USER.into(), password.clone())).await?;
+            options.broker = format!("mqtt://{}", broker.local_addr());
+            let delivery = Delivery::new(options)?;
+            let fleet = Arc::new(Fleet::new(store, delivery.outbox(), config));
+            (fleet, Some(broker), delivery)
+        }
+        None => {
+            let delivery = Delivery::new(options)?;
+            let fleet = Arc::new(Fleet::new(store, delivery.outbox(), config));
+            (fleet, None, delivery)
+        }
+    };
+    let mqtt_shown = broker
+        .as_ref()
+        .map(|b| format!("embedded broker on mqtt://{}", b.local_addr()))
+        .unwrap_or_else(|| format!("broker {}", crate::redact::url(&broker_url)));
+    let delivering = delivery.run(fleet.clone() as Arc<dyn Inbox>);
+    let expiry = {
+        let (fleet, stop) = (fleet.clone(), shutdown.clone());
+        tokio::spawn(async move { fleet.run_expiry(stop.cancelled_owned()).await })
+    };
+    let api_addr = api
+        .local_addr()
+        .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+    let server = tokio::spawn(crate::controller::api::serve(
+        api,
+        fleet.clone() as Arc<dyn Actions>,
+        fleet.clone() as Arc<dyn Credentials>,
+        shutdown.clone(),
+    ));
+    tracing::info!(api = %api_addr, mqtt = %mqtt_shown, state = %args.state_dir.display(), "ferry-controller serving");
+    println!("ferry-controller: API on http://{api_addr}, {mqtt_shown}");
+    wait_for_stop().await?;
+    tracing::info!("stopping");
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = expiry.await;
+    delivering.stop().await;
+    if let Some(broker) = broker {
+        broker.stop().await;
+    }
+    Ok(())
+}
+
+/// SIGTERM or SIGINT (through the daemon's signal watcher).
+async fn wait_for_stop() -> Result<()> {
+    let mut events = crate::daemon::signals::watch(false)?;
+    while let Some(event) = events.recv().await {
+        if let crate::daemon::signals::Event::Stop(name) = event {
+            tracing::info!(signal = name, "stop requested");
+            break;
+        }
+    }
+    Ok(())
+}
