@@ -1,0 +1,282 @@
+//! The whole fleet, real processes only: `ferry-controller serve` (embedded broker, SQLite),
+//! twenty `ferry daemon` agents each on its own device root, files served over HTTP on
+//! 127.0.0.1, and Alibaba's official Python SDK as the API client. One SendFile lands the
+//! verified file on every phone, through a controller killed with -9 and restarted mid-batch
+//! and a phone that was offline when SendFile was called.
+
+mod common;
+#[path = "common/alibaba_sdk.rs"]
+mod alibaba_sdk;
+#[path = "common/skip.rs"]
+mod skip;
+
+use common::http_server::{Resource, TestServer};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENTS: usize = 20;
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_ferry-controller");
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (-9) when dropped, so no test leaves one behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Fleet {
+    dir: PathBuf,
+    api: String,
+    mqtt: u16,
+    ak: (String, String),
+}
+
+impl Fleet {
+    fn new(dir: &Path) -> Fleet {
+        let state = dir.join("controller");
+        let line = run_ok(
+            Command::new(CONTROLLER)
+                .args(["access-key", "create", "--state-dir"])
+                .arg(&state),
+        );
+        let mut words = line.split_whitespace();
+        let ak = (
+            words.next().unwrap().to_string(),
+            words.next().unwrap().to_string(),
+        );
+        Fleet {
+            dir: dir.to_path_buf(),
+            api: format!("127.0.0.1:{}", free_port()),
+            mqtt: free_port(),
+            ak,
+        }
+    }
+
+    fn serve(&self) -> Proc {
+        let log = std::fs::File::create(self.dir.join("controller.log")).unwrap();
+        let child = Command::new(CONTROLLER)
+            .args(["serve", "--state-dir"])
+            .arg(self.dir.join("controller"))
+            .args(["--listen", &self.api])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.api).is_err() {
+            assert!(Instant::now() < deadline, "the controller never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Proc(child)
+    }
+
+    fn add_agent(&self, id: &str) -> PathBuf {
+        let toml = run_ok(
+            Command::new(CONTROLLER)
+                .args(["instance", "add", "--state-dir"])
+                .arg(self.dir.join("controller"))
+                .args(["--broker", &format!("mqtt://127.0.0.1:{}", self.mqtt), id]),
+        );
+        assert!(toml.starts_with("[fleet]\n"), "{toml}");
+        let config = self.dir.join(format!("{id}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        std::fs::create_dir_all(self.device(id).join("sdcard/Download")).unwrap();
+        config
+    }
+
+    fn device(&self, id: &str) -> PathBuf {
+        self.dir.join("devices").join(id)
+    }
+
+    fn start_agent(&self, id: &str) -> Proc {
+        let log = std::fs::File::create(self.dir.join(format!("{id}.log"))).unwrap();
+        let child = Command::new(FERRY)
+            .arg("--config")
+            .arg(self.dir.join(format!("{id}.toml")))
+            .arg("--state-dir")
+            .arg(self.dir.join("agents").join(id))
+            .arg("--device-root")
+            .arg(self.device(id))
+            .args(["daemon", "--listen", "off"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    /// One SDK call through tests/sdk/drive.py; its single outcome.
+    fn sdk(&self, python: &Path, call: &str, request: Value) -> Value {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/drive.py");
+        let out = Command::new(python)
+            .arg(script)
+            .args([&self.api, &self.ak.0, &self.ak.1, call, "--request"])
+            .arg(request.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "drive.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut outcomes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        outcomes.remove(0)
+    }
+
+    /// The batch row through ferry-controller's own signed client (cheaper than a Python
+    /// process per poll).
+    fn batch(&self, batch: &str) -> Value {
+        let ak_file = self.dir.join("ak");
+        std::fs::write(&ak_file, format!("{} {}", self.ak.0, self.ak.1)).unwrap();
+        let out = Command::new(CONTROLLER)
+            .args(["describe-tasks", "--json", "--endpoint", &self.api])
+            .arg("--access-key-file")
+            .arg(&ak_file)
+            .args(["--task-id", batch])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            // The controller may be restarting.
+            return Value::Null;
+        }
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        answer["Data"][0].clone()
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_send_file_lands_on_twenty_phones_through_a_controller_crash_and_a_late_phone() {
+    let Some(python) = alibaba_sdk::python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    server.put("/app.bin", Resource::new(body.clone()));
+    // Slow enough that the controller's crash falls mid-batch.
+    server.set_rate("/app.bin", Some(2 << 20));
+    let fleet = Fleet::new(tmp.path());
+    let ids: Vec<String> = (0..AGENTS).map(|i| format!("acp-e2e{i:02}")).collect();
+    for id in &ids {
+        fleet.add_agent(id);
+    }
+    let controller = fleet.serve();
+    // Every phone but the last is online at SendFile time.
+    let mut agents: Vec<Proc> = ids[..AGENTS - 1]
+        .iter()
+        .map(|id| fleet.start_agent(id))
+        .collect();
+
+    let sent = fleet.sdk(
+        &python,
+        "send_file",
+        json!({
+            "android_instance_id_list": ids,
+            "source_file_path": "/sdcard/Download/app.bin",
+            "upload_type": "DOWNLOAD_URL",
+            "upload_url": server.url("/app.bin"),
+            "client_token": "e2e-batch-1",
+        }),
+    );
+    let answer = &sent["ok"];
+    let batch = answer["TaskId"].as_str().expect("a batch TaskId").to_string();
+    let children = answer["Data"].as_array().unwrap();
+    assert_eq!(children.len(), AGENTS, "{sent}");
+
+    // kill -9 the controller mid-batch, then bring it back on the same state.
+    std::thread::sleep(Duration::from_millis(800));
+    drop(controller);
+    let _controller = fleet.serve();
+    // A repeat with the same ClientToken after the restart answers the same ids.
+    let again = fleet.sdk(
+        &python,
+        "send_file",
+        json!({
+            "android_instance_id_list": ids,
+            "source_file_path": "/sdcard/Download/app.bin",
+            "upload_type": "DOWNLOAD_URL",
+            "upload_url": server.url("/app.bin"),
+            "client_token": "e2e-batch-1",
+        }),
+    );
+    assert_eq!(again["ok"]["TaskId"], answer["TaskId"], "{again}");
+    assert_eq!(again["ok"]["Data"], answer["Data"]);
+    // The late phone comes online and gets its task.
+    agents.push(fleet.start_agent(&ids[AGENTS - 1]));
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let row = loop {
+        let row = fleet.batch(&batch);
+        if row["TaskStatus"] == "FINISHED" || row["TaskStatus"] == "FAILED" {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "the batch never ended: {row}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(row["TaskStatus"], "FINISHED", "{row}");
+    assert_eq!(row["SuccessChildCount"], AGENTS, "{row}");
+    let want = sha256_hex(&body);
+    for id in &ids {
+        let landed = std::fs::read(fleet.device(id).join("sdcard/Download/app.bin"))
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(sha256_hex(&landed), want, "{id}");
+    }
+    // Resent orders after the restart ran nothing twice: each phone fetched once (a
+    // resumed fetch asks for the rest, never the whole file again).
+    let whole_requests = server
+        .requests("/app.bin")
+        .iter()
+        .filter(|r| r.range().is_none_or(|(first, _)| first == 0))
+        .count();
+    assert_eq!(whole_requests, AGENTS, "one full fetch per phone");
+
+    // DescribeTasks through the SDK: one row per phone, each with the agent's result.
+    let described = fleet.sdk(
+        &python,
+        "describe_tasks",
+        json!({"parent_task_id": batch, "level": 2, "max_results": 100}),
+    );
+    let rows = described["ok"]["Data"].as_array().unwrap();
+    assert_eq!(rows.len(), AGENTS, "{described}");
+    for row in rows {
+        assert_eq!(row["TaskStatus"], "FINISHED", "{row}");
+        let result: Value = serde_json::from_str(row["Result"].as_str().unwrap()).unwrap();
+        assert_eq!(result["Files"][0]["Sha256"], want.as_str(), "{result}");
+        assert_eq!(result["Files"][0]["Path"], "/sdcard/Download/app.bin");
+        assert!(row["StartTime"].as_str().unwrap().ends_with('Z'), "{row}");
+    }
+    drop(agents);
+}
