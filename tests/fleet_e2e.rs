@@ -4,9 +4,9 @@
 //! verified file on every phone, through a controller killed with -9 and restarted mid-batch
 //! and a phone that was offline when SendFile was called.
 
-mod common;
 #[path = "common/alibaba_sdk.rs"]
 mod alibaba_sdk;
+mod common;
 #[path = "common/skip.rs"]
 mod skip;
 
@@ -212,7 +212,10 @@ async fn one_send_file_lands_on_twenty_phones_through_a_controller_crash_and_a_l
         }),
     );
     let answer = &sent["ok"];
-    let batch = answer["TaskId"].as_str().expect("a batch TaskId").to_string();
+    let batch = answer["TaskId"]
+        .as_str()
+        .expect("a batch TaskId")
+        .to_string();
     let children = answer["Data"].as_array().unwrap();
     assert_eq!(children.len(), AGENTS, "{sent}");
 

@@ -311,8 +311,8 @@ pub async fn list_instances(args: EndpointArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     println!(
-        "{:<24} {:<8} {:<21} {:<10} {}",
-        "INSTANCE", "STATE", "LAST SEEN", "AGENT", "FREE"
+        "{:<24} {:<8} {:<21} {:<10} FREE",
+        "INSTANCE", "STATE", "LAST SEEN", "AGENT"
     );
     for i in answer["Instances"].as_array().into_iter().flatten() {
         let free: Vec<String> = i["Roots"]
