@@ -14,35 +14,35 @@ pub struct Device {
 }
 
 impl Device {
-    /// Reads `ro.product.cpu.abi` and `ro.build.version.release` with getprop when the
-    /// device has it; off Android the ABI of this build's architecture and no release.
+    /// The ABI this binary runs as (a static build for one architecture), and
+    /// `ro.build.version.release` from `/system/build.prop`, a system file ferry may read
+    /// already: no `getprop` process, so no exec of toolbox and no property reads to grant
+    /// in SELinux. Off Android the release is empty.
     pub async fn probe(config: &Config) -> Device {
-        let getprop = config.system_path("/system/bin/getprop");
-        let abi = getprop_value(&getprop, "ro.product.cpu.abi").await;
-        let release = getprop_value(&getprop, "ro.build.version.release").await;
+        let build_prop = config.system_path("/system/build.prop");
+        let release = tokio::task::spawn_blocking(move || {
+            std::fs::read_to_string(build_prop)
+                .ok()
+                .and_then(|text| prop_value(&text, "ro.build.version.release"))
+        })
+        .await
+        .ok()
+        .flatten();
         Device {
-            abi: abi.unwrap_or_else(|| build_abi().to_string()),
+            abi: build_abi().to_string(),
             android_release: release.unwrap_or_default(),
         }
     }
 }
 
-async fn getprop_value(getprop: &std::path::Path, name: &str) -> Option<String> {
-    if !getprop.exists() {
-        return None;
-    }
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio::process::Command::new(getprop)
-            .arg(name)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !value.is_empty()).then_some(value)
+/// The value of `name` in a build.prop text (`name=value` lines, `#` comments), if set.
+fn prop_value(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .find(|(key, _)| key.trim() == name)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|value| !value.is_empty())
 }
 
 /// Android's name for the architecture this binary was built for.
@@ -103,6 +103,20 @@ pub async fn hello(manager: &Manager, device: &Device, instance_id: &str) -> Hel
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_release_is_read_from_build_prop() {
+        let text = "# begin build properties\nro.build.id=UP1A\nro.build.version.release=14\n#ro.build.version.release=99\n";
+        assert_eq!(
+            prop_value(text, "ro.build.version.release").as_deref(),
+            Some("14")
+        );
+        assert_eq!(prop_value(text, "ro.build.version.sdk"), None);
+        assert_eq!(
+            prop_value("ro.build.version.release=\n", "ro.build.version.release"),
+            None
+        );
+    }
 
     #[test]
     fn free_space_is_measured_under_the_device_root() {
