@@ -79,6 +79,10 @@ impl Fleet {
 
     /// `serve` with the embedded broker on `self.mqtt`, or with `broker` (an external one).
     fn serve_with(&self, broker: Option<&str>) -> Proc {
+        self.serve_args(broker, &[])
+    }
+
+    fn serve_args(&self, broker: Option<&str>, extra: &[&str]) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -92,6 +96,7 @@ impl Fleet {
             Some(url) => cmd.args(["--broker", url]),
             None => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
         };
+        cmd.args(extra);
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&self.api).is_err() {
@@ -156,6 +161,20 @@ impl Fleet {
         );
         let mut outcomes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
         outcomes.remove(0)
+    }
+
+    /// ferry-controller's own signed client: `ARGS --json` against this controller.
+    fn client(&self, args: &[&str]) -> Value {
+        let ak_file = self.dir.join("ak");
+        std::fs::write(&ak_file, format!("{} {}", self.ak.0, self.ak.1)).unwrap();
+        let out = run_ok(
+            Command::new(CONTROLLER)
+                .args(args)
+                .args(["--json", "--endpoint", &self.api])
+                .arg("--access-key-file")
+                .arg(&ak_file),
+        );
+        serde_json::from_str(&out).unwrap()
     }
 
     /// The batch row through ferry-controller's own signed client (cheaper than a Python
@@ -415,4 +434,91 @@ async fn through_mosquitto_a_broker_restart_and_a_killed_phone_still_land_everyw
         "{from_zero} fetches from byte 0 for {PHONES} phones"
     );
     drop(agents);
+}
+
+/// FerryCancelTask on a running batch stops every phone (their tasks end FAILED with
+/// `Cancelled`, no file under its final name, no partial data left), and a phone that never
+/// connects fails with `Fleet.InstanceOffline` once the expiry passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cancel_stops_every_phone_and_a_phone_that_never_connects_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start().await;
+    server.put("/slow.bin", Resource::new(vec![7u8; 8 << 20]));
+    server.set_rate("/slow.bin", Some(256 << 10));
+    let fleet = Fleet::new(tmp.path());
+    let ids: Vec<String> = (0..3).map(|i| format!("acp-cx{i}")).collect();
+    for id in &ids {
+        fleet.add_agent(id);
+    }
+    fleet.add_agent("acp-never");
+    let _controller = fleet.serve_args(None, &["--expiry-secs", "3"]);
+    let _agents: Vec<Proc> = ids.iter().map(|id| fleet.start_agent(id)).collect();
+    let mut send = vec!["send-file"];
+    for id in &ids {
+        send.extend(["--instance", id.as_str()]);
+    }
+    let url = server.url("/slow.bin");
+    send.extend([
+        "--source-file-path",
+        "/sdcard/Download/slow.bin",
+        "--upload-type",
+        "DOWNLOAD_URL",
+        "--upload-url",
+        &url,
+    ]);
+    let batch = fleet.client(&send)["TaskId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.requests("/slow.bin").len() < ids.len() {
+        assert!(Instant::now() < deadline, "the phones never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cancelled = fleet.client(&["cancel", &batch]);
+    assert_eq!(
+        cancelled["Data"].as_array().unwrap().len(),
+        ids.len(),
+        "{cancelled}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let page = fleet.client(&["describe-tasks", "--parent-task-id", &batch, "--level", "2"]);
+        let rows = page["Data"].as_array().unwrap().clone();
+        if rows.iter().all(|r| r["TaskStatus"] == "FAILED") {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "not all cancelled: {page}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for row in &rows {
+        assert_eq!(row["ErrorCode"], "Cancelled", "{row}");
+    }
+    for id in &ids {
+        let folder = fleet.device(id).join("sdcard/Download");
+        let left: Vec<_> = std::fs::read_dir(&folder).unwrap().collect();
+        assert!(left.is_empty(), "{id}: {left:?} left behind");
+    }
+
+    // A phone that never connects: its task fails once the expiry (3 s) passes.
+    let lone = fleet.client(&[
+        "send-file",
+        "--instance",
+        "acp-never",
+        "--source-file-path",
+        "/sdcard/Download/x.bin",
+        "--upload-type",
+        "DOWNLOAD_URL",
+        "--upload-url",
+        &url,
+    ]);
+    let child = lone["Data"][0]["TaskId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let page = fleet.client(&["describe-tasks", "--task-id", &child]);
+        let row = page["Data"][0].clone();
+        if row["TaskStatus"] == "FAILED" {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "never expired: {row}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(row["ErrorCode"], "Fleet.InstanceOffline", "{row}");
 }
