@@ -10,7 +10,8 @@
 #
 # Needs only a Debian 12 machine: installs Rust from Debian if no cargo is present and
 # python3 for the file server (see scripts/lib/common.sh).  The build uses the `demo` profile
-# (optimised, no LTO): a clean build of the dependency tree takes a few minutes on 2 cores.
+# (unoptimised, no debug info): a clean build of the dependency tree takes a few minutes on 2
+# cores, much less than `release`'s fat LTO.
 set -euo pipefail
 
 # shellcheck source=scripts/lib/common.sh
