@@ -15,13 +15,10 @@ pub use bind::{Listeners, Published};
 
 use crate::config::{Config, Overrides};
 use crate::error::{Code, Error, Result};
+use crate::net::connections::{accept_failed, Connections};
 use crate::task::manager::Manager;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use routes::Shared;
 use signals::Event;
-use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,10 +27,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-/// A client gets this long to send its request headers (slow-loris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections may take to finish their reply once the manager stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the fleet link may take to publish its offline presence and disconnect.
@@ -107,8 +102,11 @@ pub async fn run(
         stopping: AtomicBool::new(false),
     });
     let stop = CancellationToken::new();
-    // Each connection holds a sender; when all are dropped, every connection has ended.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let connections = Connections::new(stop.clone());
+    let handle = {
+        let shared = shared.clone();
+        move |req| routes::handle(shared.clone(), req)
+    };
     let (unix, socket_file) = match unix {
         Some((listener, file)) => (Some(listener), Some(file)),
         None => (None, None),
@@ -120,12 +118,12 @@ pub async fn run(
             accepted = accept_tcp(tcp.as_ref()) => match accepted {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(TokioIo::new(stream), &shared, &stop, &done_tx);
+                    connections.serve(stream, handle.clone());
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept_unix(unix.as_ref()) => match accepted {
-                Ok(stream) => spawn_connection(TokioIo::new(stream), &shared, &stop, &done_tx),
+                Ok(stream) => connections.serve(stream, handle.clone()),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -141,13 +139,7 @@ pub async fn run(
     }
     manager.shutdown().await;
     stop.cancel();
-    drop(done_tx);
-    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
-        .await
-        .is_err()
-    {
-        warn!("some API connections did not close within {DRAIN_TIMEOUT:?}; leaving them");
-    }
+    connections.drain(DRAIN_TIMEOUT).await;
     info!("stopped");
     Ok(())
 }
@@ -164,50 +156,6 @@ async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::
         Some(l) => l.accept().await.map(|(s, _)| s),
         None => std::future::pending().await,
     }
-}
-
-/// Accept errors are mostly "too many open files": wait a little instead of spinning.
-async fn accept_failed(e: std::io::Error) {
-    error!("accepting an API connection failed: {e}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-fn spawn_connection<I>(
-    io: I,
-    shared: &Arc<Shared>,
-    stop: &CancellationToken,
-    done: &mpsc::Sender<()>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let shared = shared.clone();
-    let stop = stop.clone();
-    let done = done.clone();
-    tokio::spawn(async move {
-        let _done = done;
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(routes::handle(shared, req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    debug!("API connection ended: {e}");
-                }
-            }
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                if let Err(e) = conn.await {
-                    debug!("API connection ended during shutdown: {e}");
-                }
-            }
-        }
-    });
 }
 
 /// The whole `ferry daemon`: serve until SIGTERM/SIGINT, reload the configuration on SIGHUP

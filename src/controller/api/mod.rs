@@ -19,16 +19,11 @@ mod replay;
 pub mod send_file;
 
 use crate::controller::ports::{Actions, Credentials};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
+use crate::net::connections::{accept_failed, Connections};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
 
 /// The API version served; any other is `InvalidVersion`.
 pub const VERSION: &str = "2023-09-30";
@@ -52,7 +47,6 @@ impl Default for Settings {
     }
 }
 
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` with the default [`Settings`] until `shutdown` is cancelled,
@@ -82,68 +76,23 @@ pub async fn serve_with(
     shutdown: CancellationToken,
 ) {
     let shared = Arc::new(handler::Shared::new(settings, actions, credentials));
-    // Each connection holds a sender; when all are dropped, every connection has ended.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let handle = move |req| {
+        let shared = shared.clone();
+        async move { shared.handle(req).await }
+    };
+    let connections = Connections::new(shutdown.clone());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(TokioIo::new(stream), &shared, &shutdown, &done_tx);
+                    connections.serve(stream, handle.clone());
                 }
-                Err(e) => {
-                    // Mostly "too many open files": wait instead of spinning.
-                    error!("accepting an API connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) => accept_failed(e).await,
             },
         }
     }
     drop(listener);
-    drop(done_tx);
-    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
-        .await
-        .is_err()
-    {
-        warn!("some API connections did not close within {DRAIN_TIMEOUT:?}; leaving them");
-    }
-}
-
-fn spawn_connection<I>(
-    io: I,
-    shared: &Arc<handler::Shared>,
-    stop: &CancellationToken,
-    done: &mpsc::Sender<()>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let shared = shared.clone();
-    let stop = stop.clone();
-    let done = done.clone();
-    tokio::spawn(async move {
-        let _done = done;
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(shared.handle(req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    debug!("API connection ended: {e}");
-                }
-            }
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                if let Err(e) = conn.await {
-                    debug!("API connection ended during shutdown: {e}");
-                }
-            }
-        }
-    });
+    connections.drain(DRAIN_TIMEOUT).await;
 }
