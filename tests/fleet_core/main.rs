@@ -625,18 +625,37 @@ async fn credentials_are_issued_stored_and_checked() {
     let (id, secret) = h.fleet.create_access_key().await.unwrap();
     assert!(id.starts_with("LTAI"));
     let h = h.restart().await;
-    assert_eq!(h.fleet.access_key_secret(&id).await.unwrap(), Some(secret));
-    assert_eq!(h.fleet.access_key_secret("LTAInope").await.unwrap(), None);
+    assert_eq!(
+        h.credentials.access_key_secret(&id).await.unwrap(),
+        Some(secret)
+    );
+    assert_eq!(
+        h.credentials.access_key_secret("LTAInope").await.unwrap(),
+        None
+    );
     let exists = h.fleet.add_instance("acp-1", false).await.unwrap_err();
     assert_eq!(exists.code.as_str(), "Fleet.InstanceExists");
-    let old = h.fleet.agent_password_hash("acp-1").await.unwrap().unwrap();
+    let old = h
+        .credentials
+        .agent_password_hash("acp-1")
+        .await
+        .unwrap()
+        .unwrap();
     let rotated = h.fleet.add_instance("acp-1", true).await.unwrap();
-    let new = h.fleet.agent_password_hash("acp-1").await.unwrap().unwrap();
+    let new = h
+        .credentials
+        .agent_password_hash("acp-1")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(secrets::verify(&rotated, &new) && !secrets::verify(&rotated, &old));
     assert!(h.fleet.add_instance("acp/x", false).await.is_err());
-    let all = h.fleet.agent_password_hashes().await.unwrap();
+    let all = h.credentials.agent_password_hashes().await.unwrap();
     assert_eq!(all, vec![("acp-1".to_string(), new)]);
-    assert_eq!(h.fleet.agent_password_hash("acp-2").await.unwrap(), None);
+    assert_eq!(
+        h.credentials.agent_password_hash("acp-2").await.unwrap(),
+        None
+    );
     // The state file holds secrets: only its owner reads it.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(h.dir.path().join("controller.sqlite"))

@@ -5,7 +5,7 @@ use ferry::controller::model::{
     ApiError, DescribeTasksQuery, DescribeTasksResponse, SendFileRequest, SendFileResponse, TaskRow,
 };
 use ferry::controller::ports::{Actions, BoxFuture, Inbox, Outbox};
-use ferry::controller::service::{Fleet, FleetConfig};
+use ferry::controller::service::{Fleet, FleetConfig, StoreCredentials};
 use ferry::controller::store::sqlite::SqliteStore;
 use ferry::error::{Result, TaskCode};
 use ferry::fleet::wire::{Order, Report};
@@ -74,6 +74,8 @@ impl Outbox for RecordingOutbox {
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub fleet: Arc<Fleet>,
+    /// What the API and the broker ask about callers, read from the same store.
+    pub credentials: StoreCredentials,
     pub outbox: Arc<RecordingOutbox>,
     config: FleetConfig,
     requests: AtomicU32,
@@ -90,13 +92,14 @@ impl Harness {
             expiry,
             ..FleetConfig::default()
         };
-        let (fleet, outbox) = open(&dir, &config);
+        let (fleet, credentials, outbox) = open(&dir, &config);
         for id in instances {
             fleet.add_instance(id, false).await.unwrap();
         }
         Harness {
             dir,
             fleet,
+            credentials,
             outbox,
             config,
             requests: AtomicU32::new(0),
@@ -113,10 +116,11 @@ impl Harness {
             ..
         } = self;
         drop(fleet);
-        let (fleet, outbox) = open(&dir, &config);
+        let (fleet, credentials, outbox) = open(&dir, &config);
         Harness {
             dir,
             fleet,
+            credentials,
             outbox,
             config,
             requests,
@@ -178,11 +182,14 @@ impl Harness {
     }
 }
 
-fn open(dir: &tempfile::TempDir, config: &FleetConfig) -> (Arc<Fleet>, Arc<RecordingOutbox>) {
+fn open(
+    dir: &tempfile::TempDir,
+    config: &FleetConfig,
+) -> (Arc<Fleet>, StoreCredentials, Arc<RecordingOutbox>) {
     let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
     let outbox = Arc::new(RecordingOutbox::default());
-    let fleet = Arc::new(Fleet::new(store, outbox.clone(), config.clone()));
-    (fleet, outbox)
+    let fleet = Arc::new(Fleet::new(store.clone(), outbox.clone(), config.clone()));
+    (fleet, StoreCredentials(store), outbox)
 }
 
 /// A TaskView as an agent reports it.

@@ -3,7 +3,7 @@
 
 use super::StateDirArgs;
 use crate::controller::ports::{BoxFuture, Outbox};
-use crate::controller::service::{Fleet, FleetConfig};
+use crate::controller::service::{Fleet, FleetConfig, StoreCredentials};
 use crate::controller::store::sqlite::SqliteStore;
 use crate::error::{Code, Error, Result};
 use crate::fleet::wire::Order;
@@ -131,10 +131,11 @@ pub async fn instance_add(args: &InstanceAddArgs) -> Result<()> {
 }
 
 pub async fn mosquitto_files(args: &MosquittoArgs) -> Result<()> {
-    let fleet = offline_fleet(&args.state.state_dir).await?;
+    let credentials = StoreCredentials(open_store(&args.state.state_dir).await?);
     let password = controller_broker_password(&args.state.state_dir)?;
     let (passwd, acl) =
-        crate::controller::mosquitto::mosquitto_files(&fleet, CONTROLLER_USER, &password).await?;
+        crate::controller::mosquitto::mosquitto_files(&credentials, CONTROLLER_USER, &password)
+            .await?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io("creating", &args.out, &e))?;
     for (name, text) in [("passwd", passwd), ("acl", acl)] {
         let path = args.out.join(name);

@@ -78,12 +78,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         expiry: Duration::from_secs(args.expiry_secs),
         ..FleetConfig::default()
     };
+    let credentials: Arc<dyn Credentials> = Arc::new(StoreCredentials(store.clone()));
     let (fleet, broker, delivery) = match embedded_opts {
         Some(opts) => {
             // The embedded broker first (it checks logins against the store), then delivery.
-            let creds = Arc::new(StoreCredentials(store.clone()));
-            let broker =
-                broker::start(opts, creds, (CONTROLLER_USER.into(), password.clone())).await?;
+            let broker = broker::start(
+                opts,
+                credentials.clone(),
+                (CONTROLLER_USER.into(), password.clone()),
+            )
+            .await?;
             options.broker = format!("mqtt://{}", broker.local_addr());
             let delivery = Delivery::new(options)?;
             let fleet = Arc::new(Fleet::new(store, delivery.outbox(), config));
@@ -110,7 +114,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let server = tokio::spawn(crate::controller::api::serve(
         api,
         fleet.clone() as Arc<dyn Actions>,
-        fleet.clone() as Arc<dyn Credentials>,
+        credentials,
         shutdown.clone(),
     ));
     tracing::info!(api = %api_addr, mqtt = %mqtt_shown, state = %args.state_dir.display(), "ferry-controller serving");

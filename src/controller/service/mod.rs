@@ -264,22 +264,8 @@ impl Actions for Fleet {
     }
 }
 
-impl Credentials for Fleet {
-    fn access_key_secret(&self, access_key_id: &str) -> BoxFuture<'_, Result<Option<String>>> {
-        self.store.access_key_secret(access_key_id.to_string())
-    }
-
-    fn agent_password_hash(&self, instance_id: &str) -> BoxFuture<'_, Result<Option<String>>> {
-        self.store.instance_password_hash(instance_id.to_string())
-    }
-
-    fn agent_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
-        self.store.instance_password_hashes()
-    }
-}
-
-/// The credentials in a store, for whoever checks callers before the fleet logic exists
-/// (the embedded broker starts before delivery, which the logic needs).
+/// The credentials kept in a store: what the API's signature check and the embedded broker's
+/// login check ask.
 pub struct StoreCredentials(pub Arc<dyn Store>);
 
 impl Credentials for StoreCredentials {
