@@ -1,7 +1,6 @@
 //! `ferry cancel ID`: asks the daemon to cancel a task (`POST /v1/tasks/{id}/cancel`) and
 //! prints the task's phase afterwards.
 
-use super::send::phase_name;
 use super::{print_json, report, ConnectArgs, GlobalArgs, EXIT_OK};
 use clap::Args;
 
@@ -28,7 +27,7 @@ pub async fn run(global: &GlobalArgs, args: CancelArgs) -> u8 {
             Err(e) => report(&e),
         },
         Ok(view) => {
-            println!("{} {}", view.task_id, phase_name(view.phase));
+            println!("{} {}", view.task_id, view.phase.as_str());
             EXIT_OK
         }
         Err(e) => report(&e),

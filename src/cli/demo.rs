@@ -131,11 +131,7 @@ async fn transfer(
 }
 
 fn show_result(config: &Config, view: &TaskView, server: &DemoServer) -> u8 {
-    println!(
-        "task:        {} {}",
-        view.task_id,
-        send::phase_name(view.phase)
-    );
+    println!("task:        {} {}", view.task_id, view.phase.as_str());
     if view.phase != Phase::Success {
         send::outcome(view);
         return EXIT_TASK_FAILED;

@@ -56,7 +56,7 @@ pub async fn run(global: &GlobalArgs, args: SendArgs) -> u8 {
         eprintln!(
             "task {} was already known ({}); not submitted again",
             view.task_id,
-            phase_name(view.phase)
+            view.phase.as_str()
         );
     }
     if !args.json {
@@ -115,19 +115,8 @@ pub fn outcome(view: &TaskView) -> u8 {
         .error_code
         .as_ref()
         .map(|c| c.to_string())
-        .unwrap_or_else(|| phase_name(view.phase).to_string());
+        .unwrap_or_else(|| view.phase.as_str().to_string());
     let msg = view.error_msg.as_deref().unwrap_or("no message");
     eprintln!("{code}: {msg}");
     EXIT_TASK_FAILED
-}
-
-pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pending => "PENDING",
-        Phase::Running => "RUNNING",
-        Phase::Installing => "INSTALLING",
-        Phase::Success => "SUCCESS",
-        Phase::Failed => "FAILED",
-        Phase::Cancelled => "CANCELLED",
-    }
 }

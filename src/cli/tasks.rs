@@ -2,7 +2,6 @@
 //! details (`GET /v1/tasks/{id}`), or either as JSON.
 
 use super::progress::human_bytes;
-use super::send::phase_name;
 use super::{print_json, report, task_path, ConnectArgs, GlobalArgs, EXIT_OK};
 use crate::api::TaskList;
 use crate::task::record::TaskView;
@@ -80,7 +79,7 @@ pub fn table(tasks: &[TaskView]) -> String {
     for t in tasks {
         rows.push([
             t.task_id.clone(),
-            phase_name(t.phase).to_string(),
+            t.phase.as_str().to_string(),
             format!("{}%", t.progress),
             bytes_column(t),
             t.error_code
@@ -114,7 +113,7 @@ pub fn result_lines(view: &TaskView) -> Vec<String> {
         for f in &result.files {
             lines.push(format!(
                 "{} {} ({} bytes, sha256 {})",
-                phase_name(view.phase),
+                view.phase.as_str(),
                 f.path,
                 f.size,
                 f.sha256
@@ -130,7 +129,7 @@ pub fn result_lines(view: &TaskView) -> Vec<String> {
         }
     }
     if lines.is_empty() {
-        lines.push(format!("{} {}", phase_name(view.phase), task_path(view)));
+        lines.push(format!("{} {}", view.phase.as_str(), task_path(view)));
     }
     lines
 }
@@ -144,7 +143,7 @@ pub fn detail(v: &TaskView) -> String {
     }
     field(
         "Status:",
-        format!("{} ({})", v.task_status, phase_name(v.phase)),
+        format!("{} ({})", v.task_status, v.phase.as_str()),
     );
     field("Progress:", format!("{}% {}", v.progress, bytes_column(v)));
     field(

@@ -37,6 +37,18 @@ impl Phase {
         matches!(self, Phase::Success | Phase::Failed | Phase::Cancelled)
     }
 
+    /// The name as the wire shows it (`PENDING`, `SUCCESS`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "PENDING",
+            Phase::Running => "RUNNING",
+            Phase::Installing => "INSTALLING",
+            Phase::Success => "SUCCESS",
+            Phase::Failed => "FAILED",
+            Phase::Cancelled => "CANCELLED",
+        }
+    }
+
     /// The coarse status of the cloud API's DescribeTasks.
     pub fn task_status(self) -> &'static str {
         match self {

@@ -84,17 +84,23 @@ pub fn controller_broker_password(state_dir: &Path) -> Result<String> {
         Err(e) => return Err(Error::io("reading", &path, &e)),
     }
     let secret = crate::controller::secrets::new_secret();
+    write_owner_only(&path, &secret)?;
+    Ok(secret)
+}
+
+/// Writes `text` to a file only its owner reads (it holds a secret or a password hash),
+/// flushed to disk before the caller prints or uses it.
+fn write_owner_only(path: &Path, text: &str) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::io("creating", &path, &e))?;
-    file.write_all(secret.as_bytes())
+        .open(path)
+        .map_err(|e| Error::io("creating", path, &e))?;
+    file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io("writing", &path, &e))?;
-    Ok(secret)
+        .map_err(|e| Error::io("writing", path, &e))
 }
 
 pub async fn access_key_create(args: &StateDirArgs) -> Result<()> {
@@ -139,15 +145,7 @@ pub async fn mosquitto_files(args: &MosquittoArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io("creating", &args.out, &e))?;
     for (name, text) in [("passwd", passwd), ("acl", acl)] {
         let path = args.out.join(name);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io("creating", &path, &e))?;
-        file.write_all(text.as_bytes())
-            .map_err(|e| Error::io("writing", &path, &e))?;
+        write_owner_only(&path, &text)?;
         println!("{}", path.display());
     }
     Ok(())

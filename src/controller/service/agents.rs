@@ -15,17 +15,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-pub(crate) fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pending => "PENDING",
-        Phase::Running => "RUNNING",
-        Phase::Installing => "INSTALLING",
-        Phase::Success => "SUCCESS",
-        Phase::Failed => "FAILED",
-        Phase::Cancelled => "CANCELLED",
-    }
-}
-
 fn phase_rank(name: Option<&str>) -> u8 {
     match name {
         None => 0,
@@ -52,7 +41,7 @@ fn apply_report(c: &mut Child, view: &TaskView, now: u64) -> bool {
     if c.status.is_final() {
         return false;
     }
-    let name = phase_name(view.phase);
+    let name = view.phase.as_str();
     let (old_rank, new_rank) = (phase_rank(c.phase.as_deref()), phase_rank(Some(name)));
     if new_rank < old_rank {
         return false;
@@ -156,7 +145,7 @@ impl Fleet {
                 Some(phase) => {
                     if child.status == Status::Pending && !phase.is_finished() {
                         // The agent has it: acknowledged, whatever its reports said so far.
-                        let name = phase_name(phase).to_string();
+                        let name = phase.as_str().to_string();
                         self.store
                             .update_child(
                                 child.task_id,
