@@ -230,7 +230,6 @@ async fn a_slow_source_opens_the_other_connections() {
     server.put("/slow.bin", Resource::new(data.clone()));
     // 2 MiB/s per request, far below 64 MiB/s: after one measure (250 ms) all 4 connections.
     server.set_rate("/slow.bin", Some(2 * MIB));
-    let started = Instant::now();
     let result = fetch(&config, &server.url("/slow.bin"), "slow.bin", no_progress())
         .await
         .unwrap();
@@ -252,12 +251,8 @@ async fn a_slow_source_opens_the_other_connections() {
     got.sort();
     got.dedup();
     assert_eq!(got.len(), requests.len() - 1, "no part twice: {got:?}");
-    // One stream would take 4 s; four take about a quarter of that.
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    // How much faster four connections are is measured by scripts/bench.sh (throttled part),
+    // not asserted here: a loaded test machine would make a time bound flaky.
 }
 
 #[tokio::test]
