@@ -6,7 +6,7 @@
 //! Exit statuses: 0 ok, 1 a task failed (`--watch`), 2 bad input or an API error.
 
 mod admin;
-mod client;
+pub mod client;
 mod serve;
 mod watch;
 
