@@ -90,9 +90,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
             return if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
         }
     };
-    // Blocking threads are the store's (two SQLite connections, each used by one thread at a
-    // time): more of them only queue on its locks, each with its own stack, which is what
-    // took the controller to 90 MiB under DescribeTasks load.
+    // The blocking pool serves the embedded broker's file I/O (tokio::fs) and the password
+    // checks; the store has threads of its own. Bounded, so a burst of persisted messages
+    // queues instead of growing hundreds of threads, each with its own stack.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
