@@ -39,6 +39,10 @@
 #                   idle window (60); FLEET_WATCH agents whose wake-ups are counted (5)
 #   FERRY_CONTROLLER_BIN, FLEET_LOAD_BIN  fleet: use this ferry-controller and this load
 #                   driver (tests/bench/fleet_load.rs) instead of building them (both set)
+#   FLEET_AGENT_BIN fleet: the agent binary (default: built like the phone's, profile
+#                   android, --no-default-features, for this machine)
+#   FLEET_AGENT_SCHED fleet: idle (default; agents under SCHED_IDLE, as phones are other
+#                   machines) or normal
 #   FERRY_BASELINE_BIN  also run this other ferry binary (tool "ferry-baseline", e.g. the
 #                   build before a refactor), interleaved with the rest, so both are
 #                   measured in the same run on the same machine state
@@ -110,7 +114,8 @@ NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 
 # --- the ferry binary ---------------------------------------------------------
 FERRY=""
-if [[ "$SKIP_FERRY" != 1 ]]; then
+# Part fleet runs its own agent build (fleet_agent_build); the others run this one.
+if [[ "$SKIP_FERRY" != 1 ]] && { want plain || want throttled || want oss; }; then
     if [[ -z "${FERRY_BIN:-}" ]]; then
         ensure_rust
         # Part fleet needs ferry-controller, built from the same library with every feature;

@@ -21,19 +21,45 @@ FLEET_RATE="${FLEET_RATE:-100}"
 FLEET_KEEPALIVE="${FLEET_KEEPALIVE:-20}"
 FLEET_IDLE_SECS="${FLEET_IDLE_SECS:-60}"
 FLEET_WATCH="${FLEET_WATCH:-5}"
-# The agents stand in for phones, which are other machines: run at this niceness, 500 of them
-# busy hashing and fsyncing would otherwise take the 2 cores from the controller (and its
-# DescribeTasks latency would measure the scheduler's run queue). The floor runs them alike.
-FLEET_AGENT_NICE="${FLEET_AGENT_NICE:-10}"
+# The agents stand in for phones, which are other machines: they run under SCHED_IDLE
+# (`chrt --idle 0`), so they only take CPU the controller and the load driver leave. 500 of
+# them hashing and fsyncing at normal priority would take the 2 cores from the controller and
+# its DescribeTasks latency would measure the run queue; plain `nice` is not enough, as 500
+# niced threads still outweigh one. FLEET_AGENT_SCHED=normal runs them like everything else.
+# The floor runs the same daemons, so it is measured alike.
+FLEET_AGENT_SCHED="${FLEET_AGENT_SCHED:-idle}"
+case "$FLEET_AGENT_SCHED" in
+idle) FLEET_AGENT_RUN=(chrt --idle 0) ;;
+normal) FLEET_AGENT_RUN=() ;;
+*) die "FLEET_AGENT_SCHED must be idle or normal" ;;
+esac
 FLEET_MIB=4
 FLEET_NAME="bench-${FLEET_MIB}MiB.bin"
 
 FLEET_CTL_PID=""
 FLEET_PIDS=()
 
+# fleet_agent_build: the agent as phones run it: scripts/build-android.sh's profile and
+# features (`--profile android --no-default-features`: opt-level s, stripped, no demo server),
+# for this machine's architecture; or FLEET_AGENT_BIN. Sets FLEET_AGENT. Its idle memory is
+# what the agent target speaks of; the all-features release `ferry` carries the controller's
+# code and ~7 MB more pages.
+fleet_agent_build() {
+    if [[ -n "${FLEET_AGENT_BIN:-}" ]]; then
+        FLEET_AGENT="$FLEET_AGENT_BIN"
+    else
+        log "building the agent as phones run it (profile android, --no-default-features)"
+        (cd "$FERRY_ROOT" && cargo build --profile android --no-default-features \
+            "${FERRY_LOCKED[@]}" --bin ferry)
+        FLEET_AGENT="$CARGO_TARGET_DIR/android/ferry"
+    fi
+    [[ -x "$FLEET_AGENT" ]] || die "the agent binary is not executable: $FLEET_AGENT"
+}
+
 # fleet_build: ferry-controller and the load driver (release, the controller feature).
 # Sets FLEET_CTL and FLEET_LOAD.
 fleet_build() {
+    fleet_agent_build
     if [[ -n "${FERRY_CONTROLLER_BIN:-}" ]]; then
         FLEET_CTL="$FERRY_CONTROLLER_BIN"
     else
@@ -144,7 +170,7 @@ run_fleet() {
     log "fleet: starting $n ferry daemons"
     for id in $(cat "$FLEET_DIR/instances"); do
         p="$FLEET_DIR/phones/$id"
-        nice -n "$FLEET_AGENT_NICE" "$FERRY" --config "$p/ferry.toml" daemon >"$p/daemon.log" 2>&1 &
+        "${FLEET_AGENT_RUN[@]}" "$FLEET_AGENT" --config "$p/ferry.toml" daemon >"$p/daemon.log" 2>&1 &
         FLEET_PIDS+=($!)
     done
     local online=0 waited=0
@@ -245,8 +271,8 @@ fleet_report() {
     verdict() { if awk "BEGIN {exit !($1)}"; then echo PASS; else echo MISS; fi; }
     printf '\n== fleet: %s ferry daemons (own device root each), %s MiB from nginx, embedded broker ==\n' \
         "$FLEET_PHONES" "$FLEET_MIB"
-    printf 'DescribeTasks at %s/s open loop (ParentTaskId=batch, MaxResults=100); keepalive %s s; agents at nice %s\n\n' \
-        "$FLEET_RATE" "$FLEET_KEEPALIVE" "$FLEET_AGENT_NICE"
+    printf 'DescribeTasks at %s/s open loop (ParentTaskId=batch, MaxResults=100); keepalive %s s; agents scheduled %s\n\n' \
+        "$FLEET_RATE" "$FLEET_KEEPALIVE" "$FLEET_AGENT_SCHED"
     local sf fl fs p50 p99 hwm rss_med rss_max hwm_med hwm_max wk ka
     sf="$(fleet_value sendfile_ms)"
     fl="$(fleet_value floor_s)"
