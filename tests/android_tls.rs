@@ -8,6 +8,8 @@
 //! chroot (see `cli_support/target.rs`).
 
 mod cli_support;
+#[path = "common/test_ca.rs"]
+mod test_ca;
 
 use cli_support::{run, text, Target};
 use std::io::{Read, Write};
@@ -30,30 +32,12 @@ struct TestCa {
 }
 
 fn make_ca() -> TestCa {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ferry test CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
     // A SAN of type IP address, as reqwest checks it for https://127.0.0.1.
-    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.1");
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let made = test_ca::make(&["127.0.0.1"]);
     TestCa {
-        ca_pem: ca_cert.pem(),
-        chain: vec![leaf.der().clone(), ca_cert.der().clone()],
-        key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        ca_pem: made.ca_pem,
+        chain: vec![made.leaf_der.into(), made.ca_der.into()],
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(made.key_der.into()),
     }
 }
 

@@ -10,33 +10,37 @@ use ferry::controller::delivery::Delivery;
 use ferry::fleet::topics::{self, Kind};
 use ferry::fleet::wire::{AgentInfo, Hello, Order, Presence};
 use fleet_support::*;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs one scenario against both brokers: `NAME_embedded` and `NAME_mosquitto`.
+/// Runs each scenario against both brokers: `SCENARIO: NAME_embedded, NAME_mosquitto;`.
 macro_rules! on_both_brokers {
-    ($name:ident, $embedded:ident, $mosquitto:ident) => {
+    ($($scenario:ident: $embedded:ident, $mosquitto:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $embedded() {
-            $name(Fleet::embedded().await).await;
+            $scenario(Fleet::embedded().await).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $mosquitto() {
             if let Some(fleet) = Fleet::mosquitto().await {
-                $name(fleet).await;
+                $scenario(fleet).await;
             }
         }
-    };
+    )*};
 }
 
-on_both_brokers!(
-    orders_reach_their_agent_only_and_reports_reach_the_inbox,
-    orders_and_reports_embedded,
-    orders_and_reports_mosquitto
-);
+on_both_brokers! {
+    orders_reach_their_agent_only_and_reports_reach_the_inbox: orders_and_reports_embedded, orders_and_reports_mosquitto;
+    forged_messages_never_reach_the_inbox_or_another_agent: forged_embedded, forged_mosquitto;
+    a_hello_is_answered_with_the_orders_the_agent_misses: hello_embedded, hello_mosquitto;
+    a_message_the_inbox_fails_is_redelivered_and_handled_once: redelivery_embedded, redelivery_mosquitto;
+    delivery_reconnects_after_a_broker_restart: broker_restart_embedded, broker_restart_mosquitto;
+    presence_arrives_and_the_last_will_says_offline_when_an_agent_dies: presence_embedded, presence_mosquitto;
+    reports_sent_while_the_controller_is_away_arrive_when_it_returns: controller_away_embedded, controller_away_mosquitto;
+}
+
 async fn orders_reach_their_agent_only_and_reports_reach_the_inbox(fleet: Fleet) {
     let mut x = fleet.agent("acp-x").await;
     let mut y = fleet.agent("acp-y").await;
@@ -51,18 +55,10 @@ async fn orders_reach_their_agent_only_and_reports_reach_the_inbox(fleet: Fleet)
     assert!(fleet.outbox.send("a/b", run_order("t-bad")).await.is_err());
 
     x.report("acp-x", "acp-x", "t-x1").await;
-    fleet
-        .inbox
-        .wait_for("x's report", |c| reports_of(c, "t-x1") == 1)
-        .await;
+    fleet.wait_report("x's report", "t-x1").await;
     fleet.stop().await;
 }
 
-on_both_brokers!(
-    forged_messages_never_reach_the_inbox_or_another_agent,
-    forged_embedded,
-    forged_mosquitto
-);
 async fn forged_messages_never_reach_the_inbox_or_another_agent(fleet: Fleet) {
     let mut x = fleet.agent("acp-x").await;
     let mut y = fleet.agent("acp-y").await;
@@ -92,10 +88,7 @@ async fn forged_messages_never_reach_the_inbox_or_another_agent(fleet: Fleet) {
     x.assert_quiet().await;
     // A genuine report after the forged ones: once it is in, the forged ones had their turn.
     x.report("acp-x", "acp-x", "t-genuine").await;
-    fleet
-        .inbox
-        .wait_for("the genuine report", |c| reports_of(c, "t-genuine") == 1)
-        .await;
+    fleet.wait_report("the genuine report", "t-genuine").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let calls = fleet.inbox.calls();
     for forged in ["t-forged-1", "t-forged-2"] {
@@ -126,11 +119,6 @@ async fn forged_messages_never_reach_the_inbox_or_another_agent(fleet: Fleet) {
     fleet.stop().await;
 }
 
-on_both_brokers!(
-    a_hello_is_answered_with_the_orders_the_agent_misses,
-    hello_embedded,
-    hello_mosquitto
-);
 async fn a_hello_is_answered_with_the_orders_the_agent_misses(fleet: Fleet) {
     let mut x = fleet.agent("acp-x").await;
     *fleet.inbox.answer.lock().unwrap() = vec![
@@ -168,11 +156,6 @@ async fn a_hello_is_answered_with_the_orders_the_agent_misses(fleet: Fleet) {
     fleet.stop().await;
 }
 
-on_both_brokers!(
-    a_message_the_inbox_fails_is_redelivered_and_handled_once,
-    redelivery_embedded,
-    redelivery_mosquitto
-);
 async fn a_message_the_inbox_fails_is_redelivered_and_handled_once(fleet: Fleet) {
     let x = fleet.agent("acp-x").await;
     fleet.inbox.fail_reports.store(2, Ordering::SeqCst);
@@ -199,11 +182,6 @@ async fn a_message_the_inbox_fails_is_redelivered_and_handled_once(fleet: Fleet)
     fleet.stop().await;
 }
 
-on_both_brokers!(
-    delivery_reconnects_after_a_broker_restart,
-    broker_restart_embedded,
-    broker_restart_mosquitto
-);
 async fn delivery_reconnects_after_a_broker_restart(mut fleet: Fleet) {
     let x = fleet.agent("acp-x").await;
     x.kill();
@@ -219,21 +197,13 @@ async fn delivery_reconnects_after_a_broker_restart(mut fleet: Fleet) {
     // Resubscribed (the embedded broker without storage lost the session): reports arrive.
     x.report("acp-x", "acp-x", "t-after-restart").await;
     fleet
-        .inbox
-        .wait_for("a report after the restart", |c| {
-            reports_of(c, "t-after-restart") == 1
-        })
+        .wait_report("a report after the restart", "t-after-restart")
         .await;
     fleet.outbox.send("acp-x", run_order("t-o2")).await.unwrap();
     assert_eq!(x.next().await.0, "ferry/v1/i/acp-x/order");
     fleet.stop().await;
 }
 
-on_both_brokers!(
-    presence_arrives_and_the_last_will_says_offline_when_an_agent_dies,
-    presence_embedded,
-    presence_mosquitto
-);
 async fn presence_arrives_and_the_last_will_says_offline_when_an_agent_dies(fleet: Fleet) {
     let x = fleet.agent("acp-x").await;
     x.publish(
@@ -256,11 +226,6 @@ async fn presence_arrives_and_the_last_will_says_offline_when_an_agent_dies(flee
     fleet.stop().await;
 }
 
-on_both_brokers!(
-    reports_sent_while_the_controller_is_away_arrive_when_it_returns,
-    controller_away_embedded,
-    controller_away_mosquitto
-);
 /// Reports sent while the controller is away wait in its persistent session.
 async fn reports_sent_while_the_controller_is_away_arrive_when_it_returns(mut fleet: Fleet) {
     let x = fleet.agent("acp-x").await;
@@ -270,10 +235,7 @@ async fn reports_sent_while_the_controller_is_away_arrive_when_it_returns(mut fl
     fleet.inbox = Arc::new(Recorder::default());
     fleet.start_delivery().await;
     fleet
-        .inbox
-        .wait_for("the report sent while away", |c| {
-            reports_of(c, "t-while-away") == 1
-        })
+        .wait_report("the report sent while away", "t-while-away")
         .await;
     fleet.stop().await;
 }
@@ -321,42 +283,10 @@ async fn offline_orders_survive_a_restart_mosquitto() {
     }
 }
 
-/// A test CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
-/// (ca.pem, cert.pem, key.pem).
-fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ferry test CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.1");
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_reaches_the_embedded_broker_over_tls_trusting_only_its_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_ca(dir.path());
+    let (ca, cert, key) = test_ca::files(dir.path(), &["127.0.0.1"]);
     let options = BrokerOptions {
         tls: Some(BrokerTls {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -380,10 +310,7 @@ async fn the_controller_reaches_the_embedded_broker_over_tls_trusting_only_its_c
     assert_eq!(x.next().await.0, "ferry/v1/i/acp-x/order");
     x.report("acp-x", "acp-x", "t-tls").await;
     fleet
-        .inbox
-        .wait_for("a report through the TLS link", |c| {
-            reports_of(c, "t-tls") == 1
-        })
+        .wait_report("a report through the TLS link", "t-tls")
         .await;
 
     // The same broker is not trusted with the web roots only.

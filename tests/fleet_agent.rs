@@ -48,7 +48,7 @@ fn fleet_with(id: &str, tls: Option<(&str, &str)>) -> Option<Fleet> {
     }
     let mut options = fleet_auth(&auth_dir, &[("controller", CONTROLLER_PW), (id, &agent_pw)]);
     if let Some((cert_name, _)) = tls {
-        options.tls = Some(common::mosquitto::tls_files(&auth_dir, &[cert_name]));
+        options.tls = Some(common::test_ca::files(&auth_dir, &[cert_name]));
     }
     let broker = Mosquitto::start(options.clone()).expect("mosquitto");
     let filters: Vec<String> = [Kind::Report, Kind::Hello, Kind::Presence]

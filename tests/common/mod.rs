@@ -2,6 +2,7 @@
 
 pub mod http_server;
 pub mod mosquitto;
+pub mod test_ca;
 
 use ferry::config::Config;
 use ferry::error::Error;

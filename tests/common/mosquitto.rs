@@ -1,8 +1,10 @@
-//! A real mosquitto broker (Debian's package) on 127.0.0.1 for the fleet tests: started on a
-//! free port with a generated config, optionally with a password file and an ACL (the fleet's,
-//! see [`fleet_auth`]), persistence on (sessions and retained messages survive [`Mosquitto::restart`],
-//! as on a production broker), stopped when dropped. [`Peer`] is a blocking MQTT client that
-//! records every message it receives, for tests acting as the controller.
+//! A real mosquitto broker (Debian's package) on 127.0.0.1 for every fleet test (the agent's,
+//! the controller's delivery, the whole fleet): started on a free port with a generated
+//! config, optionally with a password file and an ACL (the fleet's, see [`fleet_auth`], or the
+//! files `mosquitto-files` writes, see [`Mosquitto::start_in`]), persistence on (sessions and
+//! retained messages survive [`Mosquitto::restart`], as on a production broker), stopped when
+//! dropped. [`Peer`] is a blocking MQTT client that records every message it receives, for
+//! tests acting as the controller. TLS files come from tests/common/test_ca.rs.
 
 #![allow(dead_code)]
 
@@ -26,6 +28,8 @@ pub struct Options {
     pub acl_file: Option<PathBuf>,
     /// PEM files of a TLS listener: `(cafile, certfile, keyfile)`; None = plain TCP.
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// More config lines (`use_username_as_clientid true`…).
+    pub extra: String,
 }
 
 pub struct Mosquitto {
@@ -42,8 +46,15 @@ impl Mosquitto {
     /// Starts the broker; `None` when mosquitto is not installed (the caller skips/fails
     /// through `skip`).
     pub fn start(options: Options) -> Option<Mosquitto> {
+        Self::start_in(|_| options)
+    }
+
+    /// Like [`Mosquitto::start`], the options made from the broker's own folder (to write a
+    /// password or ACL file there first: it lives as long as the broker).
+    pub fn start_in(options: impl FnOnce(&Path) -> Options) -> Option<Mosquitto> {
         binary()?;
         let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path());
         let port = free_port();
         let plain_port = options.tls.as_ref().map(|_| free_port());
         let mut conf = String::new();
@@ -52,8 +63,9 @@ impl Mosquitto {
                 "per_listener_settings false\nlistener {plain} 127.0.0.1\n"
             ));
         }
+        // As root, mosquitto would drop to its own user, which cannot read the test's folders.
         conf.push_str(&format!(
-            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest stderr\nlog_type all\n",
+            "listener {port} 127.0.0.1\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest stderr\nlog_type all\n",
             dir.path().display()
         ));
         if let Some((ca, cert, key)) = &options.tls {
@@ -74,6 +86,8 @@ impl Mosquitto {
         if let Some(acl) = &options.acl_file {
             conf.push_str(&format!("acl_file {}\n", acl.display()));
         }
+        conf.push_str(&options.extra);
+        conf.push('\n');
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let log = dir.path().join("mosquitto.log");
         let mut broker = Mosquitto {
@@ -104,6 +118,13 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("mosquitto exited at start ({status}): {}", self.log_text());
+            }
             assert!(
                 Instant::now() < deadline,
                 "mosquitto did not listen on {}: {}",
@@ -192,39 +213,8 @@ pub fn fleet_auth(dir: &Path, users: &[(&str, &str)]) -> Options {
         password_file: Some(password_file),
         acl_file: Some(acl_file),
         tls: None,
+        extra: String::new(),
     }
-}
-
-/// A test CA and a server certificate for `names` signed by it, written as PEM files into
-/// `dir`: `(cafile, certfile, keyfile)` for [`Options::tls`].
-pub fn tls_files(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ferry test broker CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let cert = rcgen::CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let files = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&files.0, ca_cert.pem()).unwrap();
-    std::fs::write(&files.1, cert.pem()).unwrap();
-    std::fs::write(&files.2, key.serialize_pem()).unwrap();
-    files
 }
 
 /// One received message.

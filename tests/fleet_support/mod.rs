@@ -4,11 +4,13 @@
 
 #![allow(dead_code)]
 
-/// Debian's mosquitto for the controller-side tests (the agent tests have their own in
-/// tests/common, built around a live `ferry daemon`).
+/// Debian's mosquitto, the same helper as the agent's and the whole fleet's tests.
+#[path = "../common/mosquitto.rs"]
 pub mod mosquitto;
 #[path = "../common/skip.rs"]
 mod skip;
+#[path = "../common/test_ca.rs"]
+pub mod test_ca;
 
 use ferry::controller::broker::{self, BrokerHandle, BrokerOptions};
 use ferry::controller::delivery::{Delivery, DeliveryHandle, DeliveryOptions};
@@ -201,24 +203,22 @@ impl Fleet {
         let (passwd, acl) = mosquitto_files(&*store, CONTROLLER.0, CONTROLLER.1)
             .await
             .expect("mosquitto files");
-        let started = Mosquitto::start_with(|dir| {
+        let started = Mosquitto::start_in(|dir| {
             std::fs::write(dir.join("passwd"), &passwd).unwrap();
             std::fs::write(dir.join("acl"), &acl).unwrap();
-            format!(
-                "allow_anonymous false\npassword_file {0}/passwd\nacl_file {0}/acl\nuse_username_as_clientid true\n",
-                dir.display()
-            )
+            mosquitto::Options {
+                password_file: Some(dir.join("passwd")),
+                acl_file: Some(dir.join("acl")),
+                tls: None,
+                extra: "use_username_as_clientid true".into(),
+            }
         });
-        match started {
-            Ok(m) => {
-                let template = Self::template(&m.url());
-                Some(Self::with(Server::Mosquitto(m), secrets, template).await)
-            }
-            Err(reason) => {
-                skip::skip(&reason);
-                None
-            }
-        }
+        let Some(m) = started else {
+            skip::skip("mosquitto is not installed (Debian package mosquitto)");
+            return None;
+        };
+        let template = Self::template(&m.url());
+        Some(Self::with(Server::Mosquitto(m), secrets, template).await)
     }
 
     fn template(url: &str) -> DeliveryOptions {
@@ -255,6 +255,13 @@ impl Fleet {
             "delivery connects to the broker"
         );
         self.delivery = Some(delivery);
+    }
+
+    /// Waits until the inbox holds exactly one report of `task_id`.
+    pub async fn wait_report(&self, what: &str, task_id: &str) {
+        self.inbox
+            .wait_for(what, |c| reports_of(c, task_id) == 1)
+            .await;
     }
 
     /// The plain listener, where agents connect.

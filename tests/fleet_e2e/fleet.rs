@@ -1,0 +1,414 @@
+//! The fleet as real processes, for tests/fleet_e2e.rs: a controller state folder with an
+//! AccessKey and N phones (`instance add`); `ferry-controller serve` with its embedded broker,
+//! or with Debian's mosquitto (`serve --broker`, auth and ACL from `mosquitto-files`); one
+//! `ferry daemon` per phone on its own device root, each started, killed (-9) and restarted at
+//! will; and the API clients (Alibaba's Python SDK, ferry-controller's own signed client).
+//! Every process is killed when its handle drops, so no test leaves one behind.
+
+use crate::common::mosquitto::{self, Mosquitto, Peer};
+use crate::skip;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_ferry-controller");
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+/// How long a batch, a log line or a start may take before the test gives up.
+pub const WAIT: Duration = Duration::from_secs(180);
+
+/// Which broker carries the fleet's MQTT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broker {
+    /// The controller's own (`serve --mqtt-listen`): it lives and dies with the controller.
+    Embedded,
+    /// Debian's mosquitto with the files `mosquitto-files` writes (`serve --broker`).
+    Mosquitto,
+}
+
+/// A child process killed (-9) when dropped.
+pub struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub struct Fleet {
+    /// The registered phones, `PREFIX00`, `PREFIX01`, …
+    pub ids: Vec<String>,
+    api: String,
+    /// Where agents dial: the embedded broker's port or mosquitto's.
+    mqtt: u16,
+    ak: (String, String),
+    serve_extra: Vec<String>,
+    mosquitto: Option<Mosquitto>,
+    controller: Option<Proc>,
+    agents: HashMap<String, Proc>,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// `phones` phones registered (none started yet) and the controller serving with
+    /// `serve_extra` flags; `None` when mosquitto is wanted and missing (a skip, a failure
+    /// under CI=true).
+    pub fn start(
+        broker: Broker,
+        prefix: &str,
+        phones: usize,
+        serve_extra: &[&str],
+    ) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("controller");
+        let line = run_ok(
+            Command::new(CONTROLLER)
+                .args(["access-key", "create", "--state-dir"])
+                .arg(&state),
+        );
+        let mut words = line.split_whitespace();
+        let ak = (
+            words.next().unwrap().to_string(),
+            words.next().unwrap().to_string(),
+        );
+        let ids: Vec<String> = (0..phones).map(|i| format!("{prefix}{i:02}")).collect();
+        let mut mqtt = free_port();
+        for id in &ids {
+            let toml = run_ok(
+                Command::new(CONTROLLER)
+                    .args(["instance", "add", "--state-dir"])
+                    .arg(&state)
+                    .args(["--broker", &format!("mqtt://127.0.0.1:{mqtt}"), id]),
+            );
+            assert!(toml.starts_with("[fleet]\n"), "{toml}");
+            std::fs::write(dir.path().join(format!("{id}.toml")), toml).unwrap();
+            std::fs::create_dir_all(dir.path().join("devices").join(id).join("sdcard/Download"))
+                .unwrap();
+        }
+        let mosquitto = match broker {
+            Broker::Embedded => None,
+            Broker::Mosquitto => {
+                let files = dir.path().join("mosquitto");
+                run_ok(
+                    Command::new(CONTROLLER)
+                        .args(["mosquitto-files", "--state-dir"])
+                        .arg(&state)
+                        .arg("--out")
+                        .arg(&files),
+                );
+                let Some(m) = Mosquitto::start(mosquitto::Options {
+                    password_file: Some(files.join("passwd")),
+                    acl_file: Some(files.join("acl")),
+                    ..mosquitto::Options::default()
+                }) else {
+                    skip::skip("mosquitto is not installed (Debian package mosquitto)");
+                    return None;
+                };
+                // The agents dial the broker as it really is (instance add printed the URL
+                // it was given before mosquitto had a port).
+                mqtt = m.port;
+                for id in &ids {
+                    let path = dir.path().join(format!("{id}.toml"));
+                    let text: String = std::fs::read_to_string(&path)
+                        .unwrap()
+                        .lines()
+                        .map(|l| match l.starts_with("broker = ") {
+                            true => format!("broker = \"{}\"\n", m.url()),
+                            false => format!("{l}\n"),
+                        })
+                        .collect();
+                    std::fs::write(&path, text).unwrap();
+                }
+                Some(m)
+            }
+        };
+        let mut fleet = Fleet {
+            ids,
+            api: format!("127.0.0.1:{}", free_port()),
+            mqtt,
+            ak,
+            serve_extra: serve_extra.iter().map(|s| s.to_string()).collect(),
+            mosquitto,
+            controller: None,
+            agents: HashMap::new(),
+            dir,
+        };
+        fleet.start_controller();
+        Some(fleet)
+    }
+
+    /// [`Fleet::start`] with no extra flags and every phone's agent started.
+    pub fn online(broker: Broker, prefix: &str, phones: usize) -> Option<Self> {
+        let mut fleet = Self::start(broker, prefix, phones, &[])?;
+        let ids = fleet.ids.clone();
+        fleet.start_agents(&ids);
+        Some(fleet)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `serve` on the same state, ports and broker; returns once the API listens.
+    pub fn start_controller(&mut self) {
+        assert!(self.controller.is_none(), "the controller already runs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("controller.log"))
+            .unwrap();
+        let mut cmd = Command::new(CONTROLLER);
+        cmd.args(["serve", "--state-dir"])
+            .arg(self.path("controller"))
+            .args(["--listen", &self.api]);
+        match &self.mosquitto {
+            Some(m) => cmd.args(["--broker", &m.url()]),
+            None => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
+        };
+        cmd.args(&self.serve_extra);
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.api).is_err() {
+            assert!(Instant::now() < deadline, "the controller never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.controller = Some(Proc(child));
+    }
+
+    /// kill -9 the controller (and with it the embedded broker).
+    pub fn kill_controller(&mut self) {
+        self.controller.take().expect("the controller runs");
+    }
+
+    /// Restarts the broker: mosquitto is stopped and started on its port and saved state;
+    /// the embedded broker lives in the controller, so the controller is killed (-9) and
+    /// started again.
+    pub fn restart_broker(&mut self) {
+        match &mut self.mosquitto {
+            Some(m) => m.restart(),
+            None => {
+                self.kill_controller();
+                self.start_controller();
+            }
+        }
+    }
+
+    pub fn start_agent(&mut self, id: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{id}.log")))
+            .unwrap();
+        let child = Command::new(FERRY)
+            .arg("--config")
+            .arg(self.path(&format!("{id}.toml")))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("agents").join(id))
+            .arg("--device-root")
+            .arg(self.device(id))
+            .args(["daemon", "--listen", "off"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        assert!(self.agents.insert(id.to_string(), Proc(child)).is_none());
+    }
+
+    pub fn start_agents(&mut self, ids: &[String]) {
+        for id in ids {
+            self.start_agent(id);
+        }
+    }
+
+    /// kill -9 one agent.
+    pub fn kill_agent(&mut self, id: &str) {
+        self.agents.remove(id).expect("the agent runs");
+    }
+
+    pub fn device(&self, id: &str) -> PathBuf {
+        self.dir.path().join("devices").join(id)
+    }
+
+    /// The agent's `[fleet] password`: its broker credentials.
+    pub fn agent_password(&self, id: &str) -> String {
+        let text = std::fs::read_to_string(self.path(&format!("{id}.toml"))).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("password = "))
+            .expect("a password line");
+        line.trim_matches('"').to_string()
+    }
+
+    /// The controller's own broker password (what `serve` logs in with).
+    pub fn controller_password(&self) -> String {
+        std::fs::read_to_string(self.path("controller/broker-controller.secret"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A plain MQTT client on the fleet's broker, as `user`.
+    pub fn mqtt_client(&self, client_id: &str, user: &str, password: &str) -> Peer {
+        Peer::connect(self.mqtt, client_id, user, password, &[])
+    }
+
+    /// One SDK call through tests/sdk/drive.py; its single outcome.
+    pub fn sdk(&self, python: &Path, call: &str, request: Value) -> Value {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/drive.py");
+        let out = Command::new(python)
+            .arg(script)
+            .args([&self.api, &self.ak.0, &self.ak.1, call, "--request"])
+            .arg(request.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "drive.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut outcomes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        outcomes.remove(0)
+    }
+
+    /// ferry-controller's own signed client, `ARGS --json`; `None` when it fails (the
+    /// controller may be restarting).
+    pub fn try_client(&self, args: &[&str]) -> Option<Value> {
+        let ak_file = self.path("ak");
+        std::fs::write(&ak_file, format!("{} {}", self.ak.0, self.ak.1)).unwrap();
+        let out = Command::new(CONTROLLER)
+            .args(args)
+            .args(["--json", "--endpoint", &self.api])
+            .arg("--access-key-file")
+            .arg(&ak_file)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn client(&self, args: &[&str]) -> Value {
+        self.try_client(args)
+            .unwrap_or_else(|| panic!("ferry-controller {args:?} failed"))
+    }
+
+    /// SendFile of `url` to `/sdcard/Download/NAME` on `ids` through the signed client: the
+    /// batch id and each phone's child task id.
+    pub fn send_file(
+        &self,
+        ids: &[String],
+        name: &str,
+        url: &str,
+    ) -> (String, HashMap<String, String>) {
+        let mut args = vec!["send-file"];
+        for id in ids {
+            args.extend(["--instance", id.as_str()]);
+        }
+        let path = format!("/sdcard/Download/{name}");
+        args.extend(["--source-file-path", &path, "--upload-type", "DOWNLOAD_URL"]);
+        args.extend(["--upload-url", url]);
+        let sent = self.client(&args);
+        let children = sent["Data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let id = c["AndroidInstanceId"].as_str().unwrap().to_string();
+                (id, c["TaskId"].as_str().unwrap().to_string())
+            })
+            .collect::<HashMap<_, _>>();
+        assert_eq!(children.len(), ids.len(), "{sent}");
+        (sent["TaskId"].as_str().unwrap().to_string(), children)
+    }
+
+    /// The batch row (level 1); Null while the controller is away.
+    pub fn batch(&self, batch: &str) -> Value {
+        self.try_client(&["describe-tasks", "--task-id", batch])
+            .map_or(Value::Null, |answer| answer["Data"][0].clone())
+    }
+
+    /// The batch's per-phone rows (level 2).
+    pub fn children(&self, batch: &str) -> Vec<Value> {
+        let page = self.client(&[
+            "describe-tasks",
+            "--parent-task-id",
+            batch,
+            "--level",
+            "2",
+            "--max-results",
+            "100",
+        ]);
+        page["Data"].as_array().unwrap().clone()
+    }
+
+    /// One task's row.
+    pub fn task(&self, task: &str) -> Value {
+        self.client(&["describe-tasks", "--task-id", task])["Data"][0].clone()
+    }
+
+    /// Waits for the batch to end (FINISHED or FAILED); its row.
+    pub async fn wait_batch_end(&self, batch: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let row = self.batch(batch);
+            if row["TaskStatus"] == "FINISHED" || row["TaskStatus"] == "FAILED" {
+                return row;
+            }
+            assert!(Instant::now() < deadline, "the batch never ended: {row}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// What `who` (`controller` or a phone's id) logged so far.
+    pub fn log(&self, who: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{who}.log"))).unwrap_or_default()
+    }
+
+    /// What the broker logged: mosquitto's log, or the controller's for the embedded one.
+    pub fn broker_log(&self) -> String {
+        match &self.mosquitto {
+            Some(m) => m.log_text(),
+            None => self.log("controller"),
+        }
+    }
+
+    /// Waits until `log()` holds `needle` at least `times` times.
+    pub async fn wait_log(&self, what: &str, log: impl Fn() -> String, needle: &str, times: usize) {
+        let deadline = Instant::now() + WAIT;
+        while log().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle:?} ({what})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
