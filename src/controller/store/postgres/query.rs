@@ -1,10 +1,20 @@
 //! DescribeTasks on PostgreSQL: batches and children as one UNION ALL, filtered, counted, and
-//! paged by the `seq` sort key, as on SQLite. Each half's filter is an index on
-//! `(filter column, seq)` (see the migration), so a page is a backward index scan of both
-//! halves merged (Merge Append) that stops after MaxResults + 1 rows.
+//! paged by the `seq` sort key, as on SQLite, shaped so that its cost does not grow with the
+//! table (measured on 1,000,000 children: pages 0.3–10 ms, counts 0.2–19 ms):
+//!
+//! - **A page**: each half ordered and limited on its own, then merged. Each half's filter
+//!   has an index on `(filter column, seq)` (see the migration), so a half is a backward index
+//!   scan that stops after MaxResults + 1 rows. (An ORDER BY over the plain UNION ALL of the
+//!   children joined to their batches is planned as a full scan and a sort: 0.8 s.)
+//! - **TotalCount**: batches are counted directly; children, when no TaskIds or InstanceId
+//!   narrows them, from their batches' per-status counters (kept in the same transaction as
+//!   every transition, so exact) instead of counting a million rows; otherwise by index,
+//!   without the join.
+//! - **InvokeId**: its batches are looked up first (`batches_request`), then their children
+//!   by `children_batch`; filtering children on the joined batch's RequestId scans them all.
 
 use super::rows::{child_at, count, opt_u64, status_of, Db, CHILD_COLS};
-use crate::controller::store::{BatchRow, Counts, TaskFilter, TaskPage, TaskRecord};
+use crate::controller::store::{BatchRow, Counts, Status, TaskFilter, TaskPage, TaskRecord};
 use crate::error::Result;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -31,15 +41,19 @@ fn push(args: &mut Vec<Arg>, arg: Arg) -> String {
     format!("${}", args.len())
 }
 
-/// One half of DescribeTasks (batches or children) with its WHERE clause, its arguments
-/// pushed onto `args`; both halves have the same columns (see SQLite's `query.rs`).
-fn half(filter: &TaskFilter, batch: bool, args: &mut Vec<Arg>) -> Option<String> {
+/// Whether `filter` shows batches (`batch`) or children at all.
+fn shown(filter: &TaskFilter, batch: bool) -> bool {
     if filter.level.is_some_and(|l| l != if batch { 1 } else { 2 }) {
-        return None;
+        return false;
     }
-    if batch && (filter.parent_task_id.is_some() || filter.instance_id.is_some()) {
-        return None;
-    }
+    !(batch && (filter.parent_task_id.is_some() || filter.instance_id.is_some()))
+}
+
+/// The WHERE clause of one half (batches `b` or children `c` joined to `b`), its arguments
+/// pushed onto `args`. `invoked` are the batches of the filter's InvokeId, looked up first:
+/// children are found by their batch's index rather than by scanning them all for the
+/// joined batch's RequestId.
+fn conditions(filter: &TaskFilter, batch: bool, invoked: &[String], args: &mut Vec<Arg>) -> String {
     let table = if batch { "b" } else { "c" };
     let mut wheres = vec!["TRUE".to_string()];
     if !filter.task_ids.is_empty() {
@@ -52,8 +66,18 @@ fn half(filter: &TaskFilter, batch: bool, args: &mut Vec<Arg>) -> Option<String>
         wheres.push(format!("{table}.status = ANY({mark}::text[])"));
     }
     if let Some(invoke) = &filter.invoke_id {
-        let mark = push(args, Arg::Text(invoke.clone()));
-        wheres.push(format!("b.request_id = {mark}"));
+        if batch {
+            let mark = push(args, Arg::Text(invoke.clone()));
+            wheres.push(format!("b.request_id = {mark}"));
+        } else if let [one] = invoked {
+            // Equality, not `= ANY` of one: only then does the planner walk
+            // `children_batch` in `seq` order (measured: 0.3 ms against 200 ms).
+            let mark = push(args, Arg::Text(one.clone()));
+            wheres.push(format!("c.batch_id = {mark}"));
+        } else {
+            let mark = push(args, Arg::Texts(invoked.to_vec()));
+            wheres.push(format!("c.batch_id = ANY({mark}::text[])"));
+        }
     }
     if !batch {
         if let Some(parent) = &filter.parent_task_id {
@@ -65,48 +89,130 @@ fn half(filter: &TaskFilter, batch: bool, args: &mut Vec<Arg>) -> Option<String>
             wheres.push(format!("c.instance_id = {mark}"));
         }
     }
-    let sql = if batch {
+    wheres.join(" AND ")
+}
+
+/// One half's rows; both halves have the same columns (see SQLite's `query.rs`).
+fn rows(filter: &TaskFilter, batch: bool, invoked: &[String], args: &mut Vec<Arg>) -> String {
+    let wheres = conditions(filter, batch, invoked, args);
+    if batch {
         format!(
             "SELECT b.seq AS seq, 1 AS level, b.task_id, b.task_id, NULL::text, b.status, \
              NULL::text, NULL::text, NULL::text, NULL::text, 0, 0::bigint, NULL::bigint, \
              b.created_ms, b.created_ms, NULL::bigint, b.finish_ms, FALSE, FALSE, \
              b.request_id, b.n_pending, b.n_running, b.n_finished, b.n_failed \
-             FROM batches b WHERE {}",
-            wheres.join(" AND ")
+             FROM batches b WHERE {wheres}"
         )
     } else {
         format!(
             "SELECT c.seq AS seq, 2 AS level, {CHILD_COLS}, b.request_id, 0, 0, 0, 0 \
-             FROM children c JOIN batches b ON b.task_id = c.batch_id WHERE {}",
-            wheres.join(" AND ")
+             FROM children c JOIN batches b ON b.task_id = c.batch_id WHERE {wheres}"
         )
-    };
-    Some(sql)
+    }
+}
+
+/// How many rows one half has.
+fn counted(filter: &TaskFilter, batch: bool, invoked: &[String], args: &mut Vec<Arg>) -> String {
+    if batch {
+        return format!(
+            "SELECT COUNT(*) FROM batches b WHERE {}",
+            conditions(filter, batch, invoked, args)
+        );
+    }
+    if filter.task_ids.is_empty() && filter.instance_id.is_none() {
+        // Children by their batches' counters.
+        let mut wheres = vec!["TRUE".to_string()];
+        if let Some(invoke) = &filter.invoke_id {
+            wheres.push(format!(
+                "b.request_id = {}",
+                push(args, Arg::Text(invoke.clone()))
+            ));
+        }
+        if let Some(parent) = &filter.parent_task_id {
+            wheres.push(format!(
+                "b.task_id = {}",
+                push(args, Arg::Text(parent.clone()))
+            ));
+        }
+        let statuses = if filter.statuses.is_empty() {
+            &Status::ALL[..]
+        } else {
+            &filter.statuses[..]
+        };
+        let mut columns: Vec<&str> = statuses
+            .iter()
+            .map(|s| match s {
+                Status::Pending => "b.n_pending",
+                Status::Running => "b.n_running",
+                Status::Finished => "b.n_finished",
+                Status::Failed => "b.n_failed",
+            })
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        return format!(
+            "SELECT COALESCE(SUM({}), 0)::bigint FROM batches b WHERE {}",
+            columns.join(" + "),
+            wheres.join(" AND ")
+        );
+    }
+    format!(
+        "SELECT COUNT(*) FROM children c WHERE {}",
+        conditions(filter, batch, invoked, args)
+    )
 }
 
 pub(super) async fn describe(c: &impl GenericClient, filter: &TaskFilter) -> Result<TaskPage> {
-    let mut args = Vec::new();
-    let halves: Vec<String> = [true, false]
+    let halves: Vec<bool> = [true, false]
         .into_iter()
-        .filter_map(|batch| half(filter, batch, &mut args))
+        .filter(|batch| shown(filter, *batch))
         .collect();
     if halves.is_empty() {
         return Ok(TaskPage::default());
     }
-    let union = halves.join(" UNION ALL ");
+    let invoked: Vec<String> = match &filter.invoke_id {
+        Some(invoke) => c
+            .query(
+                "SELECT task_id FROM batches WHERE request_id = $1",
+                &[invoke],
+            )
+            .await
+            .db()?
+            .iter()
+            .map(|r| r.try_get(0).db())
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let mut args = Vec::new();
+    let counts: Vec<String> = halves
+        .iter()
+        .map(|batch| format!("({})", counted(filter, *batch, &invoked, &mut args)))
+        .collect();
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(Arg::sql).collect();
     let total: i64 = c
-        .query_one(&format!("SELECT COUNT(*) FROM ({union}) u"), &params)
+        .query_one(&format!("SELECT {}", counts.join(" + ")), &params)
         .await
         .db()?
         .try_get(0)
         .db()?;
+    let mut args = Vec::new();
+    let halves: Vec<String> = halves
+        .iter()
+        .map(|batch| rows(filter, *batch, &invoked, &mut args))
+        .collect();
     let after = match filter.after {
         Some(key) => format!("WHERE seq < {}", push(&mut args, Arg::Int(key))),
         None => String::new(),
     };
     let limit = push(&mut args, Arg::Int(i64::from(filter.limit) + 1));
-    let sql = format!("SELECT * FROM ({union}) u {after} ORDER BY seq DESC LIMIT {limit}");
+    let pages: Vec<String> = halves
+        .iter()
+        .map(|h| format!("(SELECT * FROM ({h}) h {after} ORDER BY seq DESC LIMIT {limit})"))
+        .collect();
+    let sql = format!(
+        "SELECT * FROM ({}) u ORDER BY seq DESC LIMIT {limit}",
+        pages.join(" UNION ALL ")
+    );
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(Arg::sql).collect();
     let mut rows = Vec::new();
     for r in c.query(&sql, &params).await.db()? {
