@@ -181,12 +181,18 @@ impl PgCluster {
         run(initdb, "initdb");
         let port = free_port();
         let log = dir.join("postgres.log");
-        // The supervisor: postgres in the background, then wait for stdin to close.
+        // The supervisor: postgres in the background (its pid in `server.pid`), then a line
+        // on stdin restarts it and the end of stdin stops it and removes the folder.
         let script = r#"
             dir=$1; shift
-            "$@" >"$dir/postgres.log" 2>&1 &
-            pid=$!
-            cat >/dev/null
+            while :; do
+                "$@" >>"$dir/postgres.log" 2>&1 &
+                pid=$!
+                echo "$pid" >"$dir/server.pid"
+                read -r _ || break
+                kill -INT "$pid" 2>/dev/null
+                wait "$pid"
+            done
             kill -INT "$pid" 2>/dev/null
             wait "$pid"
             rm -rf "$dir"
@@ -224,6 +230,24 @@ impl PgCluster {
         };
         cluster.wait_ready(&log);
         Some(cluster)
+    }
+
+    /// Stops the server (fast shutdown: its connections are cut) and starts it again on the
+    /// same port and data; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        use std::io::Write;
+        let pid_file = self.dir.join("server.pid");
+        let before = std::fs::read_to_string(&pid_file).unwrap();
+        let stop = self.stop.as_mut().expect("the supervisor's stdin");
+        stop.write_all(b"restart\n")
+            .and_then(|()| stop.flush())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(&pid_file).unwrap_or_default() == before {
+            assert!(Instant::now() < deadline, "PostgreSQL was not restarted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_ready(&self.dir.join("postgres.log"));
     }
 
     fn wait_ready(&self, log: &Path) {

@@ -2,7 +2,7 @@
 //! migrations under concurrent starts, a newer schema, secrets in errors, the final-state
 //! trigger. The fleet semantics run on both stores in tests/fleet_core.
 
-use super::test_cluster::{database, shared};
+use super::test_cluster::{database, shared, PgCluster};
 use super::*;
 use crate::controller::store::Status;
 
@@ -122,4 +122,37 @@ async fn a_final_child_stays_final_even_when_a_change_tries_to_move_it() {
         panic!("{page:?}")
     };
     assert_eq!((row.status, row.counts.finished), (Status::Finished, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reconnects_after_the_database_restarts() {
+    // A cluster of its own: restarting the shared one would cut the other tests.
+    let Some(mut cluster) = PgCluster::start() else {
+        crate::testing::skip::skip("PostgreSQL is not installed (tests/common/postgres.rs)");
+        return;
+    };
+    let db = cluster.create_database();
+    let store = PgStore::open(&cluster.tcp_url(&db)).await.unwrap();
+    store
+        .add_access_key("ak-1".into(), "s-1".into(), 1)
+        .await
+        .unwrap();
+    // Off the runtime's threads, which meanwhile see the pooled connection closed (as a
+    // serving controller's do).
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .unwrap();
+    // The pooled connection died with the server; the next call opens a new one.
+    assert_eq!(
+        store.access_key_secret("ak-1".into()).await.unwrap(),
+        Some("s-1".into())
+    );
+    store
+        .add_access_key("ak-2".into(), "s-2".into(), 2)
+        .await
+        .unwrap();
+    drop(cluster);
 }
