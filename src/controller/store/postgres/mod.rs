@@ -14,6 +14,10 @@
 //! - **Expiry** goes through the same transitions, so two replicas expiring one child leave
 //!   one final state.
 //!
+//! The statements of the frequent calls (transitions, a Hello's touch, orders sent, the API's
+//! AccessKey and the broker's password lookups) are prepared once per pooled connection
+//! (deadpool's statement cache), not parsed on every call.
+//!
 //! Schema: numbered migrations in `../migrations/postgres/`, applied at open in one
 //! transaction under an advisory lock (two replicas starting together migrate once) and
 //! recorded in `schema_version`; a database migrated by a newer build is refused.
@@ -229,12 +233,12 @@ impl Store for PgStore {
 
     fn access_key_secret(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
         Box::pin(async move {
-            let row = self
-                .client()
-                .await?
-                .query_opt("SELECT secret FROM access_keys WHERE id = $1", &[&id])
+            let client = self.client().await?;
+            let read = client
+                .prepare_cached("SELECT secret FROM access_keys WHERE id = $1")
                 .await
                 .db()?;
+            let row = client.query_opt(&read, &[&id]).await.db()?;
             row.map(|r| r.try_get(0).db()).transpose()
         })
     }
@@ -276,12 +280,12 @@ impl Store for PgStore {
 
     fn instance_password_hash(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
         Box::pin(async move {
-            let row = self
-                .client()
-                .await?
-                .query_opt("SELECT password_hash FROM instances WHERE id = $1", &[&id])
+            let client = self.client().await?;
+            let read = client
+                .prepare_cached("SELECT password_hash FROM instances WHERE id = $1")
                 .await
                 .db()?;
+            let row = client.query_opt(&read, &[&id]).await.db()?;
             row.map(|r| r.try_get(0).db()).transpose()
         })
     }
@@ -342,12 +346,17 @@ impl Store for PgStore {
 
     fn touch_instance(&self, id: String, seen: Seen) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
-            let n = self
-                .client()
-                .await?
-                .execute(
+            let client = self.client().await?;
+            let write = client
+                .prepare_cached(
                     "UPDATE instances SET last_seen_ms = $2, online = COALESCE($3, online), \
                      agent_json = COALESCE($4, agent_json) WHERE id = $1",
+                )
+                .await
+                .db()?;
+            let n = client
+                .execute(
+                    &write,
                     &[&id, &ms(seen.now_ms), &seen.online, &seen.agent_json],
                 )
                 .await
@@ -516,12 +525,18 @@ impl Store for PgStore {
                 tx.rollback().await.db()?;
                 return Ok(Some(child));
             }
-            let updated = tx
-                .execute(
+            let write = tx
+                .prepare_cached(
                     "UPDATE children SET status = $2, phase = $3, error_code = $4, error_msg = $5, \
                      result_json = $6, progress = $7, bytes_done = $8, bytes_total = $9, \
                      updated_ms = $10, start_ms = $11, finish_ms = $12, sent = $13, \
                      cancel_requested = $14 WHERE task_id = $1 AND status = $15",
+                )
+                .await
+                .db()?;
+            let updated = tx
+                .execute(
+                    &write,
                     &[
                         &child.task_id,
                         &child.status.as_str(),
@@ -562,9 +577,15 @@ impl Store for PgStore {
                     (true, kept) => kept,
                     (false, _) => None,
                 };
+                let write = tx
+                    .prepare_cached(
+                        "UPDATE batches SET status = $2, n_pending = $3, n_running = $4, \
+                         n_finished = $5, n_failed = $6, finish_ms = $7 WHERE task_id = $1",
+                    )
+                    .await
+                    .db()?;
                 tx.execute(
-                    "UPDATE batches SET status = $2, n_pending = $3, n_running = $4, \
-                     n_finished = $5, n_failed = $6, finish_ms = $7 WHERE task_id = $1",
+                    &write,
                     &[
                         &child.batch_id,
                         &status.as_str(),
@@ -589,15 +610,14 @@ impl Store for PgStore {
                 return Ok(());
             }
             // One idempotent statement: replicas marking the same children agree.
-            self.client()
-                .await?
-                .execute(
+            let client = self.client().await?;
+            let write = client
+                .prepare_cached(
                     "UPDATE children SET sent = TRUE WHERE task_id = ANY($1::text[]) AND NOT sent",
-                    &[&task_ids],
                 )
                 .await
-                .db()
-                .map(drop)
+                .db()?;
+            client.execute(&write, &[&task_ids]).await.db().map(drop)
         })
     }
 

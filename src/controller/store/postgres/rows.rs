@@ -141,14 +141,14 @@ pub(super) async fn counts_for_update(
     conn: &impl GenericClient,
     batch_id: &str,
 ) -> Result<(Counts, Option<i64>)> {
-    let row = conn
-        .query_one(
+    let read = conn
+        .prepare_cached(
             "SELECT n_pending, n_running, n_finished, n_failed, finish_ms FROM batches \
              WHERE task_id = $1 FOR UPDATE",
-            &[&batch_id],
         )
         .await
         .db()?;
+    let row = conn.query_one(&read, &[&batch_id]).await.db()?;
     Ok((
         Counts {
             pending: count(row.try_get(0).db()?),
