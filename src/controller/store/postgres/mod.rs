@@ -291,10 +291,14 @@ impl Store for PgStore {
     }
 
     fn instance_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        // Byte order (`COLLATE "C"`), as SQLite sorts, whatever the database's locale.
         Box::pin(async move {
             self.client()
                 .await?
-                .query("SELECT id, password_hash FROM instances ORDER BY id", &[])
+                .query(
+                    "SELECT id, password_hash FROM instances ORDER BY id COLLATE \"C\"",
+                    &[],
+                )
                 .await
                 .db()?
                 .iter()
@@ -325,7 +329,7 @@ impl Store for PgStore {
             self.client()
                 .await?
                 .query(
-                    "SELECT id, created_ms, online, last_seen_ms, agent_json FROM instances ORDER BY id",
+                    "SELECT id, created_ms, online, last_seen_ms, agent_json FROM instances ORDER BY id COLLATE \"C\"",
                     &[],
                 )
                 .await
