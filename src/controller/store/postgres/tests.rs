@@ -5,6 +5,7 @@
 use super::test_cluster::{database, shared, PgCluster};
 use super::*;
 use crate::controller::store::Status;
+use crate::error::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused() {
