@@ -67,6 +67,7 @@ on_both_stores! {
         no_answer_carries_the_payloads_secrets,
         credentials_are_issued_stored_and_checked;
     multi_thread: two_replicas_racing_one_client_token_make_one_batch,
+        concurrent_send_files_on_two_replicas_list_each_batch_with_its_own_children,
         reports_and_expiry_racing_on_two_replicas_leave_one_final_state_and_true_counts;
 }
 

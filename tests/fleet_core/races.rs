@@ -58,6 +58,62 @@ pub async fn two_replicas_racing_one_client_token_make_one_batch(store: Backend)
     assert_eq!(conflict.code, "Api.ClientTokenConflict");
 }
 
+pub async fn concurrent_send_files_on_two_replicas_list_each_batch_with_its_own_children(
+    store: Backend,
+) {
+    let instances = ["acp-1", "acp-2", "acp-3", "acp-4"];
+    let h = Harness::new(&store, &instances).await;
+    let replica = h.replica().await;
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let fleet = Arc::clone(if i % 2 == 0 { &h.fleet } else { &replica.fleet });
+            let request = h.request(&instances, None);
+            tokio::spawn(async move { fleet.send_file(request).await })
+        })
+        .collect();
+    let mut answers = HashMap::new();
+    for call in calls {
+        let answer = call.await.unwrap().unwrap();
+        answers.insert(answer.task_id.clone(), answer);
+    }
+    // Every batch directly followed by its own children in request order,
+    // never another's, across pages.
+    let mut rows = Vec::new();
+    let mut next_token = None;
+    loop {
+        let page = replica
+            .fleet
+            .describe_tasks(DescribeTasksQuery {
+                max_results: 7,
+                next_token: next_token.take(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total_count, 12 * 5);
+        rows.extend(page.data);
+        match page.next_token {
+            Some(token) => next_token = Some(token),
+            None => break,
+        }
+    }
+    assert_eq!(rows.len(), 12 * 5);
+    for group in rows.chunks(5) {
+        assert_eq!(group[0].level, 1, "{group:?}");
+        let answer = &answers[&group[0].task_id];
+        let listed: Vec<(&str, &str)> = group[1..]
+            .iter()
+            .map(|r| (r.instance_id.as_deref().unwrap(), r.task_id.as_str()))
+            .collect();
+        let created: Vec<(&str, &str)> = answer
+            .data
+            .iter()
+            .map(|d| (d.android_instance_id.as_str(), d.task_id.as_str()))
+            .collect();
+        assert_eq!(listed, created);
+    }
+}
+
 pub async fn reports_and_expiry_racing_on_two_replicas_leave_one_final_state_and_true_counts(
     store: Backend,
 ) {
