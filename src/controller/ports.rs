@@ -27,10 +27,44 @@ pub trait Inbox: Send + Sync {
     /// A task changed on an agent. Unknown TaskIds, or TaskIds of another instance, are
     /// refused (`Err`) and dropped by delivery.
     fn report(&self, report: Report) -> BoxFuture<'_, Result<()>>;
+    /// Several reports, as delivery drained them from its queue, in order: each one's
+    /// outcome, in the same order, every `Ok` durable when this returns. It may stop after
+    /// the first failure worth another try ([`retry_later`]): the reports after it have no
+    /// outcome and stay unhandled (delivery leaves them unacknowledged, to be redelivered).
+    /// This one-at-a-time default suits any Inbox; the fleet logic applies the whole group
+    /// in one store transaction (a group commit).
+    fn reports(&self, reports: Vec<Report>) -> BoxFuture<'_, Vec<Result<()>>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(reports.len());
+            for report in reports {
+                let outcome = self.report(report).await;
+                let stop = outcome.as_ref().is_err_and(retry_later);
+                outcomes.push(outcome);
+                if stop {
+                    break;
+                }
+            }
+            outcomes
+        })
+    }
     /// An agent (re)connected: record what it is, then answer with the orders it misses
     /// (Run for its unfinished tasks not held, Cancel still owed), which delivery sends.
     fn hello(&self, hello: Hello) -> BoxFuture<'_, Result<Vec<Order>>>;
     fn presence(&self, instance_id: &str, presence: Presence) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Inbox errors worth another try (the message stays unacknowledged and comes back);
+/// anything else is a refusal of that message, which is acked and dropped.
+pub fn retry_later(error: &crate::error::Error) -> bool {
+    use crate::error::Code;
+    matches!(
+        error.code,
+        Code::Internal
+            | Code::StorageIo
+            | Code::StorageDiskFull
+            | Code::StoragePermissionDenied
+            | Code::ApiShuttingDown
+    )
 }
 
 /// Implemented by the fleet logic, called by the HTTP API once a request's signature holds.

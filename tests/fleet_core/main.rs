@@ -13,7 +13,8 @@ mod support;
 use ferry::controller::model::{DescribeTasksQuery, TaskRow};
 use ferry::controller::ports::{Actions, Credentials, Inbox};
 use ferry::controller::secrets;
-use ferry::fleet::wire::{HeldTask, Hello, Order, Presence};
+use ferry::error::Code;
+use ferry::fleet::wire::{HeldTask, Hello, Order, Presence, Report};
 use ferry::task::record::Phase;
 use races::*;
 use std::time::Duration;
@@ -65,10 +66,12 @@ on_both_stores! {
         cancelling_a_batch_fails_untaken_children_now_and_orders_the_others_to_stop,
         describe_tasks_filters_and_pages_250_children,
         no_answer_carries_the_payloads_secrets,
-        credentials_are_issued_stored_and_checked;
+        credentials_are_issued_stored_and_checked,
+        a_group_of_reports_commits_in_order_and_refuses_each_bad_one_alone;
     multi_thread: two_replicas_racing_one_client_token_make_one_batch,
         concurrent_send_files_on_two_replicas_list_each_batch_with_its_own_children,
-        reports_and_expiry_racing_on_two_replicas_leave_one_final_state_and_true_counts;
+        reports_and_expiry_racing_on_two_replicas_leave_one_final_state_and_true_counts,
+        overlapping_report_groups_on_two_replicas_all_commit_with_true_counts;
 }
 
 async fn send_file_stores_batch_and_children_before_publishing_their_orders(store: Backend) {
@@ -739,4 +742,49 @@ fn held(task_id: &str, phase: Phase) -> HeldTask {
         task_id: task_id.into(),
         phase,
     }
+}
+
+/// The group commit delivery uses: one store transaction for many reports, applied in order
+/// (a task's SUCCESS after its RUNNING of the same group), each bad one refused on its own.
+async fn a_group_of_reports_commits_in_order_and_refuses_each_bad_one_alone(store: Backend) {
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
+    let answer = h.send(&["acp-1", "acp-2"], None).await.unwrap();
+    let (t1, t2) = (&answer.data[0].task_id, &answer.data[1].task_id);
+    let report = |instance: &str, task| Report {
+        instance_id: instance.to_string(),
+        task,
+    };
+    let outcomes = h
+        .fleet
+        .reports(vec![
+            report("acp-1", view(t1, Phase::Running, 50, Some(100))),
+            report("acp-1", done(t1)),
+            report("acp-2", view(t1, Phase::Running, 10, Some(100))),
+            report("acp-1", view("t-never-created", Phase::Running, 1, Some(2))),
+            report("acp-2", done(t2)),
+        ])
+        .await;
+    let codes: Vec<Option<Code>> = outcomes
+        .iter()
+        .map(|o| o.as_ref().err().map(|e| e.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            None,
+            Some(Code::ApiUnauthorized),
+            Some(Code::ApiNotFound),
+            None
+        ]
+    );
+    let row = h.row(t1).await;
+    assert_eq!(row.task_status, "FINISHED");
+    assert!(row.start_time.is_some() && row.finish_time.is_some());
+    assert_eq!(h.row(t2).await.task_status, "FINISHED");
+    let batch = h.row(&answer.task_id).await;
+    assert_eq!(
+        (batch.task_status.as_str(), batch.success_child_count),
+        ("FINISHED", Some(2))
+    );
 }

@@ -209,3 +209,66 @@ async fn final_states(
     }
     states
 }
+
+/// Delivery's group commits on two replicas naming the same children of two batches in
+/// opposite orders: neither deadlocks nor loses a report, and the counts stay true.
+pub async fn overlapping_report_groups_on_two_replicas_all_commit_with_true_counts(store: Backend) {
+    let names: Vec<String> = (1..=8).map(|i| format!("acp-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let h = Harness::new(&store, &refs).await;
+    let replica = h.replica().await;
+    let fleets = [Arc::clone(&h.fleet), Arc::clone(&replica.fleet)];
+    for round in 0..3 {
+        let a = h.send(&refs, None).await.unwrap();
+        let b = h.send(&refs, None).await.unwrap();
+        let children: Vec<(String, String)> = a
+            .data
+            .iter()
+            .chain(&b.data)
+            .map(|d| (d.android_instance_id.clone(), d.task_id.clone()))
+            .collect();
+        for stage in 0..2 {
+            let runs: Vec<_> = fleets
+                .iter()
+                .enumerate()
+                .map(|(r, fleet)| {
+                    let mut order = children.clone();
+                    if r == 1 {
+                        order.reverse();
+                    }
+                    let group: Vec<Report> = order
+                        .into_iter()
+                        .map(|(instance_id, task_id)| Report {
+                            instance_id,
+                            task: if stage == 0 {
+                                view(&task_id, Phase::Running, 10 * r as u64, Some(100))
+                            } else {
+                                done(&task_id)
+                            },
+                        })
+                        .collect();
+                    let fleet = Arc::clone(fleet);
+                    tokio::spawn(async move { fleet.reports(group).await })
+                })
+                .collect();
+            for run in runs {
+                let outcomes = run.await.unwrap();
+                assert_eq!(outcomes.len(), 16);
+                for outcome in outcomes {
+                    outcome.unwrap_or_else(|e| panic!("round {round}, stage {stage}: {e}"));
+                }
+            }
+        }
+        for batch in [&a, &b] {
+            let row = h.row(&batch.task_id).await;
+            assert_eq!(
+                (row.task_status.as_str(), row.success_child_count),
+                ("FINISHED", Some(8)),
+                "round {round}"
+            );
+            for d in &batch.data {
+                assert_eq!(h.row(&d.task_id).await.task_status, "FINISHED");
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! Exit statuses: 0 ok, 1 a task failed (`--watch`), 2 bad input or an API error.
 
 mod admin;
-mod client;
+pub mod client;
 mod serve;
 mod watch;
 
@@ -19,6 +19,9 @@ use std::path::PathBuf;
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_TASK_FAILED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
+
+/// tokio's blocking pool (default 512).
+const MAX_BLOCKING_THREADS: usize = 16;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -112,8 +115,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
             return if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
         }
     };
+    // The blocking pool serves the embedded broker's file I/O (tokio::fs) and the password
+    // checks; the store has threads of its own. Bounded, so a burst of persisted messages
+    // queues instead of growing hundreds of threads, each with its own stack.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

@@ -4,7 +4,7 @@
 
 use super::{run_order, Fleet};
 use crate::controller::ports::{BoxFuture, Inbox};
-use crate::controller::store::{Child, Seen, Status};
+use crate::controller::store::{Child, ChildChange, Seen, Status};
 use crate::error::{Code, Error, Result};
 use crate::fleet::topics::check_instance_id;
 use crate::fleet::wire::{Hello, Order, Presence, Report};
@@ -83,35 +83,58 @@ fn apply_report(c: &mut Child, view: &TaskView, now: u64) -> bool {
     true
 }
 
+/// A report as a store change: the instance check and the transition see the same record
+/// (inside the store's transaction).
+fn report_change(report: &Report, now: u64) -> (String, ChildChange) {
+    let view = report.task.clone();
+    let from = report.instance_id.clone();
+    (
+        view.task_id.clone(),
+        Box::new(move |c| c.instance_id == from && apply_report(c, &view, now)),
+    )
+}
+
+/// What became of a report, from the child as the store has it now.
+fn report_outcome(report: &Report, child: Option<Child>) -> Result<()> {
+    let id = &report.task.task_id;
+    match child {
+        None => Err(Error::new(
+            Code::ApiNotFound,
+            format!(
+                "report from {} for task {id}, which this controller never created",
+                report.instance_id
+            ),
+        )),
+        Some(c) if c.instance_id != report.instance_id => Err(Error::new(
+            Code::ApiUnauthorized,
+            format!(
+                "report from {} for task {id} of instance {}: refused",
+                report.instance_id, c.instance_id
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 impl Fleet {
     async fn report_now(&self, report: Report) -> Result<()> {
-        let view = report.task;
-        let (id, from) = (view.task_id.clone(), report.instance_id.clone());
+        let (id, change) = report_change(&report, unix_millis_now());
+        let child = self.store.update_child(id, change).await?;
+        report_outcome(&report, child)
+    }
+
+    /// A group commit: every report in one store transaction, in order (a task's later
+    /// report sees its earlier one); a failed transaction fails them all.
+    async fn reports_now(&self, reports: Vec<Report>) -> Vec<Result<()>> {
         let now = unix_millis_now();
-        // One transaction: the instance check and the transition see the same record.
-        let child = self
-            .store
-            .update_child(
-                id.clone(),
-                Box::new(move |c| c.instance_id == from && apply_report(c, &view, now)),
-            )
-            .await?;
-        match child {
-            None => Err(Error::new(
-                Code::ApiNotFound,
-                format!(
-                    "report from {} for task {id}, which this controller never created",
-                    report.instance_id
-                ),
-            )),
-            Some(c) if c.instance_id != report.instance_id => Err(Error::new(
-                Code::ApiUnauthorized,
-                format!(
-                    "report from {} for task {id} of instance {}: refused",
-                    report.instance_id, c.instance_id
-                ),
-            )),
-            Some(_) => Ok(()),
+        let changes = reports.iter().map(|r| report_change(r, now)).collect();
+        match self.store.update_children(changes).await {
+            Ok(children) => reports
+                .iter()
+                .zip(children)
+                .map(|(report, child)| report_outcome(report, child))
+                .collect(),
+            Err(e) => reports.iter().map(|_| Err(e.clone())).collect(),
         }
     }
 
@@ -317,6 +340,10 @@ fn unknown_instance(id: &str) -> Error {
 impl Inbox for Fleet {
     fn report(&self, report: Report) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.report_now(report))
+    }
+
+    fn reports(&self, reports: Vec<Report>) -> BoxFuture<'_, Vec<Result<()>>> {
+        Box::pin(self.reports_now(reports))
     }
 
     fn hello(&self, hello: Hello) -> BoxFuture<'_, Result<Vec<Order>>> {

@@ -259,6 +259,14 @@ pub trait Store: Send + Sync {
         task_id: String,
         change: ChildChange,
     ) -> BoxFuture<'_, Result<Option<Child>>>;
+    /// A group commit: applies every change in order, each as [`Store::update_child`]
+    /// would, in one transaction, so many transitions cost one durable write. The children
+    /// as they now are, in the same order (`None` for an unknown TaskId). On an error
+    /// nothing of the group is committed.
+    fn update_children(
+        &self,
+        changes: Vec<(String, ChildChange)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<Child>>>>;
     fn mark_sent(&self, task_ids: Vec<String>) -> BoxFuture<'_, Result<()>>;
 
     fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>>;

@@ -11,6 +11,11 @@
 //!   that child waits; then the batch row is locked the same way to move its counts. Locks are
 //!   always taken child first, then batch, so two transitions never deadlock. A trigger
 //!   refuses any change of a final status besides.
+//! - **Group commit** ([`Store::update_children`], delivery's run of reports): one
+//!   transaction that first locks all the group's children, then all their batches, each set
+//!   in task id order (so overlapping groups on two replicas queue instead of deadlocking),
+//!   then applies every change as a single transition would; a deadlock or serialization
+//!   error while locking retries the whole group, a bounded number of times.
 //! - **Expiry** goes through the same transitions, so two replicas expiring one child leave
 //!   one final state.
 //!
@@ -284,6 +289,13 @@ impl Store for PgStore {
         Box::pin(tasks::update_child(self, task_id, change))
     }
 
+    fn update_children(
+        &self,
+        changes: Vec<(String, ChildChange)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<Child>>>> {
+        Box::pin(tasks::update_children(self, changes))
+    }
+
     fn mark_sent(&self, task_ids: Vec<String>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             if task_ids.is_empty() {
@@ -293,7 +305,8 @@ impl Store for PgStore {
             let client = self.client().await?;
             let write = client
                 .prepare_cached(
-                    "UPDATE children SET sent = TRUE WHERE task_id = ANY($1::text[]) AND NOT sent",
+                    "UPDATE children SET sent = TRUE WHERE task_id IN (SELECT task_id FROM children \
+                     WHERE task_id = ANY($1::text[]) AND NOT sent ORDER BY task_id FOR UPDATE)",
                 )
                 .await
                 .db()?;

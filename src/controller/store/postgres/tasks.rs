@@ -79,9 +79,105 @@ pub(super) async fn update_child(
 ) -> Result<Option<Child>> {
     let mut client = store.client().await?;
     let tx = client.transaction().await.db()?;
+    let child = apply_change(&tx, task_id, change).await?;
+    tx.commit().await.db()?;
+    Ok(child)
+}
+
+/// How often a group is tried when the database breaks a lock cycle (or a serialization
+/// conflict) while its rows are being locked.
+const GROUP_ATTEMPTS: u32 = 5;
+
+/// [`Store::update_children`](crate::controller::store::Store::update_children): the group
+/// in one transaction. Every child it names, then every batch of those, is locked first, each
+/// set in task id order, so two replicas applying overlapping groups wait for each other
+/// instead of deadlocking (and a single transition, child then batch, cannot close a cycle
+/// with a group either). Should the database still break a cycle while the locks are taken
+/// (another writer locking in some other order), the whole group is tried again, at most
+/// [`GROUP_ATTEMPTS`] times: no rule has run yet then. The changes are then applied in order,
+/// each exactly as [`update_child`] applies one, under locks already held.
+pub(super) async fn update_children(
+    store: &PgStore,
+    changes: Vec<(String, ChildChange)>,
+) -> Result<Vec<Option<Child>>> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<String> = changes.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut client = store.client().await?;
+    let mut attempt = 1;
+    loop {
+        let tx = client.transaction().await.db()?;
+        match lock_group(&tx, &ids).await {
+            Ok(()) => {
+                let mut children = Vec::with_capacity(changes.len());
+                for (task_id, change) in changes {
+                    children.push(apply_change(&tx, task_id, change).await?);
+                }
+                tx.commit().await.db()?;
+                return Ok(children);
+            }
+            Err(e) if attempt < GROUP_ATTEMPTS && is_lock_conflict(&e) => {
+                tx.rollback().await.db()?;
+                tracing::debug!(
+                    attempt,
+                    "controller state (PostgreSQL): group of transitions retried after {}",
+                    super::rows::chain(&e)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    fastrand::u64(1..=10) * u64::from(attempt),
+                ))
+                .await;
+                attempt += 1;
+            }
+            Err(e) => return Err(super::rows::db_err(e)),
+        }
+    }
+}
+
+fn is_lock_conflict(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+/// Locks a group's children, then their batches, each set in task id order.
+async fn lock_group(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[String],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let children = tx
+        .prepare_cached(
+            "SELECT task_id FROM children WHERE task_id = ANY($1::text[]) \
+             ORDER BY task_id FOR UPDATE",
+        )
+        .await?;
+    tx.query(&children, &[&ids]).await?;
+    let batches = tx
+        .prepare_cached(
+            "SELECT task_id FROM batches WHERE task_id IN \
+             (SELECT batch_id FROM children WHERE task_id = ANY($1::text[])) \
+             ORDER BY task_id FOR UPDATE",
+        )
+        .await?;
+    tx.query(&batches, &[&ids]).await?;
+    Ok(())
+}
+
+/// Applies one [`ChildChange`] inside the caller's transaction: the child's row, and its
+/// batch's counts when its status moved. `None` for an unknown TaskId.
+async fn apply_change(
+    tx: &deadpool_postgres::Transaction<'_>,
+    task_id: String,
+    change: ChildChange,
+) -> Result<Option<Child>> {
     // Locked until commit: another replica's transition of this child waits, then
     // its rule sees what this one wrote.
-    let Some(mut child) = children_where(&tx, "c.task_id = $1", &[&task_id], true)
+    let Some(mut child) = children_where(tx, "c.task_id = $1", &[&task_id], true)
         .await?
         .into_iter()
         .next()
@@ -90,7 +186,6 @@ pub(super) async fn update_child(
     };
     let before = child.status;
     if !change(&mut child) {
-        tx.rollback().await.db()?;
         return Ok(Some(child));
     }
     let write = tx
@@ -133,7 +228,7 @@ pub(super) async fn update_child(
         ));
     }
     if before != child.status {
-        let (mut counts, finish_ms) = counts_for_update(&tx, &child.batch_id).await?;
+        let (mut counts, finish_ms) = counts_for_update(tx, &child.batch_id).await?;
         let old = counts.slot(before);
         *old = old.saturating_sub(1);
         *counts.slot(child.status) += 1;
@@ -165,6 +260,5 @@ pub(super) async fn update_child(
         .await
         .db()?;
     }
-    tx.commit().await.db()?;
     Ok(Some(child))
 }

@@ -1,11 +1,13 @@
 //! [`Store`] on SQLite: one file in the state directory (mode 0600: it holds AccessKey
-//! secrets and the payloads' OSS credentials), one connection behind a mutex, used only on
-//! tokio's blocking threads.
+//! secrets and the payloads' OSS credentials), one writing and one reading connection, each
+//! on a thread of its own.
 //!
 //! Durability: WAL with `synchronous = FULL`, so a commit has reached the disk (the WAL is
 //! fsync'd) before the call returns. NORMAL would survive a controller crash but could lose
 //! the last commits on a power or OS failure, after their MQTT messages were acknowledged:
 //! an agent would not resend them.
+//! Many transitions can share one commit ([`Store::update_children`], delivery's group
+//! commit of reports).
 //!
 //! Schema: numbered migrations in `migrations/`, applied in order at open and recorded in
 //! `schema_version`; a file written by a newer build is refused, not guessed at.
@@ -22,7 +24,6 @@ use rows::{batch_ids, children_where, counts_of, opt_u64};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 /// `(version, SQL)`, in order; a new schema change is a new file, never an edit.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
@@ -31,7 +32,45 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initia
 pub const FILE_NAME: &str = "controller.sqlite";
 
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    /// Every write, one transaction at a time.
+    conn: ConnThread,
+    /// Every read (API calls, DescribeTasks, lookups), on a second connection: in WAL mode
+    /// a reader sees the last commit and never waits for a writer's fsync, so DescribeTasks
+    /// stays quick while hundreds of reports commit. Reads after a write see it: a write's
+    /// future resolves only once it committed.
+    reader: ConnThread,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A connection on a thread of its own, running calls in the order they come. Not tokio's
+/// blocking pool: the embedded broker's file I/O (tokio::fs, an fsync per persisted
+/// message) queues there by the thousand while 500 phones report, and a DescribeTasks
+/// waiting behind it took seconds.
+struct ConnThread {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl ConnThread {
+    fn spawn(name: &str, mut conn: Connection) -> Result<ConnThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                for job in queue {
+                    // A panicking call loses only its own answer (its caller gets an error).
+                    let _ =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                }
+            })
+            .map_err(|e| {
+                Error::new(
+                    Code::Internal,
+                    format!("starting the controller state thread {name}: {e}"),
+                )
+            })?;
+        Ok(ConnThread { jobs })
+    }
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
@@ -73,8 +112,16 @@ impl SqliteStore {
                 ),
             ),
         })?;
+        let reader = Connection::open(path).map_err(db_err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        reader
+            .execute_batch("PRAGMA query_only = ON;")
+            .map_err(db_err)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: ConnThread::spawn("ferry-state-write", conn)?,
+            reader: ConnThread::spawn("ferry-state-read", reader)?,
         })
     }
 
@@ -83,21 +130,43 @@ impl SqliteStore {
         SqliteStore::open(&state_dir.join(FILE_NAME))
     }
 
+    /// Runs `f` on the writing connection (on its thread).
     fn run<T, F>(&self, f: F) -> BoxFuture<'_, Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-                f(&mut conn).map_err(db_err)
-            })
-            .await
-            .map_err(|e| Error::new(Code::Internal, format!("controller state task: {e}")))?
-        })
+        on(&self.conn, f)
     }
+
+    /// Runs `f`, which only reads, on the reading connection.
+    fn read<T, F>(&self, f: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        on(&self.reader, f)
+    }
+}
+
+/// Queues `f` on `thread` now; the future resolves with its result.
+fn on<T, F>(thread: &ConnThread, f: F) -> BoxFuture<'static, Result<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move |conn| {
+        let _ = reply.send(f(conn).map_err(db_err));
+    });
+    let queued = thread.jobs.send(job).is_ok();
+    Box::pin(async move {
+        let stopped = || Error::new(Code::Internal, "controller state: its thread stopped");
+        if !queued {
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    })
 }
 
 enum Migration {
@@ -146,7 +215,7 @@ impl Store for SqliteStore {
     }
 
     fn access_key_secret(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
-        self.run(move |c| {
+        self.read(move |c| {
             c.query_row("SELECT secret FROM access_keys WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
@@ -190,7 +259,7 @@ impl Store for SqliteStore {
     }
 
     fn instance_password_hash(&self, id: String) -> BoxFuture<'_, Result<Option<String>>> {
-        self.run(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT password_hash FROM instances WHERE id = ?1",
                 [id],
@@ -201,7 +270,7 @@ impl Store for SqliteStore {
     }
 
     fn instance_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
-        self.run(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare("SELECT id, password_hash FROM instances ORDER BY id")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
@@ -209,7 +278,7 @@ impl Store for SqliteStore {
     }
 
     fn unknown_instances(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<String>>> {
-        self.run(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached("SELECT 1 FROM instances WHERE id = ?1")?;
             let mut unknown = Vec::new();
             for id in ids {
@@ -222,7 +291,7 @@ impl Store for SqliteStore {
     }
 
     fn instances(&self) -> BoxFuture<'_, Result<Vec<Instance>>> {
-        self.run(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, created_ms, online, last_seen_ms, agent_json FROM instances ORDER BY id",
             )?;
@@ -251,7 +320,7 @@ impl Store for SqliteStore {
     }
 
     fn batch_by_client_token(&self, token: String) -> BoxFuture<'_, Result<Option<BatchIds>>> {
-        self.run(move |c| batch_ids(c, "client_token = ?1", &token))
+        self.read(move |c| batch_ids(c, "client_token = ?1", &token))
     }
 
     fn create_batch(&self, batch: NewBatch) -> BoxFuture<'_, Result<Option<BatchIds>>> {
@@ -307,7 +376,7 @@ impl Store for SqliteStore {
     }
 
     fn batch_payload(&self, batch_id: String) -> BoxFuture<'_, Result<Option<String>>> {
-        self.run(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT payload_json FROM batches WHERE task_id = ?1",
                 [batch_id],
@@ -318,14 +387,14 @@ impl Store for SqliteStore {
     }
 
     fn is_batch(&self, task_id: String) -> BoxFuture<'_, Result<bool>> {
-        self.run(move |c| {
+        self.read(move |c| {
             c.prepare_cached("SELECT 1 FROM batches WHERE task_id = ?1")?
                 .exists([task_id])
         })
     }
 
     fn child(&self, task_id: String) -> BoxFuture<'_, Result<Option<Child>>> {
-        self.run(move |c| {
+        self.read(move |c| {
             Ok(
                 children_where(c, "c.task_id = ?1", vec![Value::Text(task_id)])?
                     .into_iter()
@@ -335,11 +404,11 @@ impl Store for SqliteStore {
     }
 
     fn batch_children(&self, batch_id: String) -> BoxFuture<'_, Result<Vec<Child>>> {
-        self.run(move |c| children_where(c, "c.batch_id = ?1", vec![Value::Text(batch_id)]))
+        self.read(move |c| children_where(c, "c.batch_id = ?1", vec![Value::Text(batch_id)]))
     }
 
     fn open_children(&self, instance_id: String) -> BoxFuture<'_, Result<Vec<Child>>> {
-        self.run(move |c| {
+        self.read(move |c| {
             children_where(
                 c,
                 "c.instance_id = ?1 AND c.status IN ('PENDING', 'RUNNING')",
@@ -349,7 +418,7 @@ impl Store for SqliteStore {
     }
 
     fn pending_before(&self, created_before_ms: u64) -> BoxFuture<'_, Result<Vec<Child>>> {
-        self.run(move |c| {
+        self.read(move |c| {
             children_where(
                 c,
                 "c.status = 'PENDING' AND c.created_ms < ?1",
@@ -365,66 +434,24 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Option<Child>>> {
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(mut child) =
-                children_where(&tx, "c.task_id = ?1", vec![Value::Text(task_id)])?
-                    .into_iter()
-                    .next()
-            else {
-                return Ok(None);
-            };
-            let before = child.status;
-            if !change(&mut child) {
-                return Ok(Some(child));
-            }
-            tx.execute(
-                "UPDATE children SET status = ?2, phase = ?3, error_code = ?4, error_msg = ?5, \
-                 result_json = ?6, progress = ?7, bytes_done = ?8, bytes_total = ?9, \
-                 updated_ms = ?10, start_ms = ?11, finish_ms = ?12, sent = ?13, \
-                 cancel_requested = ?14 WHERE task_id = ?1",
-                params![
-                    child.task_id,
-                    child.status.as_str(),
-                    child.phase,
-                    child.error_code,
-                    child.error_msg,
-                    child.result_json,
-                    child.progress,
-                    child.bytes_done as i64,
-                    child.bytes_total.map(|n| n as i64),
-                    child.updated_ms as i64,
-                    child.start_ms.map(|n| n as i64),
-                    child.finish_ms.map(|n| n as i64),
-                    child.sent,
-                    child.cancel_requested,
-                ],
-            )?;
-            if before != child.status {
-                let (mut counts, finish_ms) = counts_of(&tx, &child.batch_id)?;
-                let old = counts.slot(before);
-                *old = old.saturating_sub(1);
-                *counts.slot(child.status) += 1;
-                let status = counts.batch_status();
-                let finish_ms = match (status.is_final(), finish_ms) {
-                    (true, None) => Some(child.updated_ms as i64),
-                    (true, kept) => kept,
-                    (false, _) => None,
-                };
-                tx.execute(
-                    "UPDATE batches SET status = ?2, n_pending = ?3, n_running = ?4, \
-                     n_finished = ?5, n_failed = ?6, finish_ms = ?7 WHERE task_id = ?1",
-                    params![
-                        child.batch_id,
-                        status.as_str(),
-                        counts.pending,
-                        counts.running,
-                        counts.finished,
-                        counts.failed,
-                        finish_ms
-                    ],
-                )?;
-            }
+            let child = apply_change(&tx, task_id, change)?;
             tx.commit()?;
-            Ok(Some(child))
+            Ok(child)
+        })
+    }
+
+    fn update_children(
+        &self,
+        changes: Vec<(String, ChildChange)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<Child>>>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let children = changes
+                .into_iter()
+                .map(|(task_id, change)| apply_change(&tx, task_id, change))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(children)
         })
     }
 
@@ -443,8 +470,75 @@ impl Store for SqliteStore {
     }
 
     fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>> {
-        self.run(move |c| query::describe(c, &filter))
+        self.read(move |c| query::describe(c, &filter))
     }
+}
+
+/// Applies one [`ChildChange`] inside the caller's transaction: the child's row, and its
+/// batch's counts when its status moved. `None` for an unknown TaskId.
+fn apply_change(
+    tx: &rusqlite::Transaction<'_>,
+    task_id: String,
+    change: ChildChange,
+) -> rusqlite::Result<Option<Child>> {
+    let Some(mut child) = children_where(tx, "c.task_id = ?1", vec![Value::Text(task_id)])?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let before = child.status;
+    if !change(&mut child) {
+        return Ok(Some(child));
+    }
+    tx.prepare_cached(
+        "UPDATE children SET status = ?2, phase = ?3, error_code = ?4, error_msg = ?5, \
+         result_json = ?6, progress = ?7, bytes_done = ?8, bytes_total = ?9, \
+         updated_ms = ?10, start_ms = ?11, finish_ms = ?12, sent = ?13, \
+         cancel_requested = ?14 WHERE task_id = ?1",
+    )?
+    .execute(params![
+        child.task_id,
+        child.status.as_str(),
+        child.phase,
+        child.error_code,
+        child.error_msg,
+        child.result_json,
+        child.progress,
+        child.bytes_done as i64,
+        child.bytes_total.map(|n| n as i64),
+        child.updated_ms as i64,
+        child.start_ms.map(|n| n as i64),
+        child.finish_ms.map(|n| n as i64),
+        child.sent,
+        child.cancel_requested,
+    ])?;
+    if before != child.status {
+        let (mut counts, finish_ms) = counts_of(tx, &child.batch_id)?;
+        let old = counts.slot(before);
+        *old = old.saturating_sub(1);
+        *counts.slot(child.status) += 1;
+        let status = counts.batch_status();
+        let finish_ms = match (status.is_final(), finish_ms) {
+            (true, None) => Some(child.updated_ms as i64),
+            (true, kept) => kept,
+            (false, _) => None,
+        };
+        tx.prepare_cached(
+            "UPDATE batches SET status = ?2, n_pending = ?3, n_running = ?4, \
+             n_finished = ?5, n_failed = ?6, finish_ms = ?7 WHERE task_id = ?1",
+        )?
+        .execute(params![
+            child.batch_id,
+            status.as_str(),
+            counts.pending,
+            counts.running,
+            counts.finished,
+            counts.failed,
+            finish_ms
+        ])?;
+    }
+    Ok(Some(child))
 }
 
 #[cfg(test)]
@@ -479,5 +573,104 @@ mod tests {
         };
         assert_eq!(e.code, Code::InvalidConfig);
         assert!(e.message.contains("99"), "{e}");
+    }
+
+    fn new_batch(children: &[(&str, &str)]) -> NewBatch {
+        NewBatch {
+            task_id: "b-1".into(),
+            request_id: "r-1".into(),
+            client_token: None,
+            request_hash: "h".into(),
+            payload_json: "{}".into(),
+            created_ms: 1,
+            children: children
+                .iter()
+                .map(|(i, t)| (i.to_string(), t.to_string()))
+                .collect(),
+        }
+    }
+
+    fn to(status: super::super::Status) -> ChildChange {
+        Box::new(move |c| {
+            if c.status == status {
+                return false;
+            }
+            c.status = status;
+            c.updated_ms += 1;
+            true
+        })
+    }
+
+    #[tokio::test]
+    async fn a_group_of_changes_applies_in_order_in_one_commit_and_keeps_the_counts() {
+        use super::super::Status;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        for id in ["acp-a", "acp-b"] {
+            store
+                .put_instance(id.into(), "h".into(), false, 1)
+                .await
+                .unwrap();
+        }
+        assert!(store
+            .create_batch(new_batch(&[("acp-a", "t-a"), ("acp-b", "t-b")]))
+            .await
+            .unwrap()
+            .is_none());
+        // The second change of t-a sees the first: RUNNING, then FINISHED only from RUNNING.
+        let after_running: ChildChange = Box::new(|c| {
+            if c.status != Status::Running {
+                return false;
+            }
+            c.status = Status::Finished;
+            true
+        });
+        let got = store
+            .update_children(vec![
+                ("t-a".into(), to(Status::Running)),
+                ("t-a".into(), after_running),
+                ("t-unknown".into(), to(Status::Running)),
+                ("t-b".into(), to(Status::Running)),
+                ("t-b".into(), to(Status::Running)),
+            ])
+            .await
+            .unwrap();
+        let statuses: Vec<_> = got.iter().map(|c| c.as_ref().map(|c| c.status)).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                Some(Status::Running),
+                Some(Status::Finished),
+                None,
+                Some(Status::Running),
+                Some(Status::Running),
+            ]
+        );
+        assert_eq!(
+            store.child("t-a".into()).await.unwrap().unwrap().status,
+            Status::Finished
+        );
+        let page = store
+            .describe(TaskFilter {
+                task_ids: vec!["b-1".into()],
+                level: Some(1),
+                limit: 10,
+                ..TaskFilter::default()
+            })
+            .await
+            .unwrap();
+        let Some(super::super::TaskRecord::Batch(batch)) = page.rows.first() else {
+            panic!("no batch row: {page:?}")
+        };
+        assert_eq!(
+            batch.counts,
+            Counts {
+                pending: 0,
+                running: 1,
+                finished: 1,
+                failed: 0
+            }
+        );
+        assert_eq!(batch.status, Status::Running);
     }
 }
