@@ -71,6 +71,7 @@ on_both_stores! {
     multi_thread: two_replicas_racing_one_client_token_make_one_batch,
         concurrent_send_files_on_two_replicas_list_each_batch_with_its_own_children,
         reports_and_expiry_racing_on_two_replicas_leave_one_final_state_and_true_counts,
+        two_replicas_expiring_the_same_children_each_claim_only_the_ones_they_moved,
         overlapping_report_groups_on_two_replicas_all_commit_with_true_counts;
 }
 

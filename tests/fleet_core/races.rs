@@ -210,6 +210,44 @@ async fn final_states(
     states
 }
 
+/// Both replicas' expiry runs at the same moment over the same due children: each child is
+/// expired (logged and returned) by exactly one of them, the one whose change moved its row.
+pub async fn two_replicas_expiring_the_same_children_each_claim_only_the_ones_they_moved(
+    store: Backend,
+) {
+    let names: Vec<String> = (1..=16).map(|i| format!("acp-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let h = Harness::with_expiry(&store, &refs, Duration::from_millis(50)).await;
+    let replica = h.replica().await;
+    let fleets = [Arc::clone(&h.fleet), Arc::clone(&replica.fleet)];
+    for round in 0..3 {
+        let answer = h.send(&refs, None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let runs: Vec<_> = fleets
+            .iter()
+            .map(|fleet| {
+                let fleet = Arc::clone(fleet);
+                tokio::spawn(async move { fleet.expire_due().await.unwrap() })
+            })
+            .collect();
+        let mut claimed: Vec<String> = Vec::new();
+        for run in runs {
+            claimed.extend(run.await.unwrap());
+        }
+        claimed.sort();
+        let mut expected: Vec<String> = answer.data.iter().map(|d| d.task_id.clone()).collect();
+        expected.sort();
+        assert_eq!(claimed, expected, "round {round}: each child claimed once");
+        for d in &answer.data {
+            let row = h.row(&d.task_id).await;
+            assert_eq!(
+                (row.task_status.as_str(), row.error_code.as_deref()),
+                ("FAILED", Some("Fleet.InstanceOffline"))
+            );
+        }
+    }
+}
+
 /// Delivery's group commits on two replicas naming the same children of two batches in
 /// opposite orders: neither deadlocks nor loses a report, and the counts stay true.
 pub async fn overlapping_report_groups_on_two_replicas_all_commit_with_true_counts(store: Backend) {

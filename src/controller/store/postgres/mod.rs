@@ -17,7 +17,7 @@
 //!   then applies every change as a single transition would; a deadlock or serialization
 //!   error while locking retries the whole group, a bounded number of times.
 //! - **Expiry** goes through the same transitions, so two replicas expiring one child leave
-//!   one final state.
+//!   one final state; only the one whose rule moved the row reports it as expired.
 //!
 //! The statements of the frequent calls (transitions, a Hello's touch, orders sent, the API's
 //! AccessKey and the broker's password lookups) are prepared once per pooled connection
