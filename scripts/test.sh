@@ -40,8 +40,10 @@ ensure_rust_tools
 # server of tests/android_dns.rs; python3 + python3-venv for the venv under /var/tmp in which
 # tests/controller_api.rs installs Alibaba's Python SDK (tests/common/alibaba_sdk.rs); and
 # mosquitto (with mosquitto_passwd), the real MQTT broker of the fleet tests
-# (tests/fleet_agent.rs; without it they fail under CI=true).
-ensure_apt curl procps ca-certificates dnsmasq-base busybox-static python3 python3-venv mosquitto
+# (tests/fleet_agent.rs; without it they fail under CI=true); and postgresql (Debian 12: 15),
+# whose initdb/postgres the controller's PostgreSQL store tests run as a throwaway cluster
+# (tests/common/postgres.rs; without it they fail under CI=true).
+ensure_apt curl procps ca-certificates dnsmasq-base busybox-static python3 python3-venv mosquitto postgresql
 # s3s-fs, the real S3 server of tests/oss_*.rs (built once into /var/tmp/ferry-tools);
 # exports FERRY_S3S_FS.  Without it those tests fail saying so, they never skip.
 ensure_s3s_fs || loud_warn "s3s-fs could not be installed: the OSS tests will FAIL"

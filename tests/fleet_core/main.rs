@@ -3,6 +3,11 @@
 //! restarts, reports and aggregation, Hello resends, expiry, cancel, DescribeTasks paging,
 //! and that no secret of a payload comes back out.
 
+#[path = "../common/postgres.rs"]
+mod postgres;
+mod races;
+#[path = "../common/skip.rs"]
+mod skip;
 mod support;
 
 use ferry::controller::model::{DescribeTasksQuery, TaskRow};
@@ -11,12 +16,67 @@ use ferry::controller::secrets;
 use ferry::error::Code;
 use ferry::fleet::wire::{HeldTask, Hello, Order, Presence, Report};
 use ferry::task::record::Phase;
+use races::*;
 use std::time::Duration;
 use support::*;
 
-#[tokio::test]
-async fn send_file_stores_batch_and_children_before_publishing_their_orders() {
-    let h = Harness::new(&["acp-1", "acp-2", "acp-3"]).await;
+/// Each test once per store: `sqlite::NAME` on a SQLite file, `postgres::NAME` on a fresh
+/// database of the test binary's PostgreSQL cluster (skipped loudly without PostgreSQL, a
+/// failure under CI=true). `multi_thread` tests race on two worker threads.
+macro_rules! on_both_stores {
+    (current: $($name:ident),* ; multi_thread: $($race:ident),* $(;)?) => {
+        mod sqlite {
+            use super::Backend;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(Backend::Sqlite).await
+            })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $race() {
+                super::$race(Backend::Sqlite).await
+            })*
+        }
+        mod postgres_store {
+            use super::Backend;
+            $(#[tokio::test]
+            async fn $name() {
+                if let Some(store) = Backend::postgres() {
+                    super::$name(store).await
+                }
+            })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $race() {
+                if let Some(store) = Backend::postgres() {
+                    super::$race(store).await
+                }
+            })*
+        }
+    };
+}
+
+on_both_stores! {
+    current: send_file_stores_batch_and_children_before_publishing_their_orders,
+        a_client_token_repeat_gets_the_same_ids_even_after_a_restart_and_a_changed_request_conflicts,
+        a_lost_publish_costs_nothing_and_concurrent_repeats_of_a_token_make_one_batch,
+        unknown_duplicate_or_missing_instances_and_bad_payloads_create_nothing,
+        reports_move_children_forward_only_and_the_batch_aggregates_them,
+        a_report_for_another_instances_task_or_an_unknown_task_is_refused,
+        hello_is_answered_with_exactly_the_orders_the_agent_misses,
+        a_child_no_agent_takes_within_the_expiry_fails_with_its_own_code,
+        cancelling_a_batch_fails_untaken_children_now_and_orders_the_others_to_stop,
+        describe_tasks_filters_and_pages_250_children,
+        no_answer_carries_the_payloads_secrets,
+        credentials_are_issued_stored_and_checked,
+        a_group_of_reports_commits_in_order_and_refuses_each_bad_one_alone;
+    multi_thread: two_replicas_racing_one_client_token_make_one_batch,
+        concurrent_send_files_on_two_replicas_list_each_batch_with_its_own_children,
+        reports_and_expiry_racing_on_two_replicas_leave_one_final_state_and_true_counts,
+        two_replicas_expiring_the_same_children_each_claim_only_the_ones_they_moved,
+        overlapping_report_groups_on_two_replicas_all_commit_with_true_counts;
+}
+
+async fn send_file_stores_batch_and_children_before_publishing_their_orders(store: Backend) {
+    let h = Harness::new(&store, &["acp-1", "acp-2", "acp-3"]).await;
     let answer = h.send(&["acp-1", "acp-2", "acp-3"], None).await.unwrap();
     assert!(answer.task_id.starts_with("t-"));
     let ids: Vec<&str> = answer
@@ -65,10 +125,10 @@ async fn send_file_stores_batch_and_children_before_publishing_their_orders() {
     }
 }
 
-#[tokio::test]
 async fn a_client_token_repeat_gets_the_same_ids_even_after_a_restart_and_a_changed_request_conflicts(
+    store: Backend,
 ) {
-    let h = Harness::new(&["acp-1", "acp-2"]).await;
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
     let first = h.send(&["acp-1", "acp-2"], Some("tok-1")).await.unwrap();
     let again = h.send(&["acp-1", "acp-2"], Some("tok-1")).await.unwrap();
     assert_eq!(first, again);
@@ -90,9 +150,10 @@ async fn a_client_token_repeat_gets_the_same_ids_even_after_a_restart_and_a_chan
     assert_ne!(other.task_id, first.task_id);
 }
 
-#[tokio::test]
-async fn a_lost_publish_costs_nothing_and_concurrent_repeats_of_a_token_make_one_batch() {
-    let h = Harness::new(&["acp-1", "acp-2"]).await;
+async fn a_lost_publish_costs_nothing_and_concurrent_repeats_of_a_token_make_one_batch(
+    store: Backend,
+) {
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
     h.outbox.fail(true);
     let answer = h.send(&["acp-1", "acp-2"], None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -119,9 +180,8 @@ async fn a_lost_publish_costs_nothing_and_concurrent_repeats_of_a_token_make_one
     );
 }
 
-#[tokio::test]
-async fn unknown_duplicate_or_missing_instances_and_bad_payloads_create_nothing() {
-    let h = Harness::new(&["acp-1"]).await;
+async fn unknown_duplicate_or_missing_instances_and_bad_payloads_create_nothing(store: Backend) {
+    let h = Harness::new(&store, &["acp-1"]).await;
     let unknown = h
         .send(&["acp-1", "acp-9", "acp-8"], None)
         .await
@@ -165,9 +225,8 @@ async fn unknown_duplicate_or_missing_instances_and_bad_payloads_create_nothing(
     assert!(h.outbox.orders().is_empty());
 }
 
-#[tokio::test]
-async fn reports_move_children_forward_only_and_the_batch_aggregates_them() {
-    let h = Harness::new(&["acp-1", "acp-2"]).await;
+async fn reports_move_children_forward_only_and_the_batch_aggregates_them(store: Backend) {
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
     let answer = h.send(&["acp-1", "acp-2"], None).await.unwrap();
     let (t1, t2) = (&answer.data[0].task_id, &answer.data[1].task_id);
     h.report("acp-1", view(t1, Phase::Running, 50, Some(100)))
@@ -236,9 +295,8 @@ async fn reports_move_children_forward_only_and_the_batch_aggregates_them() {
     assert_eq!(h.row(&answer.task_id).await, batch);
 }
 
-#[tokio::test]
-async fn a_report_for_another_instances_task_or_an_unknown_task_is_refused() {
-    let h = Harness::new(&["acp-1", "acp-2"]).await;
+async fn a_report_for_another_instances_task_or_an_unknown_task_is_refused(store: Backend) {
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
     let answer = h.send(&["acp-1"], None).await.unwrap();
     let t1 = &answer.data[0].task_id;
     let forged = h.report("acp-2", done(t1)).await.unwrap_err();
@@ -252,9 +310,8 @@ async fn a_report_for_another_instances_task_or_an_unknown_task_is_refused() {
         .is_err());
 }
 
-#[tokio::test]
-async fn hello_is_answered_with_exactly_the_orders_the_agent_misses() {
-    let h = Harness::new(&["acp-1", "acp-2"]).await;
+async fn hello_is_answered_with_exactly_the_orders_the_agent_misses(store: Backend) {
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
     let a = h.send(&["acp-1", "acp-2"], None).await.unwrap();
     let b = h.send(&["acp-1"], None).await.unwrap();
     let c = h.send(&["acp-1"], None).await.unwrap();
@@ -307,9 +364,8 @@ async fn hello_is_answered_with_exactly_the_orders_the_agent_misses() {
     assert!(!two.online && two.last_seen.is_none() && two.agent_version.is_none());
 }
 
-#[tokio::test]
-async fn a_child_no_agent_takes_within_the_expiry_fails_with_its_own_code() {
-    let h = Harness::with_expiry(&["acp-1", "acp-2"], Duration::from_millis(300)).await;
+async fn a_child_no_agent_takes_within_the_expiry_fails_with_its_own_code(store: Backend) {
+    let h = Harness::with_expiry(&store, &["acp-1", "acp-2"], Duration::from_millis(300)).await;
     assert_eq!(h.fleet.expiry_interval(), Duration::from_secs(1));
     let answer = h.send(&["acp-1", "acp-2"], None).await.unwrap();
     let (t1, t2) = (&answer.data[0].task_id, &answer.data[1].task_id);
@@ -336,7 +392,7 @@ async fn a_child_no_agent_takes_within_the_expiry_fails_with_its_own_code() {
         }]
     );
     // The background loop does the same.
-    let h2 = Harness::with_expiry(&["acp-3"], Duration::from_millis(200)).await;
+    let h2 = Harness::with_expiry(&store.fresh(), &["acp-3"], Duration::from_millis(200)).await;
     let late = h2.send(&["acp-3"], None).await.unwrap();
     let fleet = std::sync::Arc::clone(&h2.fleet);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -357,9 +413,10 @@ async fn a_child_no_agent_takes_within_the_expiry_fails_with_its_own_code() {
     looping.await.unwrap();
 }
 
-#[tokio::test]
-async fn cancelling_a_batch_fails_untaken_children_now_and_orders_the_others_to_stop() {
-    let h = Harness::new(&["acp-1", "acp-2", "acp-3"]).await;
+async fn cancelling_a_batch_fails_untaken_children_now_and_orders_the_others_to_stop(
+    store: Backend,
+) {
+    let h = Harness::new(&store, &["acp-1", "acp-2", "acp-3"]).await;
     let answer = h.send(&["acp-1", "acp-2", "acp-3"], None).await.unwrap();
     h.outbox.wait_for(3).await;
     let (t1, t2, t3) = (
@@ -446,11 +503,10 @@ async fn cancelling_a_batch_fails_untaken_children_now_and_orders_the_others_to_
         .is_empty());
 }
 
-#[tokio::test]
-async fn describe_tasks_filters_and_pages_250_children() {
+async fn describe_tasks_filters_and_pages_250_children(store: Backend) {
     let names: Vec<String> = (0..250).map(|i| format!("acp-{i:03}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let h = Harness::new(&refs).await;
+    let h = Harness::new(&store, &refs).await;
     let big = h.send(&refs, None).await.unwrap();
     let small = h.send(&refs[..2], None).await.unwrap();
     for d in &big.data[..10] {
@@ -589,9 +645,8 @@ async fn describe_tasks_filters_and_pages_250_children() {
     }
 }
 
-#[tokio::test]
-async fn no_answer_carries_the_payloads_secrets() {
-    let h = Harness::new(&["acp-1"]).await;
+async fn no_answer_carries_the_payloads_secrets(store: Backend) {
+    let h = Harness::new(&store, &["acp-1"]).await;
     let answer = h.send(&["acp-1"], Some("tok")).await.unwrap();
     h.report(
         "acp-1",
@@ -620,9 +675,8 @@ async fn no_answer_carries_the_payloads_secrets() {
     }
 }
 
-#[tokio::test]
-async fn credentials_are_issued_stored_and_checked() {
-    let h = Harness::new(&["acp-1"]).await;
+async fn credentials_are_issued_stored_and_checked(store: Backend) {
+    let h = Harness::new(&store, &["acp-1"]).await;
     let (id, secret) = h.fleet.create_access_key().await.unwrap();
     assert!(id.starts_with("LTAI"));
     let h = h.restart().await;
@@ -658,12 +712,14 @@ async fn credentials_are_issued_stored_and_checked() {
         None
     );
     // The state file holds secrets: only its owner reads it.
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(h.dir.path().join("controller.sqlite"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    if let Backend::Sqlite = h.backend {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(h.dir.path().join("controller.sqlite"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
 }
 
 fn hello(instance: &str, held: Vec<HeldTask>) -> Hello {
@@ -691,9 +747,8 @@ fn held(task_id: &str, phase: Phase) -> HeldTask {
 
 /// The group commit delivery uses: one store transaction for many reports, applied in order
 /// (a task's SUCCESS after its RUNNING of the same group), each bad one refused on its own.
-#[tokio::test]
-async fn a_group_of_reports_commits_in_order_and_refuses_each_bad_one_alone() {
-    let h = Harness::new(&["acp-1", "acp-2"]).await;
+async fn a_group_of_reports_commits_in_order_and_refuses_each_bad_one_alone(store: Backend) {
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
     let answer = h.send(&["acp-1", "acp-2"], None).await.unwrap();
     let (t1, t2) = (&answer.data[0].task_id, &answer.data[1].task_id);
     let report = |instance: &str, task| Report {

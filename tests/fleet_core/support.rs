@@ -1,12 +1,15 @@
-//! The harness: a Fleet over a SQLite file in a tempdir, registered instances, a recording
-//! Outbox, and agent reports built like the agent's own TaskViews.
+//! The harness: a Fleet over a store (a SQLite file in a tempdir, or a fresh database of the
+//! test binary's PostgreSQL cluster), registered instances, a recording Outbox, and agent
+//! reports built like the agent's own TaskViews.
 
 use ferry::controller::model::{
     ApiError, DescribeTasksQuery, DescribeTasksResponse, SendFileRequest, SendFileResponse, TaskRow,
 };
 use ferry::controller::ports::{Actions, BoxFuture, Inbox, Outbox};
 use ferry::controller::service::{Fleet, FleetConfig, StoreCredentials};
+use ferry::controller::store::postgres::PgStore;
 use ferry::controller::store::sqlite::SqliteStore;
+use ferry::controller::store::Store;
 use ferry::error::{Result, TaskCode};
 use ferry::fleet::wire::{Order, Report};
 use ferry::task::payload::{Credentials, TaskPayload};
@@ -71,8 +74,34 @@ impl Outbox for RecordingOutbox {
     }
 }
 
+/// Which store a test runs on.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// `controller.sqlite` in the harness's tempdir.
+    Sqlite,
+    /// A database of its own (this URL) in the shared PostgreSQL cluster.
+    Postgres(String),
+}
+
+impl Backend {
+    /// A fresh PostgreSQL database; `None` after a loud skip when PostgreSQL is missing (a
+    /// failure under CI=true).
+    pub fn postgres() -> Option<Backend> {
+        crate::postgres::database().map(Backend::Postgres)
+    }
+
+    /// Another, empty store of the same kind.
+    pub fn fresh(&self) -> Backend {
+        match self {
+            Backend::Sqlite => Backend::Sqlite,
+            Backend::Postgres(_) => Backend::postgres().expect("PostgreSQL ran a moment ago"),
+        }
+    }
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
+    pub backend: Backend,
     pub fleet: Arc<Fleet>,
     /// What the API and the broker ask about callers, read from the same store.
     pub credentials: StoreCredentials,
@@ -82,22 +111,23 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn new(instances: &[&str]) -> Harness {
-        Harness::with_expiry(instances, Duration::from_secs(3600)).await
+    pub async fn new(backend: &Backend, instances: &[&str]) -> Harness {
+        Harness::with_expiry(backend, instances, Duration::from_secs(3600)).await
     }
 
-    pub async fn with_expiry(instances: &[&str], expiry: Duration) -> Harness {
+    pub async fn with_expiry(backend: &Backend, instances: &[&str], expiry: Duration) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let config = FleetConfig {
             expiry,
             ..FleetConfig::default()
         };
-        let (fleet, credentials, outbox) = open(&dir, &config);
+        let (fleet, credentials, outbox) = open(&dir, backend, &config).await;
         for id in instances {
             fleet.add_instance(id, false).await.unwrap();
         }
         Harness {
             dir,
+            backend: backend.clone(),
             fleet,
             credentials,
             outbox,
@@ -106,19 +136,21 @@ impl Harness {
         }
     }
 
-    /// The same state file under a new Fleet and store, as after a controller restart.
+    /// The same state under a new Fleet and store, as after a controller restart.
     pub async fn restart(self) -> Harness {
         let Harness {
             dir,
+            backend,
             fleet,
             config,
             requests,
             ..
         } = self;
         drop(fleet);
-        let (fleet, credentials, outbox) = open(&dir, &config);
+        let (fleet, credentials, outbox) = open(&dir, &backend, &config).await;
         Harness {
             dir,
+            backend,
             fleet,
             credentials,
             outbox,
@@ -182,11 +214,28 @@ impl Harness {
     }
 }
 
-fn open(
+/// Another controller on the same state: its own store (connection), Fleet and Outbox, as a
+/// second replica behind the same database.
+pub struct Replica {
+    pub fleet: Arc<Fleet>,
+}
+
+impl Harness {
+    pub async fn replica(&self) -> Replica {
+        let (fleet, _, _) = open(&self.dir, &self.backend, &self.config).await;
+        Replica { fleet }
+    }
+}
+
+async fn open(
     dir: &tempfile::TempDir,
+    backend: &Backend,
     config: &FleetConfig,
 ) -> (Arc<Fleet>, StoreCredentials, Arc<RecordingOutbox>) {
-    let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+    let store: Arc<dyn Store> = match backend {
+        Backend::Sqlite => Arc::new(SqliteStore::open_dir(dir.path()).unwrap()),
+        Backend::Postgres(url) => Arc::new(PgStore::open(url).await.unwrap()),
+    };
     let outbox = Arc::new(RecordingOutbox::default());
     let fleet = Arc::new(Fleet::new(store.clone(), outbox.clone(), config.clone()));
     (fleet, StoreCredentials(store), outbox)

@@ -4,7 +4,9 @@
 use super::StateDirArgs;
 use crate::controller::ports::{BoxFuture, Outbox};
 use crate::controller::service::{Fleet, FleetConfig, StoreCredentials};
-use crate::controller::store::sqlite::SqliteStore;
+use crate::controller::store::postgres::PgStore;
+use crate::controller::store::sqlite::{SqliteStore, FILE_NAME};
+use crate::controller::store::Store;
 use crate::error::{Code, Error, Result};
 use crate::fleet::wire::Order;
 use clap::Args;
@@ -51,21 +53,56 @@ impl Outbox for NotServing {
     }
 }
 
-/// Opens (creating) the state folder, 0700, and its store.
-pub async fn open_store(state_dir: &Path) -> Result<Arc<SqliteStore>> {
-    let dir = state_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating state folder", &dir, &e))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("securing state folder", &dir, &e))?;
-        SqliteStore::open_dir(&dir).map(Arc::new)
-    })
-    .await
-    .map_err(|e| Error::new(Code::Internal, format!("opening the store: {e}")))?
+/// Opens (creating) the state folder, 0700, and the store: `--database`'s PostgreSQL
+/// database, else the folder's SQLite file.
+pub async fn open_store(args: &StateDirArgs) -> Result<Arc<dyn Store>> {
+    let dir = args.state_dir.clone();
+    let joined =
+        |e: tokio::task::JoinError| Error::new(Code::Internal, format!("opening the store: {e}"));
+    match &args.database {
+        Some(url) => {
+            if !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://")) {
+                return Err(Error::new(
+                    Code::InvalidConfig,
+                    format!(
+                        "--database {} is not a postgres:// URL (postgres://USER@HOST:PORT/DATABASE)",
+                        crate::redact::url(&url.0)
+                    ),
+                ));
+            }
+            tokio::task::spawn_blocking(move || prepare_folder(&dir))
+                .await
+                .map_err(joined)??;
+            Ok(Arc::new(PgStore::open(&url.0).await?))
+        }
+        None => {
+            let store = tokio::task::spawn_blocking(move || {
+                prepare_folder(&dir)?;
+                SqliteStore::open_dir(&dir)
+            })
+            .await
+            .map_err(joined)??;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
-async fn offline_fleet(state_dir: &Path) -> Result<Fleet> {
-    let store = open_store(state_dir).await?;
+fn prepare_folder(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating state folder", dir, &e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("securing state folder", dir, &e))
+}
+
+/// The store as logs show it: the SQLite file, or the database without its password.
+pub fn store_shown(args: &StateDirArgs) -> String {
+    match &args.database {
+        Some(url) => crate::redact::url(&url.0),
+        None => args.state_dir.join(FILE_NAME).display().to_string(),
+    }
+}
+
+async fn offline_fleet(args: &StateDirArgs) -> Result<Fleet> {
+    let store = open_store(args).await?;
     Ok(Fleet::new(
         store,
         Arc::new(NotServing),
@@ -104,10 +141,7 @@ fn write_owner_only(path: &Path, text: &str) -> Result<()> {
 }
 
 pub async fn access_key_create(args: &StateDirArgs) -> Result<()> {
-    let (id, secret) = offline_fleet(&args.state_dir)
-        .await?
-        .create_access_key()
-        .await?;
+    let (id, secret) = offline_fleet(args).await?.create_access_key().await?;
     println!("{id} {secret}");
     Ok(())
 }
@@ -126,7 +160,7 @@ pub async fn instance_add(args: &InstanceAddArgs) -> Result<()> {
             format!("--broker {broker:?} must be mqtt://HOST:PORT or mqtts://HOST:PORT, as the phone reaches it"),
         ));
     }
-    let fleet = offline_fleet(&args.state.state_dir).await?;
+    let fleet = offline_fleet(&args.state).await?;
     let password = fleet.add_instance(&args.instance_id, args.rotate).await?;
     // TOML basic strings: the values are checked ASCII without quotes or backslashes.
     println!("[fleet]");
@@ -137,7 +171,7 @@ pub async fn instance_add(args: &InstanceAddArgs) -> Result<()> {
 }
 
 pub async fn mosquitto_files(args: &MosquittoArgs) -> Result<()> {
-    let credentials = StoreCredentials(open_store(&args.state.state_dir).await?);
+    let credentials = StoreCredentials(open_store(&args.state).await?);
     let password = controller_broker_password(&args.state.state_dir)?;
     let (passwd, acl) =
         crate::controller::mosquitto::mosquitto_files(&credentials, CONTROLLER_USER, &password)

@@ -74,6 +74,31 @@ pub struct StateDirArgs {
     /// The controller's state folder (SQLite file, broker credentials)
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
+    /// Keep tasks, instances and AccessKeys in this PostgreSQL database instead of the
+    /// state folder's SQLite file (`postgres://USER@HOST:PORT/DB`; the password from
+    /// `PGPASSWORD` when the URL has none)
+    #[arg(long, value_name = "URL", value_parser = DatabaseUrl::parse)]
+    pub database: Option<DatabaseUrl>,
+}
+
+/// A `--database` connection string. It may hold a password, so its `Debug` (and anything
+/// that prints the parsed arguments) shows it redacted.
+#[derive(Clone)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    /// Takes any text: clap repeats a refused value in its message, password included, so
+    /// the URL is checked when the store opens (`admin::open_store`), where errors show it
+    /// redacted.
+    pub fn parse(text: &str) -> Result<DatabaseUrl, String> {
+        Ok(DatabaseUrl(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", crate::redact::url(&self.0))
+    }
 }
 
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {

@@ -1,8 +1,8 @@
 //! `ferry-controller serve`: the store, the fleet logic, MQTT delivery (to the embedded broker
 //! or `--broker`), expiry, and the public API, until SIGTERM or SIGINT.
 
-use super::admin::{controller_broker_password, open_store, CONTROLLER_USER};
-use super::parse_addr;
+use super::admin::{controller_broker_password, open_store, store_shown, CONTROLLER_USER};
+use super::{parse_addr, StateDirArgs};
 use crate::controller::broker::{self, BrokerOptions};
 use crate::controller::delivery::{Delivery, DeliveryOptions};
 use crate::controller::ports::{Actions, Credentials, Inbox};
@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// The controller's state folder (SQLite file, broker credentials and sessions)
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: PathBuf,
+    /// The state folder (SQLite file, broker credentials and sessions) and `--database`
+    #[command(flatten)]
+    pub state: StateDirArgs,
     /// Where the API listens (Alibaba's SDK endpoint)
     #[arg(long, value_name = "IP:PORT", value_parser = parse_addr, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -50,8 +50,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "--expiry-secs must be at least 1",
         ));
     }
-    let store: Arc<dyn Store> = open_store(&args.state_dir).await?;
-    let password = controller_broker_password(&args.state_dir)?;
+    let store: Arc<dyn Store> = open_store(&args.state).await?;
+    let password = controller_broker_password(&args.state.state_dir)?;
     let shutdown = CancellationToken::new();
     let api = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -66,7 +66,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Some(url) => (url.clone(), None),
         None => {
             let mut opts = BrokerOptions::plain(args.mqtt_listen);
-            opts.storage_dir = Some(args.state_dir.join("broker"));
+            opts.storage_dir = Some(args.state.state_dir.join("broker"));
             (String::new(), Some(opts))
         }
     };
@@ -117,7 +117,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         credentials,
         shutdown.clone(),
     ));
-    tracing::info!(api = %api_addr, mqtt = %mqtt_shown, state = %args.state_dir.display(), "ferry-controller serving");
+    tracing::info!(api = %api_addr, mqtt = %mqtt_shown, state = %args.state.state_dir.display(), store = %store_shown(&args.state), "ferry-controller serving");
     println!("ferry-controller: API on http://{api_addr}, {mqtt_shown}");
     wait_for_stop().await?;
     tracing::info!("stopping");

@@ -13,6 +13,8 @@ use crate::task::record::{Phase, TaskView};
 use crate::timefmt::unix_millis_now;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn phase_rank(name: Option<&str>) -> u8 {
@@ -254,6 +256,10 @@ impl Fleet {
         let mut expired = Vec::new();
         for child in self.store.pending_before(cutoff).await? {
             let expiry = self.config.expiry;
+            // Set only by the rule that moved the row: another replica that expired the child
+            // first leaves it FAILED with the same code, and this one must not claim it too.
+            let moved = Arc::new(AtomicBool::new(false));
+            let moved_here = Arc::clone(&moved);
             let updated = self
                 .store
                 .update_child(
@@ -262,6 +268,7 @@ impl Fleet {
                         if c.status != Status::Pending {
                             return false;
                         }
+                        moved_here.store(true, Ordering::Relaxed);
                         let now = unix_millis_now();
                         c.status = Status::Failed;
                         c.phase = Some("FAILED".into());
@@ -277,9 +284,8 @@ impl Fleet {
                     }),
                 )
                 .await?;
-            if updated.is_some_and(|c| {
-                c.error_code.as_deref() == Some(Code::FleetInstanceOffline.as_str())
-            }) {
+            // The store returned after its commit, so the change the rule made is durable.
+            if updated.is_some() && moved.load(Ordering::Relaxed) {
                 tracing::info!(task_id = %child.task_id, instance = %child.instance_id, "task expired");
                 expired.push(child.task_id);
             }

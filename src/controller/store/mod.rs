@@ -7,6 +7,8 @@
 //! expiry, cancel) is the fleet logic's ([`super::service`]), handed in as a [`ChildChange`]
 //! that the store applies inside one transaction.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 
 use super::ports::BoxFuture;
