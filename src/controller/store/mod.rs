@@ -8,6 +8,8 @@
 //! that the store applies inside one transaction.
 
 #[cfg(feature = "postgres")]
+#[cfg(test)]
+mod contract_tests;
 pub mod postgres;
 pub mod sqlite;
 
@@ -213,6 +215,24 @@ pub struct TaskPage {
     pub rows: Vec<TaskRecord>,
     /// The sort key of the last row, when more rows follow.
     pub last_key: Option<i64>,
+}
+
+impl TaskPage {
+    /// A page from up to `limit + 1` rows read with their sort keys: the extra row only
+    /// tells that more follow.
+    pub fn from_rows(mut rows: Vec<(i64, TaskRecord)>, total: i64, limit: u32) -> TaskPage {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        TaskPage {
+            total: total.max(0) as u64,
+            last_key: if more {
+                rows.last().map(|(k, _)| *k)
+            } else {
+                None
+            },
+            rows: rows.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
 }
 
 /// The controller's durable state. Every method that changes something has committed it

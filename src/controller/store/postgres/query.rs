@@ -238,15 +238,5 @@ pub(super) async fn describe(c: &impl GenericClient, filter: &TaskFilter) -> Res
         };
         rows.push((seq, record));
     }
-    let more = rows.len() > filter.limit as usize;
-    rows.truncate(filter.limit as usize);
-    Ok(TaskPage {
-        total: total.max(0) as u64,
-        last_key: if more {
-            rows.last().map(|(k, _)| *k)
-        } else {
-            None
-        },
-        rows: rows.into_iter().map(|(_, r)| r).collect(),
-    })
+    Ok(TaskPage::from_rows(rows, total, filter.limit))
 }

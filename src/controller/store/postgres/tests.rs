@@ -4,6 +4,7 @@
 
 use super::test_cluster::{database, shared, PgCluster};
 use super::*;
+use crate::controller::store::contract_tests as contract;
 use crate::controller::store::Status;
 use crate::error::Code;
 
@@ -158,92 +159,12 @@ async fn the_store_reconnects_after_the_database_restarts() {
     drop(cluster);
 }
 
-fn to(status: Status) -> ChildChange {
-    Box::new(move |c| {
-        if c.status == status {
-            return false;
-        }
-        c.status = status;
-        c.updated_ms += 1;
-        true
-    })
-}
-
-/// The SQLite store's group-commit test, on PostgreSQL: in order, unknown TaskIds as `None`,
-/// the batch's counts moved once per transition.
+/// The group-commit semantics both stores keep (`store::contract_tests`), on PostgreSQL.
 #[tokio::test]
 async fn a_group_of_changes_applies_in_order_in_one_commit_and_keeps_the_counts() {
     let Some(url) = database() else { return };
     let store = PgStore::open(&url).await.unwrap();
-    for id in ["acp-a", "acp-b"] {
-        assert!(store
-            .put_instance(id.into(), "h".into(), false, 1)
-            .await
-            .unwrap());
-    }
-    let batch = NewBatch {
-        task_id: "b-1".into(),
-        request_id: "r-1".into(),
-        client_token: None,
-        request_hash: "h".into(),
-        payload_json: "{}".into(),
-        created_ms: 1,
-        children: vec![
-            ("acp-a".into(), "t-a".into()),
-            ("acp-b".into(), "t-b".into()),
-        ],
-    };
-    assert_eq!(store.create_batch(batch).await.unwrap(), None);
-    // The second change of t-a sees the first: RUNNING, then FINISHED only from RUNNING.
-    let after_running: ChildChange = Box::new(|c| {
-        if c.status != Status::Running {
-            return false;
-        }
-        c.status = Status::Finished;
-        true
-    });
-    let got = store
-        .update_children(vec![
-            ("t-a".into(), to(Status::Running)),
-            ("t-a".into(), after_running),
-            ("t-unknown".into(), to(Status::Running)),
-            ("t-b".into(), to(Status::Running)),
-            ("t-b".into(), to(Status::Running)),
-        ])
-        .await
-        .unwrap();
-    let statuses: Vec<_> = got.iter().map(|c| c.as_ref().map(|c| c.status)).collect();
-    assert_eq!(
-        statuses,
-        vec![
-            Some(Status::Running),
-            Some(Status::Finished),
-            None,
-            Some(Status::Running),
-            Some(Status::Running),
-        ]
-    );
-    assert_eq!(
-        store.child("t-a".into()).await.unwrap().unwrap().status,
-        Status::Finished
-    );
-    assert!(store.update_children(Vec::new()).await.unwrap().is_empty());
-    let page = store
-        .describe(TaskFilter {
-            task_ids: vec!["b-1".into()],
-            level: Some(1),
-            limit: 10,
-            ..TaskFilter::default()
-        })
-        .await
-        .unwrap();
-    let Some(crate::controller::store::TaskRecord::Batch(batch)) = page.rows.first() else {
-        panic!("no batch row: {page:?}")
-    };
-    assert_eq!(
-        (batch.status, batch.counts.running, batch.counts.finished),
-        (Status::Running, 1, 1)
-    );
+    contract::a_group_of_changes_applies_in_order_and_keeps_the_counts(&store).await;
 }
 
 /// A group whose rule fails (the final-state trigger) commits none of its changes.
@@ -251,33 +172,15 @@ async fn a_group_of_changes_applies_in_order_in_one_commit_and_keeps_the_counts(
 async fn a_group_with_one_refused_change_commits_nothing() {
     let Some(url) = database() else { return };
     let store = PgStore::open(&url).await.unwrap();
-    for id in ["acp-a", "acp-b"] {
-        assert!(store
-            .put_instance(id.into(), "h".into(), false, 1)
-            .await
-            .unwrap());
-    }
-    let batch = NewBatch {
-        task_id: "b-1".into(),
-        request_id: "r-1".into(),
-        client_token: None,
-        request_hash: "h".into(),
-        payload_json: "{}".into(),
-        created_ms: 1,
-        children: vec![
-            ("acp-a".into(), "t-a".into()),
-            ("acp-b".into(), "t-b".into()),
-        ],
-    };
-    assert_eq!(store.create_batch(batch).await.unwrap(), None);
+    contract::two_phones_one_batch(&store).await;
     let moved_back: ChildChange = Box::new(|c| {
         c.status = Status::Running;
         true
     });
     let refused = store
         .update_children(vec![
-            ("t-b".into(), to(Status::Running)),
-            ("t-a".into(), to(Status::Finished)),
+            ("t-b".into(), contract::to(Status::Running)),
+            ("t-a".into(), contract::to(Status::Finished)),
             ("t-a".into(), moved_back),
         ])
         .await;

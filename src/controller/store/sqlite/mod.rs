@@ -575,102 +575,14 @@ mod tests {
         assert!(e.message.contains("99"), "{e}");
     }
 
-    fn new_batch(children: &[(&str, &str)]) -> NewBatch {
-        NewBatch {
-            task_id: "b-1".into(),
-            request_id: "r-1".into(),
-            client_token: None,
-            request_hash: "h".into(),
-            payload_json: "{}".into(),
-            created_ms: 1,
-            children: children
-                .iter()
-                .map(|(i, t)| (i.to_string(), t.to_string()))
-                .collect(),
-        }
-    }
-
-    fn to(status: super::super::Status) -> ChildChange {
-        Box::new(move |c| {
-            if c.status == status {
-                return false;
-            }
-            c.status = status;
-            c.updated_ms += 1;
-            true
-        })
-    }
-
+    /// The group-commit semantics both stores keep (`store::contract_tests`), on SQLite.
     #[tokio::test]
     async fn a_group_of_changes_applies_in_order_in_one_commit_and_keeps_the_counts() {
-        use super::super::Status;
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_dir(dir.path()).unwrap();
-        for id in ["acp-a", "acp-b"] {
-            store
-                .put_instance(id.into(), "h".into(), false, 1)
-                .await
-                .unwrap();
-        }
-        assert!(store
-            .create_batch(new_batch(&[("acp-a", "t-a"), ("acp-b", "t-b")]))
-            .await
-            .unwrap()
-            .is_none());
-        // The second change of t-a sees the first: RUNNING, then FINISHED only from RUNNING.
-        let after_running: ChildChange = Box::new(|c| {
-            if c.status != Status::Running {
-                return false;
-            }
-            c.status = Status::Finished;
-            true
-        });
-        let got = store
-            .update_children(vec![
-                ("t-a".into(), to(Status::Running)),
-                ("t-a".into(), after_running),
-                ("t-unknown".into(), to(Status::Running)),
-                ("t-b".into(), to(Status::Running)),
-                ("t-b".into(), to(Status::Running)),
-            ])
-            .await
-            .unwrap();
-        let statuses: Vec<_> = got.iter().map(|c| c.as_ref().map(|c| c.status)).collect();
-        assert_eq!(
-            statuses,
-            vec![
-                Some(Status::Running),
-                Some(Status::Finished),
-                None,
-                Some(Status::Running),
-                Some(Status::Running),
-            ]
-        );
-        assert_eq!(
-            store.child("t-a".into()).await.unwrap().unwrap().status,
-            Status::Finished
-        );
-        let page = store
-            .describe(TaskFilter {
-                task_ids: vec!["b-1".into()],
-                level: Some(1),
-                limit: 10,
-                ..TaskFilter::default()
-            })
-            .await
-            .unwrap();
-        let Some(super::super::TaskRecord::Batch(batch)) = page.rows.first() else {
-            panic!("no batch row: {page:?}")
-        };
-        assert_eq!(
-            batch.counts,
-            Counts {
-                pending: 0,
-                running: 1,
-                finished: 1,
-                failed: 0
-            }
-        );
-        assert_eq!(batch.status, Status::Running);
+        super::super::contract_tests::a_group_of_changes_applies_in_order_and_keeps_the_counts(
+            &store,
+        )
+        .await;
     }
 }

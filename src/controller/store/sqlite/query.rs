@@ -98,7 +98,7 @@ pub(super) fn describe(c: &Connection, filter: &TaskFilter) -> rusqlite::Result<
         page_args.len()
     );
     let mut stmt = c.prepare(&sql)?;
-    let mut rows: Vec<(i64, TaskRecord)> = stmt
+    let rows: Vec<(i64, TaskRecord)> = stmt
         .query_map(params_from_iter(page_args.iter()), |r| {
             let seq: i64 = r.get(0)?;
             let level: i64 = r.get(1)?;
@@ -123,15 +123,5 @@ pub(super) fn describe(c: &Connection, filter: &TaskFilter) -> rusqlite::Result<
             Ok((seq, record))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let more = rows.len() > filter.limit as usize;
-    rows.truncate(filter.limit as usize);
-    Ok(TaskPage {
-        total: total.max(0) as u64,
-        last_key: if more {
-            rows.last().map(|(k, _)| *k)
-        } else {
-            None
-        },
-        rows: rows.into_iter().map(|(_, r)| r).collect(),
-    })
+    Ok(TaskPage::from_rows(rows, total, filter.limit))
 }

@@ -1,0 +1,106 @@
+//! Store semantics every store keeps, written once: each store's tests run these on its own
+//! engine (the fleet-level ones run on both stores in tests/fleet_core).
+
+use super::{ChildChange, NewBatch, Status, Store, TaskFilter, TaskRecord};
+
+/// A change that moves a child to `status` (and says so), unless it is already there.
+pub fn to(status: Status) -> ChildChange {
+    Box::new(move |c| {
+        if c.status == status {
+            return false;
+        }
+        c.status = status;
+        c.updated_ms += 1;
+        true
+    })
+}
+
+/// Batch `b-1` with `children` as `(InstanceId, TaskId)`.
+pub fn new_batch(children: &[(&str, &str)]) -> NewBatch {
+    NewBatch {
+        task_id: "b-1".into(),
+        request_id: "r-1".into(),
+        client_token: None,
+        request_hash: "h".into(),
+        payload_json: "{}".into(),
+        created_ms: 1,
+        children: children
+            .iter()
+            .map(|(i, t)| (i.to_string(), t.to_string()))
+            .collect(),
+    }
+}
+
+/// Instances `acp-a`, `acp-b` and batch `b-1` with children `t-a`, `t-b`.
+pub async fn two_phones_one_batch(store: &dyn Store) {
+    for id in ["acp-a", "acp-b"] {
+        assert!(store
+            .put_instance(id.into(), "h".into(), false, 1)
+            .await
+            .unwrap());
+    }
+    let batch = new_batch(&[("acp-a", "t-a"), ("acp-b", "t-b")]);
+    assert!(store.create_batch(batch).await.unwrap().is_none());
+}
+
+/// A group of changes applies in order (a later change sees an earlier one), unknown TaskIds
+/// answer `None`, and the batch's counts move once per transition.
+pub async fn a_group_of_changes_applies_in_order_and_keeps_the_counts(store: &dyn Store) {
+    two_phones_one_batch(store).await;
+    // The second change of t-a sees the first: RUNNING, then FINISHED only from RUNNING.
+    let after_running: ChildChange = Box::new(|c| {
+        if c.status != Status::Running {
+            return false;
+        }
+        c.status = Status::Finished;
+        true
+    });
+    let got = store
+        .update_children(vec![
+            ("t-a".into(), to(Status::Running)),
+            ("t-a".into(), after_running),
+            ("t-unknown".into(), to(Status::Running)),
+            ("t-b".into(), to(Status::Running)),
+            ("t-b".into(), to(Status::Running)),
+        ])
+        .await
+        .unwrap();
+    let statuses: Vec<_> = got.iter().map(|c| c.as_ref().map(|c| c.status)).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            Some(Status::Running),
+            Some(Status::Finished),
+            None,
+            Some(Status::Running),
+            Some(Status::Running),
+        ]
+    );
+    assert_eq!(
+        store.child("t-a".into()).await.unwrap().unwrap().status,
+        Status::Finished
+    );
+    assert!(store.update_children(Vec::new()).await.unwrap().is_empty());
+    let page = store
+        .describe(TaskFilter {
+            task_ids: vec!["b-1".into()],
+            level: Some(1),
+            limit: 10,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    let Some(TaskRecord::Batch(batch)) = page.rows.first() else {
+        panic!("no batch row: {page:?}")
+    };
+    assert_eq!(
+        (
+            batch.status,
+            batch.counts.pending,
+            batch.counts.running,
+            batch.counts.finished,
+            batch.counts.failed
+        ),
+        (Status::Running, 0, 1, 1, 0)
+    );
+}
