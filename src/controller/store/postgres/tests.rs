@@ -244,6 +244,13 @@ async fn a_group_of_changes_applies_in_order_in_one_commit_and_keeps_the_counts(
         (batch.status, batch.counts.running, batch.counts.finished),
         (Status::Running, 1, 1)
     );
+
+    // What /metrics reads: the batch RUNNING, its children summed from its counters.
+    store.ping().await.unwrap();
+    let counts = store.ops_counts().await.unwrap();
+    assert_eq!(counts.batches, [0, 1, 0, 0]);
+    assert_eq!(counts.children, [0, 1, 1, 0]);
+    assert_eq!((counts.agents_online, counts.instances), (0, 2));
 }
 
 /// A group whose rule fails (the final-state trigger) commits none of its changes.

@@ -695,5 +695,11 @@ mod tests {
             }
         );
         assert_eq!(batch.status, Status::Running);
+        // What /metrics reads: the batch RUNNING, its children summed from its counters.
+        store.ping().await.unwrap();
+        let counts = store.ops_counts().await.unwrap();
+        assert_eq!(counts.batches, [0, 1, 0, 0]);
+        assert_eq!(counts.children, [0, 1, 1, 0]);
+        assert_eq!((counts.agents_online, counts.instances), (0, 2));
     }
 }
