@@ -361,3 +361,28 @@ async fn sigterm_drains_an_open_request_and_a_running_batch() {
         }
     }
 }
+
+/// A second SIGTERM while the first drains (an open request holds it) exits at once with
+/// the forced-exit status, without waiting for the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    let Some((mut fleet, ops)) = fleet_with_ops(Broker::Embedded, "acp-t", 1) else {
+        return;
+    };
+    wait_ready(&ops, 200).await;
+    // Headers announcing a body that never comes: the drain would wait for it.
+    let mut tcp = TcpStream::connect(fleet.api()).unwrap();
+    write!(
+        tcp,
+        "POST / HTTP/1.1\r\nHost: {}\r\ncontent-length: 100\r\n\r\nx",
+        fleet.api()
+    )
+    .unwrap();
+    wait_metric(&ops, "ferry_controller_api_requests_in_flight", 1.0).await;
+    fleet.sigterm_controller();
+    wait_ready(&ops, 503).await;
+    fleet.sigterm_controller();
+    let status = fleet.wait_controller_exit().await;
+    assert_eq!(status.code(), Some(130), "{}", fleet.log("controller"));
+    assert!(!fleet.log("controller").contains("stopped"));
+}
