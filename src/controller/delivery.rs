@@ -380,7 +380,8 @@ impl Link {
     /// meanwhile so their acknowledgements reach the broker.
     async fn drain(&mut self) {
         self.workers.clear();
-        let connected = *self.connected.borrow();
+        // Draining is not serving: readiness sees the link as down from here.
+        let connected = self.connected.send_replace(false);
         let finished = tokio::time::timeout(self.drain_timeout, async {
             loop {
                 tokio::select! {
