@@ -24,6 +24,7 @@ pub mod logging;
 pub mod net;
 pub mod paths;
 pub mod pipeline;
+pub mod prometheus;
 pub mod redact;
 pub mod task;
 #[cfg(test)]

@@ -39,6 +39,7 @@ on_both_brokers! {
     delivery_reconnects_after_a_broker_restart: broker_restart_embedded, broker_restart_mosquitto;
     presence_arrives_and_the_last_will_says_offline_when_an_agent_dies: presence_embedded, presence_mosquitto;
     reports_sent_while_the_controller_is_away_arrive_when_it_returns: controller_away_embedded, controller_away_mosquitto;
+    stopping_finishes_and_acks_the_reports_being_committed: drain_embedded, drain_mosquitto;
 }
 
 async fn orders_reach_their_agent_only_and_reports_reach_the_inbox(fleet: Fleet) {
@@ -237,6 +238,36 @@ async fn reports_sent_while_the_controller_is_away_arrive_when_it_returns(mut fl
     fleet
         .wait_report("the report sent while away", "t-while-away")
         .await;
+    fleet.stop().await;
+}
+
+/// A report the inbox is committing when delivery is told to stop is finished and
+/// acknowledged before the clean disconnect: the next run on the same persistent session
+/// does not get it again.
+async fn stopping_finishes_and_acks_the_reports_being_committed(mut fleet: Fleet) {
+    let x = fleet.agent("acp-x").await;
+    fleet.inbox.hold_reports.store(true, Ordering::SeqCst);
+    x.report("acp-x", "acp-x", "t-held").await;
+    tokio::time::timeout(WAIT, fleet.inbox.held.notified())
+        .await
+        .expect("the report reaches the inbox");
+    let delivery = fleet.delivery.take().unwrap();
+    let mut connected = delivery.connected();
+    let stopping = tokio::spawn(delivery.stop());
+    // Draining has begun (the link reports itself down) while the commit is still open.
+    tokio::time::timeout(WAIT, connected.wait_for(|up| !*up))
+        .await
+        .expect("the drain begins")
+        .unwrap();
+    fleet.inbox.release.notify_one();
+    stopping.await.unwrap();
+    assert_eq!(reports_of(&fleet.inbox.calls(), "t-held"), 1);
+    // Redeliveries come first and in order: had t-held not been acked, it would arrive
+    // again before t-next.
+    fleet.start_delivery().await;
+    x.report("acp-x", "acp-x", "t-next").await;
+    fleet.wait_report("the next report", "t-next").await;
+    assert_eq!(reports_of(&fleet.inbox.calls(), "t-held"), 1);
     fleet.stop().await;
 }
 

@@ -21,6 +21,7 @@
 //! - **Reconnects** with exponential backoff (200 ms to 10 s) and resubscribes on every
 //!   CONNACK (a restarted broker without storage has forgotten the session).
 
+use super::ops::metrics::{bump, DeliveryCounters};
 use super::ports::{BoxFuture, Inbox, Outbox};
 use crate::error::{Code, Error, Result};
 use crate::fleet::topics::{self, Kind};
@@ -54,6 +55,10 @@ pub struct DeliveryOptions {
     pub workers: usize,
     /// After an Inbox failure, how long before reconnecting to have the message redelivered.
     pub retry_delay: Duration,
+    /// On stop, how long messages being handled get to commit and be acknowledged.
+    pub drain_timeout: Duration,
+    /// What delivery counts for `/metrics`.
+    pub counters: Arc<DeliveryCounters>,
 }
 
 impl DeliveryOptions {
@@ -67,6 +72,8 @@ impl DeliveryOptions {
             keep_alive: Duration::from_secs(30),
             workers: 8,
             retry_delay: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+            counters: Arc::default(),
         }
     }
 }
@@ -102,6 +109,7 @@ impl Delivery {
     pub fn outbox(&self) -> Arc<dyn Outbox> {
         Arc::new(MqttOutbox {
             client: self.client.clone(),
+            counters: self.options.counters.clone(),
         })
     }
 
@@ -111,6 +119,7 @@ impl Delivery {
         let (connected_tx, connected) = watch::channel(false);
         let (retry_tx, retry_rx) = mpsc::unbounded_channel();
         let poisoned = Arc::new(AtomicU64::new(0));
+        let (done_tx, done_rx) = mpsc::channel(1);
         let workers: Vec<_> = (0..self.options.workers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -119,8 +128,9 @@ impl Delivery {
                     client: self.client.clone(),
                     poisoned: poisoned.clone(),
                     retry: retry_tx.clone(),
+                    counters: self.options.counters.clone(),
                 };
-                (tx, tokio::spawn(worker.run(rx)))
+                (tx, tokio::spawn(worker.run(rx, done_tx.clone())))
             })
             .collect();
         let (senders, worker_tasks): (Vec<_>, Vec<_>) = workers.into_iter().unzip();
@@ -131,6 +141,9 @@ impl Delivery {
             workers: senders,
             connected: connected_tx,
             generation: 0,
+            counters: self.options.counters.clone(),
+            drain_timeout: self.options.drain_timeout,
+            workers_done: done_rx,
         };
         let task = tokio::spawn(link.run(stop.clone(), retry_rx));
         DeliveryHandle {
@@ -164,8 +177,16 @@ impl DeliveryHandle {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Disconnects cleanly; messages being handled finish (and are acked) first when they can
-    /// within a second, the rest are redelivered to the next run.
+    /// A receiver of the connection state (true while up), for readiness.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
+    /// Drains, then disconnects cleanly: messages arriving from now on are left
+    /// unacknowledged (the broker keeps them for the next run); those already handed to
+    /// workers are committed and acknowledged first when they can be within
+    /// [`DeliveryOptions::drain_timeout`] and while the broker is reachable, the rest are
+    /// redelivered to the next run.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
@@ -246,12 +267,16 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
 /// [`Outbox`] over the connection's request queue.
 struct MqttOutbox {
     client: AsyncClient,
+    counters: Arc<DeliveryCounters>,
 }
 
 impl Outbox for MqttOutbox {
     fn send(&self, instance_id: &str, order: Order) -> BoxFuture<'_, Result<()>> {
         let sent = topics::check_instance_id(instance_id)
             .and_then(|()| publish_order(&self.client, instance_id, &order));
+        if sent.is_ok() {
+            bump(&self.counters.orders_published);
+        }
         Box::pin(async move { sent })
     }
 }
@@ -293,6 +318,10 @@ struct Link {
     connected: watch::Sender<bool>,
     /// Counts connections; a worker's failure on generation g discards what g delivered.
     generation: u64,
+    counters: Arc<DeliveryCounters>,
+    drain_timeout: Duration,
+    /// Ends (`None`) once every worker ended.
+    workers_done: mpsc::Receiver<()>,
 }
 
 impl Link {
@@ -343,7 +372,47 @@ impl Link {
                 },
             }
         }
+        self.drain().await;
         self.disconnect().await;
+    }
+
+    /// Stops handing out messages and lets the workers finish theirs, polling the connection
+    /// meanwhile so their acknowledgements reach the broker.
+    async fn drain(&mut self) {
+        self.workers.clear();
+        // Draining is not serving: readiness sees the link as down from here.
+        let connected = self.connected.send_replace(false);
+        let finished = tokio::time::timeout(self.drain_timeout, async {
+            loop {
+                tokio::select! {
+                    done = self.workers_done.recv() => if done.is_none() { break true },
+                    event = self.eventloop.poll(), if connected => match event {
+                        // Not handed out: unacknowledged, so the broker keeps it.
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "broker connection lost while draining");
+                            break false;
+                        }
+                    },
+                }
+            }
+        })
+        .await;
+        match finished {
+            Ok(true) => tracing::info!("delivery drained: every message handed out was handled"),
+            _ => tracing::warn!("delivery stopped before every message handed out was handled; the broker redelivers those"),
+        }
+        // Flush the acknowledgements the last workers queued.
+        if connected {
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                loop {
+                    if self.eventloop.poll().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     fn subscribe(&self) {
@@ -363,6 +432,9 @@ impl Link {
             }
             None => 0,
         };
+        if publish.dup {
+            bump(&self.counters.redelivered);
+        }
         let _ = self.workers[shard].send((self.generation, publish));
     }
 
@@ -396,10 +468,13 @@ struct Worker {
     /// unacknowledged too, so the redelivery comes back in order.
     poisoned: Arc<AtomicU64>,
     retry: mpsc::UnboundedSender<u64>,
+    counters: Arc<DeliveryCounters>,
 }
 
 impl Worker {
-    async fn run(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    /// Until its queue closes; `done` is dropped when it returns.
+    async fn run(self, mut jobs: mpsc::UnboundedReceiver<Job>, done: mpsc::Sender<()>) {
+        let _done = done;
         let mut group = Vec::with_capacity(MAX_GROUP);
         while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
             let mut queue = group.drain(..).peekable();
@@ -417,7 +492,7 @@ impl Worker {
                     self.reports(generation, reports).await;
                     continue;
                 }
-                match handle(&*self.inbox, &self.client, &publish).await {
+                match handle(&*self.inbox, &self.client, &publish, &self.counters).await {
                     Ok(()) => self.ack(&publish).await,
                     Err(e) => self.failed(generation, &publish, &e),
                 }
@@ -435,6 +510,7 @@ impl Worker {
     /// the link reconnect so the broker redelivers them in order.
     fn failed(&self, generation: u64, publish: &Publish, error: &Error) {
         tracing::warn!(topic = %publish.topic, error = %error, "not handled now; the broker will redeliver it");
+        bump(&self.counters.retried);
         self.poisoned.fetch_max(generation, Ordering::SeqCst);
         let _ = self.retry.send(generation);
     }
@@ -448,7 +524,7 @@ impl Worker {
         let mut slots = Vec::with_capacity(publishes.len());
         for publish in &publishes {
             // Not a valid report of this instance: acked and dropped (logged by check).
-            if let Some(report) = check_report(publish) {
+            if let Some(report) = check_report(publish, &self.counters) {
                 slots.push(outcomes.len());
                 reports.push(report);
                 outcomes.push(None);
@@ -457,7 +533,18 @@ impl Worker {
             }
         }
         if !reports.is_empty() {
-            for (slot, outcome) in slots.into_iter().zip(self.inbox.reports(reports).await) {
+            self.counters.group_size.observe(reports.len() as f64);
+            let started = std::time::Instant::now();
+            let results = self.inbox.reports(reports).await;
+            self.counters
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            for (slot, outcome) in slots.into_iter().zip(results) {
+                match &outcome {
+                    Ok(()) => bump(&self.counters.reports),
+                    Err(e) if !retry_later(e) => bump(&self.counters.refused),
+                    Err(_) => {}
+                }
                 outcomes[slot] = Some(outcome);
             }
         }
@@ -476,11 +563,14 @@ fn is_report(publish: &Publish) -> bool {
 }
 
 /// A report message's report, when it is valid JSON and speaks for its topic's instance.
-fn check_report(publish: &Publish) -> Option<Report> {
+fn check_report(publish: &Publish, counters: &DeliveryCounters) -> Option<Report> {
     let (instance, kind) = topics::parse(&publish.topic)?;
-    let report = decode::<Report>(publish)?;
+    let Some(report) = decode::<Report>(publish) else {
+        bump(&counters.invalid);
+        return None;
+    };
     if report.instance_id != instance {
-        let _ = forged(instance, &report.instance_id, kind);
+        let _ = forged(instance, &report.instance_id, kind, counters);
         return None;
     }
     Some(report)
@@ -508,27 +598,39 @@ fn settle(outcomes: Vec<Option<Result<()>>>) -> (usize, Option<Error>) {
 }
 
 /// Handles one message: `Ok` to ack it (done or refused for good), `Err` to have it again.
-async fn handle(inbox: &dyn Inbox, client: &AsyncClient, publish: &Publish) -> Result<()> {
+async fn handle(
+    inbox: &dyn Inbox,
+    client: &AsyncClient,
+    publish: &Publish,
+    counters: &DeliveryCounters,
+) -> Result<()> {
+    let invalid = || {
+        bump(&counters.invalid);
+        Ok(())
+    };
     let Some((instance, kind)) = topics::parse(&publish.topic) else {
         tracing::warn!(topic = %publish.topic, "dropped a message on a topic that is not ours");
-        return Ok(());
+        return invalid();
     };
     let outcome = match kind {
         Kind::Report => match decode::<Report>(publish) {
             Some(report) if report.instance_id == instance => inbox.report(report).await,
-            Some(report) => return forged(instance, &report.instance_id, kind),
-            None => return Ok(()),
+            Some(report) => return forged(instance, &report.instance_id, kind, counters),
+            None => return invalid(),
         },
         Kind::Hello => match decode::<Hello>(publish) {
             Some(hello) if hello.instance_id == instance => {
                 inbox.hello(hello).await.and_then(|orders| {
-                    orders
-                        .iter()
-                        .try_for_each(|order| publish_order(client, instance, order))
+                    orders.iter().try_for_each(|order| {
+                        publish_order(client, instance, order)?;
+                        bump(&counters.orders_published);
+                        bump(&counters.orders_resent);
+                        Ok(())
+                    })
                 })
             }
-            Some(hello) => return forged(instance, &hello.instance_id, kind),
-            None => return Ok(()),
+            Some(hello) => return forged(instance, &hello.instance_id, kind, counters),
+            None => return invalid(),
         },
         // Presence carries no id: its topic is its instance, and only that instance (or its
         // will, published by the broker for it) may write there. An empty retained message
@@ -536,14 +638,22 @@ async fn handle(inbox: &dyn Inbox, client: &AsyncClient, publish: &Publish) -> R
         Kind::Presence if publish.payload.is_empty() => return Ok(()),
         Kind::Presence => match decode::<Presence>(publish) {
             Some(presence) => inbox.presence(instance, presence).await,
-            None => return Ok(()),
+            None => return invalid(),
         },
-        Kind::Order => return Ok(()),
+        Kind::Order => return invalid(),
     };
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            bump(match kind {
+                Kind::Hello => &counters.hellos,
+                Kind::Presence => &counters.presences,
+                _ => &counters.reports,
+            });
+            Ok(())
+        }
         Err(e) if retry_later(&e) => Err(e),
         Err(e) => {
+            bump(&counters.refused);
             tracing::warn!(instance, kind = kind.as_str(), error = %e, "the controller refused a message");
             Ok(())
         }
@@ -560,7 +670,13 @@ fn decode<T: serde::de::DeserializeOwned>(publish: &Publish) -> Option<T> {
     }
 }
 
-fn forged(topic_instance: &str, claimed: &str, kind: Kind) -> Result<()> {
+fn forged(
+    topic_instance: &str,
+    claimed: &str,
+    kind: Kind,
+    counters: &DeliveryCounters,
+) -> Result<()> {
+    bump(&counters.forged);
     tracing::warn!(
         topic_instance,
         claimed,

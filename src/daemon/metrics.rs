@@ -8,8 +8,8 @@ use crate::task::manager::Metrics;
 use crate::task::record::Phase;
 use std::fmt::Write;
 
-/// The `Content-Type` of the exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use crate::prometheus::CONTENT_TYPE;
+use crate::prometheus::{escape, header};
 
 fn phase_label(phase: Phase) -> &'static str {
     match phase {
@@ -20,19 +20,6 @@ fn phase_label(phase: Phase) -> &'static str {
         Phase::Failed => "failed",
         Phase::Cancelled => "cancelled",
     }
-}
-
-/// Label values escape backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 pub fn render(m: &Metrics) -> String {
@@ -129,6 +116,5 @@ mod tests {
         assert!(text.contains("ferry_retries_total 3\n"));
         assert!(text.contains("# TYPE ferry_tasks gauge\n"));
         assert!(text.contains(&format!("ferry_build_info{{version=\"{VERSION}\"}} 1\n")));
-        assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
     }
 }

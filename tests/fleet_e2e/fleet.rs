@@ -5,6 +5,8 @@
 //! will; and the API clients (Alibaba's Python SDK, ferry-controller's own signed client).
 //! Every process is killed when its handle drops, so no test leaves one behind.
 
+#![allow(dead_code)]
+
 use crate::common::mosquitto::{self, Mosquitto, Peer};
 use crate::skip;
 use serde_json::Value;
@@ -201,6 +203,42 @@ impl Fleet {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.controller = Some(Proc(child));
+    }
+
+    /// The API's `IP:PORT`.
+    pub fn api(&self) -> &str {
+        &self.api
+    }
+
+    /// The API AccessKey (id, secret).
+    pub fn access_key(&self) -> (&str, &str) {
+        (&self.ak.0, &self.ak.1)
+    }
+
+    /// The external broker, when the fleet runs on mosquitto.
+    pub fn mosquitto(&mut self) -> Option<&mut Mosquitto> {
+        self.mosquitto.as_mut()
+    }
+
+    /// Sends SIGTERM to the controller (it keeps running while it drains).
+    pub fn sigterm_controller(&self) {
+        let child = &self.controller.as_ref().expect("the controller runs").0;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// Waits for the controller to exit (after [`Fleet::sigterm_controller`]): its status.
+    pub async fn wait_controller_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let proc = self.controller.as_mut().expect("the controller runs");
+            if let Some(status) = proc.0.try_wait().unwrap() {
+                self.controller = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the controller never exited");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// kill -9 the controller (and with it the embedded broker).

@@ -67,6 +67,11 @@ pub struct Recorder {
     pub fail_reports: AtomicUsize,
     pub failed: AtomicUsize,
     pub answer: Mutex<Vec<Order>>,
+    /// When set, the next report waits in the inbox (a commit in progress): `held` is
+    /// notified, and it goes on once `release` is.
+    pub hold_reports: std::sync::atomic::AtomicBool,
+    pub held: tokio::sync::Notify,
+    pub release: tokio::sync::Notify,
 }
 
 impl Recorder {
@@ -90,6 +95,10 @@ impl Recorder {
 impl Inbox for Recorder {
     fn report(&self, report: Report) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            if self.hold_reports.swap(false, Ordering::SeqCst) {
+                self.held.notify_one();
+                self.release.notified().await;
+            }
             if self
                 .fail_reports
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -51,6 +51,8 @@ impl Shared {
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = std::time::Instant::now();
+        let _in_flight = self.settings.counters.begin();
         let request_id = new_request_id();
         let host = req
             .headers()
@@ -78,6 +80,11 @@ impl Shared {
             status = code,
             code = log.code.as_deref().unwrap_or("-"),
             "controller API"
+        );
+        self.settings.counters.record(
+            log.action.as_deref(),
+            log.code.as_deref(),
+            started.elapsed(),
         );
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() =

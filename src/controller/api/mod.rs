@@ -18,6 +18,7 @@ pub mod params;
 mod replay;
 pub mod send_file;
 
+use crate::controller::ops::metrics::ApiCounters;
 use crate::controller::ports::{Actions, Credentials};
 use crate::net::connections::{accept_failed, Connections};
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct Settings {
     /// Nonces remembered for replay checks (each for 30 minutes): the sustained request rate
     /// this allows is `nonce_capacity / 1800` per second (default ≈ 145/s, ≤ ~12 MiB).
     pub nonce_capacity: usize,
+    /// Requests by action and code, latency by action, for `/metrics`.
+    pub counters: Arc<ApiCounters>,
 }
 
 impl Default for Settings {
@@ -43,6 +46,7 @@ impl Default for Settings {
         Settings {
             max_body_bytes: 1024 * 1024,
             nonce_capacity: 262_144,
+            counters: Arc::default(),
         }
     }
 }

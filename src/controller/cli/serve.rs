@@ -1,10 +1,18 @@
 //! `ferry-controller serve`: the store, the fleet logic, MQTT delivery (to the embedded broker
-//! or `--broker`), expiry, and the public API, until SIGTERM or SIGINT.
+//! or `--broker`), expiry, the public API and (with `--ops-listen`) the operations endpoints,
+//! until SIGTERM or SIGINT.
+//!
+//! The stop drains, in this order: readiness turns 503; the API stops accepting and answers
+//! its open requests (up to 10 s); expiry stops; delivery stops handing out messages,
+//! commits and acknowledges those its workers hold, then disconnects cleanly; the embedded
+//! broker stops; the ops endpoints stop; the store closes (its last reference drops). A second SIGTERM or SIGINT
+//! exits at once (the signal watcher's forced exit).
 
 use super::admin::{controller_broker_password, open_store, store_shown, CONTROLLER_USER};
 use super::{parse_addr, StateDirArgs};
 use crate::controller::broker::{self, BrokerOptions};
 use crate::controller::delivery::{Delivery, DeliveryOptions};
+use crate::controller::ops::Ops;
 use crate::controller::ports::{Actions, Credentials, Inbox};
 use crate::controller::service::{Fleet, FleetConfig, StoreCredentials};
 use crate::controller::store::Store;
@@ -37,6 +45,10 @@ pub struct ServeArgs {
     /// A phone's task no agent took this long after SendFile fails (Fleet.InstanceOffline)
     #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
     pub expiry_secs: u64,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here (unauthenticated: an internal
+    /// address only); off by default
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr)]
+    pub ops_listen: Option<SocketAddr>,
     /// Log filter (RUST_LOG syntax)
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log_level: String,
@@ -53,14 +65,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let store: Arc<dyn Store> = open_store(&args.state).await?;
     let password = controller_broker_password(&args.state.state_dir)?;
     let shutdown = CancellationToken::new();
-    let api = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| {
-            Error::new(
-                Code::InvalidConfig,
-                format!("cannot listen on {}: {e}", args.listen),
-            )
-        })?;
+    // The ops listener first: once the API answers, the ops endpoints do too.
+    let ops_listener = match args.ops_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let api = bind(args.listen).await?;
 
     let (broker_url, embedded_opts) = match &args.broker {
         Some(url) => (url.clone(), None),
@@ -74,6 +84,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // against the fleet's credentials: build delivery's options first, connect last.
     let mut options = DeliveryOptions::new(&broker_url, CONTROLLER_USER, &password);
     options.ca_file = args.broker_ca.clone();
+    let delivery_counters = options.counters.clone();
     let config = FleetConfig {
         expiry: Duration::from_secs(args.expiry_secs),
         ..FleetConfig::default()
@@ -90,12 +101,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .await?;
             options.broker = format!("mqtt://{}", broker.local_addr());
             let delivery = Delivery::new(options)?;
-            let fleet = Arc::new(Fleet::new(store, delivery.outbox(), config));
+            let fleet = Arc::new(Fleet::new(store.clone(), delivery.outbox(), config));
             (fleet, Some(broker), delivery)
         }
         None => {
             let delivery = Delivery::new(options)?;
-            let fleet = Arc::new(Fleet::new(store, delivery.outbox(), config));
+            let fleet = Arc::new(Fleet::new(store.clone(), delivery.outbox(), config));
             (fleet, None, delivery)
         }
     };
@@ -104,6 +115,28 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .map(|b| format!("embedded broker on mqtt://{}", b.local_addr()))
         .unwrap_or_else(|| format!("broker {}", crate::redact::url(&broker_url)));
     let delivering = delivery.run(fleet.clone() as Arc<dyn Inbox>);
+    let settings = crate::controller::api::Settings::default();
+    let ops = Arc::new(Ops::new(
+        store.clone(),
+        delivering.connected(),
+        settings.counters.clone(),
+        delivery_counters,
+    ));
+    let ops_stop = CancellationToken::new();
+    let mut ops_shown = String::new();
+    let ops_server = match ops_listener {
+        Some(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                ops_shown = format!(", ops on http://{addr}");
+            }
+            Some(tokio::spawn(crate::controller::ops::serve(
+                listener,
+                ops.clone(),
+                ops_stop.clone(),
+            )))
+        }
+        None => None,
+    };
     let expiry = {
         let (fleet, stop) = (fleet.clone(), shutdown.clone());
         tokio::spawn(async move { fleet.run_expiry(stop.cancelled_owned()).await })
@@ -111,24 +144,40 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let api_addr = api
         .local_addr()
         .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
-    let server = tokio::spawn(crate::controller::api::serve(
+    let server = tokio::spawn(crate::controller::api::serve_with(
         api,
+        settings,
         fleet.clone() as Arc<dyn Actions>,
         credentials,
         shutdown.clone(),
     ));
     tracing::info!(api = %api_addr, mqtt = %mqtt_shown, state = %args.state.state_dir.display(), store = %store_shown(&args.state), "ferry-controller serving");
-    println!("ferry-controller: API on http://{api_addr}, {mqtt_shown}");
+    println!("ferry-controller: API on http://{api_addr}, {mqtt_shown}{ops_shown}");
     wait_for_stop().await?;
-    tracing::info!("stopping");
+    tracing::info!("draining: readiness fails, the API answers its open requests");
+    ops.start_draining();
     shutdown.cancel();
     let _ = server.await;
     let _ = expiry.await;
+    tracing::info!("draining: delivery finishes the messages it holds");
     delivering.stop().await;
     if let Some(broker) = broker {
         broker.stop().await;
     }
+    ops_stop.cancel();
+    if let Some(ops_server) = ops_server {
+        let _ = ops_server.await;
+    }
+    // The last references to the store: its connections close.
+    drop((fleet, ops, store));
+    tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::new(Code::InvalidConfig, format!("cannot listen on {addr}: {e}")))
 }
 
 /// SIGTERM or SIGINT (through the daemon's signal watcher).

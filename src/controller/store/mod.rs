@@ -235,6 +235,39 @@ impl TaskPage {
     }
 }
 
+/// What `/metrics` shows of the store, each array in [`Status::ALL`] order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpsCounts {
+    /// Batches by their aggregated status.
+    pub batches: [u64; 4],
+    /// Children by status: the sums of the batches' own counters, so no children row is read.
+    pub children: [u64; 4],
+    /// Instances whose agent's last presence said online.
+    pub agents_online: u64,
+    pub instances: u64,
+}
+
+impl OpsCounts {
+    /// Adds `n` batches of `status` holding `children` (pending, running, finished, failed).
+    pub fn add(&mut self, status: &str, n: i64, children: [i64; 4]) {
+        if let Some(i) =
+            Status::parse(status).and_then(|s| Status::ALL.iter().position(|x| *x == s))
+        {
+            self.batches[i] += n.max(0) as u64;
+        }
+        for (slot, c) in self.children.iter_mut().zip(children) {
+            *slot += c.max(0) as u64;
+        }
+    }
+}
+
+/// Batches by status with their children's counts summed; then online and all instances.
+pub const OPS_COUNTS_SQL: [&str; 2] = [
+    "SELECT status, COUNT(*), COALESCE(SUM(n_pending), 0), COALESCE(SUM(n_running), 0), \
+     COALESCE(SUM(n_finished), 0), COALESCE(SUM(n_failed), 0) FROM batches GROUP BY status",
+    "SELECT COALESCE(SUM(CASE WHEN online THEN 1 ELSE 0 END), 0), COUNT(*) FROM instances",
+];
+
 /// The controller's durable state. Every method that changes something has committed it
 /// durably when its future resolves.
 pub trait Store: Send + Sync {
@@ -290,6 +323,12 @@ pub trait Store: Send + Sync {
     fn mark_sent(&self, task_ids: Vec<String>) -> BoxFuture<'_, Result<()>>;
 
     fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>>;
+
+    /// A trivial query, for readiness: `Ok` when the database answers.
+    fn ping(&self) -> BoxFuture<'_, Result<()>>;
+    /// Tasks by level and status and agents online ([`OPS_COUNTS_SQL`]): one scan of the
+    /// batches (not of the children) and one of the instances.
+    fn ops_counts(&self) -> BoxFuture<'_, Result<OpsCounts>>;
 }
 
 #[cfg(test)]

@@ -34,7 +34,10 @@ mod tasks;
 
 pub use connect::{describe_target, parse_url};
 
-use super::{BatchIds, Child, ChildChange, Instance, NewBatch, Seen, Store, TaskFilter, TaskPage};
+use super::{
+    BatchIds, Child, ChildChange, Instance, NewBatch, OpsCounts, Seen, Store, TaskFilter, TaskPage,
+    OPS_COUNTS_SQL,
+};
 use crate::controller::ports::BoxFuture;
 use crate::error::Result;
 use deadpool_postgres::Pool;
@@ -316,6 +319,34 @@ impl Store for PgStore {
 
     fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>> {
         Box::pin(async move { query::describe(&self.client().await?, &filter).await })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.client().await?.query_one("SELECT 1", &[]).await.db()?;
+            Ok(())
+        })
+    }
+
+    fn ops_counts(&self) -> BoxFuture<'_, Result<OpsCounts>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let mut counts = OpsCounts::default();
+            for r in client.query(OPS_COUNTS_SQL[0], &[]).await.db()? {
+                let status: String = r.try_get(0).db()?;
+                let children = [
+                    r.try_get::<_, i64>(2).db()?,
+                    r.try_get(3).db()?,
+                    r.try_get(4).db()?,
+                    r.try_get(5).db()?,
+                ];
+                counts.add(&status, r.try_get(1).db()?, children);
+            }
+            let r = client.query_one(OPS_COUNTS_SQL[1], &[]).await.db()?;
+            counts.agents_online = r.try_get::<_, i64>(0).db()?.max(0) as u64;
+            counts.instances = r.try_get::<_, i64>(1).db()?.max(0) as u64;
+            Ok(counts)
+        })
     }
 }
 

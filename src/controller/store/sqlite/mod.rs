@@ -16,7 +16,8 @@ mod query;
 mod rows;
 
 use super::{
-    BatchIds, Child, ChildChange, Counts, Instance, NewBatch, Seen, Store, TaskFilter, TaskPage,
+    BatchIds, Child, ChildChange, Counts, Instance, NewBatch, OpsCounts, Seen, Store, TaskFilter,
+    TaskPage, OPS_COUNTS_SQL,
 };
 use crate::controller::ports::BoxFuture;
 use crate::error::{Code, Error, Result};
@@ -471,6 +472,28 @@ impl Store for SqliteStore {
 
     fn describe(&self, filter: TaskFilter) -> BoxFuture<'_, Result<TaskPage>> {
         self.read(move |c| query::describe(c, &filter))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
+    fn ops_counts(&self) -> BoxFuture<'_, Result<OpsCounts>> {
+        self.read(|c| {
+            let mut counts = OpsCounts::default();
+            let mut stmt = c.prepare_cached(OPS_COUNTS_SQL[0])?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let status: String = r.get(0)?;
+                let children = [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?];
+                counts.add(&status, r.get(1)?, children);
+            }
+            let (online, all): (i64, i64) =
+                c.query_row(OPS_COUNTS_SQL[1], [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            counts.agents_online = online.max(0) as u64;
+            counts.instances = all.max(0) as u64;
+            Ok(counts)
+        })
     }
 }
 
