@@ -1,4 +1,4 @@
-//! The controller's MQTT side (src/controller/delivery.rs) against real brokers on
+//! The controller's MQTT side (src/controller/delivery/) against real brokers on
 //! 127.0.0.1: the embedded one (src/controller/broker.rs) and Debian's mosquitto with the
 //! files `mosquitto_files` writes. Agents are plain rumqttc clients logging in as their
 //! instance; the fleet logic is a recording `Inbox` (tests/fleet_support).

@@ -1,0 +1,158 @@
+//! The connection loop: polls rumqttc, hands each publish to the worker owning its instance,
+//! reconnects with backoff and resubscribes.
+
+use super::*;
+
+/// A message as handed to a worker: the connection generation it arrived on.
+pub(super) type Job = (u64, Publish);
+
+/// The connection loop: polls rumqttc, hands publishes to workers, reconnects.
+pub(super) struct Link {
+    pub(super) client: AsyncClient,
+    pub(super) eventloop: EventLoop,
+    pub(super) retry_delay: Duration,
+    pub(super) workers: Vec<mpsc::UnboundedSender<Job>>,
+    pub(super) connected: watch::Sender<bool>,
+    /// Counts connections; a worker's failure on generation g discards what g delivered.
+    pub(super) generation: u64,
+    pub(super) counters: Arc<DeliveryCounters>,
+    pub(super) drain_timeout: Duration,
+    /// Ends (`None`) once every worker ended.
+    pub(super) workers_done: mpsc::Receiver<()>,
+}
+
+impl Link {
+    pub(super) async fn run(
+        mut self,
+        stop: CancellationToken,
+        mut retry: mpsc::UnboundedReceiver<u64>,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(failed) = retry.recv() => {
+                    // Only a failure on this connection needs a new one.
+                    if failed == self.generation && *self.connected.borrow() {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(self.retry_delay) => {}
+                        }
+                        tracing::info!("reconnecting to the broker to have unacknowledged messages redelivered");
+                        self.eventloop.clean();
+                        self.connected.send_replace(false);
+                    }
+                }
+                event = self.eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        backoff = BACKOFF_MIN;
+                        self.generation += 1;
+                        tracing::info!(session_present = ack.session_present, "connected to the broker");
+                        self.subscribe();
+                        self.connected.send_replace(true);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => self.dispatch(publish),
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                            tracing::error!("the broker refused a subscription of the controller: check its ACL");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if self.connected.send_replace(false) {
+                            tracing::warn!(error = %e, "broker connection lost");
+                        } else {
+                            tracing::debug!(error = %e, "broker connection failed");
+                        }
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                },
+            }
+        }
+        self.drain().await;
+        self.disconnect().await;
+    }
+
+    /// Stops handing out messages and lets the workers finish theirs, polling the connection
+    /// meanwhile so their acknowledgements reach the broker.
+    async fn drain(&mut self) {
+        self.workers.clear();
+        // Draining is not serving: readiness sees the link as down from here.
+        let connected = self.connected.send_replace(false);
+        let finished = tokio::time::timeout(self.drain_timeout, async {
+            loop {
+                tokio::select! {
+                    done = self.workers_done.recv() => if done.is_none() { break true },
+                    event = self.eventloop.poll(), if connected => match event {
+                        // Not handed out: unacknowledged, so the broker keeps it.
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "broker connection lost while draining");
+                            break false;
+                        }
+                    },
+                }
+            }
+        })
+        .await;
+        match finished {
+            Ok(true) => tracing::info!("delivery drained: every message handed out was handled"),
+            _ => tracing::warn!("delivery stopped before every message handed out was handled; the broker redelivers those"),
+        }
+        // Flush the acknowledgements the last workers queued.
+        if connected {
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                loop {
+                    if self.eventloop.poll().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    fn subscribe(&self) {
+        let filters = [Kind::Report, Kind::Hello, Kind::Presence]
+            .map(|kind| rumqttc::SubscribeFilter::new(topics::every(kind), QoS::AtLeastOnce));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::error!(error = %e, "queueing the controller's subscriptions");
+        }
+    }
+
+    fn dispatch(&self, publish: Publish) {
+        let shard = match topics::parse(&publish.topic) {
+            Some((instance, _)) => {
+                let mut h = DefaultHasher::new();
+                instance.hash(&mut h);
+                (h.finish() % self.workers.len() as u64) as usize
+            }
+            None => 0,
+        };
+        if publish.dup {
+            bump(&self.counters.redelivered);
+        }
+        let _ = self.workers[shard].send((self.generation, publish));
+    }
+
+    /// A clean DISCONNECT, waiting at most a second for it to leave.
+    async fn disconnect(&mut self) {
+        self.connected.send_replace(false);
+        if self.client.try_disconnect().is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}
