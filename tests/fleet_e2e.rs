@@ -13,7 +13,7 @@ mod fleet;
 #[path = "common/skip.rs"]
 mod skip;
 
-use common::http_server::{Resource, TestServer};
+use common::http_server::{Fault, Resource, TestServer};
 use ferry::fleet::topics::{topic, Kind};
 use fleet::{sha256_hex, Broker, Fleet, WAIT};
 use serde_json::{json, Value};
@@ -107,6 +107,30 @@ fn staged_bytes(device: &Path) -> u64 {
         .sum()
 }
 
+/// The phone among `ids` whose partial file has stood at exactly `bytes` for a second: the
+/// one whose response the server stalled there. Others pass that size within milliseconds.
+async fn stalled_phone(fleet: &Fleet, ids: &[String], bytes: u64) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut since: Option<(String, Instant)> = None;
+    loop {
+        assert!(Instant::now() < deadline, "no phone held {bytes} bytes");
+        let held = ids
+            .iter()
+            .find(|id| staged_bytes(&fleet.device(id)) == bytes);
+        since = match (held, since) {
+            (Some(id), Some((seen, at))) if *id == seen => {
+                if at.elapsed() >= Duration::from_secs(1) {
+                    return seen;
+                }
+                Some((seen, at))
+            }
+            (Some(id), _) => Some((id.clone(), Instant::now())),
+            (None, _) => None,
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One SendFile (Alibaba's SDK) lands the verified file on every phone through: one phone
 /// killed with -9 mid-transfer and restarted (it resumes from its partial file), the
 /// controller killed with -9 mid-batch and restarted on the same state (no phone fetches
@@ -119,11 +143,15 @@ async fn lands_everywhere_through_crashes_and_a_late_phone(broker: Broker) {
     let server = TestServer::start().await;
     // Slow enough (about 4 s a phone) that the crashes fall mid-transfer.
     let body = serve_body(&server, "/app.bin", 4_000_000, Some(1 << 20));
+    // The first phone to ask gets half the file, then nothing for longer than the test needs
+    // to find it: it is mid-transfer when killed however loaded the machine is (a kill timed
+    // by the phone's progress alone once came after the phone had the whole file).
+    server.push_fault("/app.bin", Fault::Stall(Duration::from_secs(25)));
     let Some(mut fleet) = Fleet::start(broker, "acp-a", AGENTS, &[]) else {
         return;
     };
     let ids = fleet.ids.clone();
-    let (victim, late) = (ids[0].clone(), ids[AGENTS - 1].clone());
+    let late = ids[AGENTS - 1].clone();
     fleet.start_agents(&ids[..AGENTS - 1]);
     let request = json!({
         "android_instance_id_list": ids,
@@ -140,12 +168,8 @@ async fn lands_everywhere_through_crashes_and_a_late_phone(broker: Broker) {
         .to_string();
     assert_eq!(answer["Data"].as_array().unwrap().len(), AGENTS, "{sent}");
 
-    // kill -9 one phone once it holds part of the file.
-    let deadline = Instant::now() + WAIT;
-    while staged_bytes(&fleet.device(&victim)) < 1 << 20 {
-        assert!(Instant::now() < deadline, "{victim} never got 1 MiB in");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // kill -9 the phone that holds half of the file.
+    let victim = stalled_phone(&fleet, &ids[..AGENTS - 1], body.len() as u64 / 2).await;
     fleet.kill_agent(&victim);
     // kill -9 the controller mid-batch, then bring it back on the same state.
     fleet.kill_controller();
