@@ -11,7 +11,7 @@
 use super::admin::{controller_broker_password, open_store, store_shown, CONTROLLER_USER};
 use super::{parse_addr, StateDirArgs};
 use crate::controller::broker::{self, BrokerOptions};
-use crate::controller::delivery::{Delivery, DeliveryOptions};
+use crate::controller::delivery::{Delivery, DeliveryOptions, NatsOptions};
 use crate::controller::ops::Ops;
 use crate::controller::ports::{Actions, Credentials, Inbox};
 use crate::controller::service::{Fleet, FleetConfig, StoreCredentials};
@@ -36,9 +36,29 @@ pub struct ServeArgs {
     #[arg(long, value_name = "IP:PORT", value_parser = parse_addr, default_value = "127.0.0.1:1883", conflicts_with = "broker")]
     pub mqtt_listen: SocketAddr,
     /// Use this external broker (`mqtt://HOST:PORT` or `mqtts://HOST:PORT`) instead of the
-    /// embedded one; it must know the controller's user (see `mosquitto-files`)
-    #[arg(long, value_name = "URL")]
+    /// embedded one; it must know the controller's user (see `mosquitto-files`). With
+    /// `--nats`: the MQTT listeners of the NATS nodes, comma-separated (orders go out
+    /// through one, failing over to the next)
+    #[arg(long, value_name = "URL[,URL…]")]
     pub broker: Option<String>,
+    /// Several controller replicas on a NATS cluster: its nodes (`nats://HOST:4222`,
+    /// comma-separated). Agent messages are pulled from the JetStream stream FERRY_AGENTS
+    /// through the durable consumer `ferry-controller` shared by every replica; needs
+    /// `--broker` (the nodes' MQTT URLs) and a shared `--database postgres://…`
+    #[arg(long, value_name = "URL[,URL…]", requires = "broker")]
+    pub nats: Option<String>,
+    /// The FERRY_AGENTS stream's replicas (fewer if the cluster has fewer nodes)
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "nats")]
+    pub nats_replicas: usize,
+    /// Seconds a message pulled by a replica and not acknowledged (the replica died) waits
+    /// before another replica gets it
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, requires = "nats")]
+    pub nats_ack_wait: u64,
+    /// This replica's name, unique among the replicas: its MQTT client id is
+    /// `ferry-controller-<ID>` (two replicas with one id would take each other's session).
+    /// Random by default
+    #[arg(long, value_name = "ID", requires = "nats")]
+    pub replica_id: Option<String>,
     /// For an `mqtts://` broker with a private CA: its PEM bundle
     #[arg(long, value_name = "FILE")]
     pub broker_ca: Option<PathBuf>,
@@ -84,6 +104,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // against the fleet's credentials: build delivery's options first, connect last.
     let mut options = DeliveryOptions::new(&broker_url, CONTROLLER_USER, &password);
     options.ca_file = args.broker_ca.clone();
+    if let Some(nats) = &args.nats {
+        options.nats = Some(nats_options(&args, nats)?);
+        let replica = match &args.replica_id {
+            Some(id) => id.clone(),
+            None => format!("{:016x}", fastrand::u64(..)),
+        };
+        options.client_id = format!("{CONTROLLER_USER}-{replica}");
+    }
+    let nats_shown = args.nats.as_deref().map(|urls| {
+        let urls: Vec<String> = urls.split(',').map(crate::redact::url).collect();
+        format!(", NATS {} as {}", urls.join(","), options.client_id)
+    });
     let delivery_counters = options.counters.clone();
     let config = FleetConfig {
         expiry: Duration::from_secs(args.expiry_secs),
@@ -110,10 +142,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             (fleet, None, delivery)
         }
     };
-    let mqtt_shown = broker
+    let mut mqtt_shown = broker
         .as_ref()
         .map(|b| format!("embedded broker on mqtt://{}", b.local_addr()))
-        .unwrap_or_else(|| format!("broker {}", crate::redact::url(&broker_url)));
+        .unwrap_or_else(|| {
+            let urls: Vec<String> = broker_url.split(',').map(crate::redact::url).collect();
+            format!("broker {}", urls.join(","))
+        });
+    mqtt_shown.push_str(nats_shown.as_deref().unwrap_or(""));
     let delivering = delivery.run(fleet.clone() as Arc<dyn Inbox>);
     let settings = crate::controller::api::Settings::default();
     let ops = Arc::new(Ops::new(
@@ -172,6 +208,24 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     drop((fleet, ops, store));
     tracing::info!("stopped");
     Ok(())
+}
+
+fn nats_options(args: &ServeArgs, urls: &str) -> Result<NatsOptions> {
+    let servers: Vec<String> = urls
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if servers.is_empty() || args.nats_replicas == 0 || args.nats_ack_wait == 0 {
+        return Err(Error::new(
+            Code::InvalidConfig,
+            "--nats needs at least one URL, --nats-replicas and --nats-ack-wait at least 1",
+        ));
+    }
+    let mut options = NatsOptions::new(servers);
+    options.replicas = args.nats_replicas;
+    options.ack_wait = Duration::from_secs(args.nats_ack_wait);
+    Ok(options)
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

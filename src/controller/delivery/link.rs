@@ -1,15 +1,59 @@
 //! The connection loop: polls rumqttc, hands each publish to the worker owning its instance,
-//! reconnects with backoff and resubscribes.
+//! reconnects with backoff (to the next broker of the list, in NATS mode) and resubscribes.
 
 use super::*;
 
-/// A message as handed to a worker: the connection generation it arrived on.
-pub(super) type Job = (u64, Publish);
+/// A message as handed to a worker: the MQTT connection generation it arrived on
+/// ([`NATS_GENERATION`] for a JetStream message), and the message.
+pub(super) type Job = (u64, Message);
+
+/// The generation of JetStream messages: above any MQTT one, so never skipped as poisoned
+/// (a failed JetStream message is NAKed alone; the consumer redelivers it).
+pub(super) const NATS_GENERATION: u64 = u64::MAX;
+
+/// An agent message: its MQTT topic, body, and what acknowledges it.
+pub(super) struct Message {
+    pub(super) topic: String,
+    pub(super) payload: bytes::Bytes,
+    pub(super) source: Source,
+}
+
+pub(super) enum Source {
+    Mqtt(Publish),
+    Nats(Box<async_nats::jetstream::Message>),
+}
+
+impl Message {
+    fn mqtt(publish: Publish) -> Message {
+        Message {
+            topic: publish.topic.clone(),
+            payload: publish.payload.clone(),
+            source: Source::Mqtt(publish),
+        }
+    }
+}
+
+/// The worker owning an instance's messages (messages on a topic not ours: the first).
+pub(super) fn shard(topic: &str, workers: usize) -> usize {
+    match topics::parse(topic) {
+        Some((instance, _)) => {
+            let mut h = DefaultHasher::new();
+            instance.hash(&mut h);
+            (h.finish() % workers as u64) as usize
+        }
+        None => 0,
+    }
+}
 
 /// The connection loop: polls rumqttc, hands publishes to workers, reconnects.
 pub(super) struct Link {
     pub(super) client: AsyncClient,
     pub(super) eventloop: EventLoop,
+    /// The broker's addresses; a failed connection moves on to the next.
+    pub(super) brokers: Vec<MqttOptions>,
+    pub(super) current: usize,
+    /// Subscribe to the agents' topics (not in NATS mode: JetStream brings their messages).
+    pub(super) subscribe: bool,
     pub(super) retry_delay: Duration,
     pub(super) workers: Vec<mpsc::UnboundedSender<Job>>,
     pub(super) connected: watch::Sender<bool>,
@@ -47,8 +91,10 @@ impl Link {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         backoff = BACKOFF_MIN;
                         self.generation += 1;
-                        tracing::info!(session_present = ack.session_present, "connected to the broker");
-                        self.subscribe();
+                        tracing::info!(session_present = ack.session_present, broker = self.current, "connected to the broker");
+                        if self.subscribe {
+                            self.subscribe();
+                        }
                         self.connected.send_replace(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => self.dispatch(publish),
@@ -64,6 +110,7 @@ impl Link {
                         } else {
                             tracing::debug!(error = %e, "broker connection failed");
                         }
+                        self.next_broker();
                         tokio::select! {
                             () = stop.cancelled() => break,
                             () = tokio::time::sleep(backoff) => {}
@@ -116,6 +163,14 @@ impl Link {
         }
     }
 
+    /// With a list of brokers (NATS' MQTT listeners), the next connection tries the next.
+    fn next_broker(&mut self) {
+        if self.brokers.len() > 1 {
+            self.current = (self.current + 1) % self.brokers.len();
+            self.eventloop.mqtt_options = self.brokers[self.current].clone();
+        }
+    }
+
     fn subscribe(&self) {
         let filters = [Kind::Report, Kind::Hello, Kind::Presence]
             .map(|kind| rumqttc::SubscribeFilter::new(topics::every(kind), QoS::AtLeastOnce));
@@ -125,18 +180,15 @@ impl Link {
     }
 
     fn dispatch(&self, publish: Publish) {
-        let shard = match topics::parse(&publish.topic) {
-            Some((instance, _)) => {
-                let mut h = DefaultHasher::new();
-                instance.hash(&mut h);
-                (h.finish() % self.workers.len() as u64) as usize
-            }
-            None => 0,
-        };
+        if self.workers.is_empty() {
+            // NATS mode subscribes to nothing: not ours to handle (nor to ack).
+            return;
+        }
+        let shard = shard(&publish.topic, self.workers.len());
         if publish.dup {
             bump(&self.counters.redelivered);
         }
-        let _ = self.workers[shard].send((self.generation, publish));
+        let _ = self.workers[shard].send((self.generation, Message::mqtt(publish)));
     }
 
     /// A clean DISCONNECT, waiting at most a second for it to leave.

@@ -20,6 +20,12 @@
 //!   few fsyncs, not one each. The group is acknowledged, in order, only after it committed.
 //! - **Reconnects** with exponential backoff (200 ms to 10 s) and resubscribes on every
 //!   CONNACK (a restarted broker without storage has forgotten the session).
+//! - **NATS mode** ([`DeliveryOptions::nats`], [`nats`]): for several controller replicas on a
+//!   NATS cluster. Agent messages come from a JetStream work queue through one durable pull
+//!   consumer shared by every replica, so each is handled by one replica; it goes to the same
+//!   workers and is acked only after its commit (a failure that may pass: NAK, redelivered
+//!   later, maybe to another replica). The MQTT connection then only publishes orders, fails
+//!   over across the `broker` list, and subscribes to nothing.
 
 use crate::controller::ops::metrics::{bump, DeliveryCounters};
 use crate::controller::ports::{BoxFuture, Inbox, Outbox};
@@ -38,16 +44,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod link;
+pub mod nats;
 mod worker;
 
-use link::{Job, Link};
+use link::{Job, Link, Message};
+pub use nats::NatsOptions;
 use worker::Worker;
 pub use worker::MAX_GROUP;
 
 /// How the controller reaches its broker.
 #[derive(Clone, Debug)]
 pub struct DeliveryOptions {
-    /// `mqtt://host[:1883]` or `mqtts://host[:8883]`.
+    /// `mqtt://host[:1883]` or `mqtts://host[:8883]`; in NATS mode a comma-separated list
+    /// of the cluster's MQTT listeners, tried in turn.
     pub broker: String,
     /// The controller's MQTT user and password (the embedded broker's controller user, or
     /// the one in an external broker's password file).
@@ -66,6 +75,8 @@ pub struct DeliveryOptions {
     pub drain_timeout: Duration,
     /// What delivery counts for `/metrics`.
     pub counters: Arc<DeliveryCounters>,
+    /// Agent messages from NATS JetStream instead of an MQTT subscription.
+    pub nats: Option<NatsOptions>,
 }
 
 impl DeliveryOptions {
@@ -81,6 +92,7 @@ impl DeliveryOptions {
             retry_delay: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
             counters: Arc::default(),
+            nats: None,
         }
     }
 }
@@ -97,16 +109,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub struct Delivery {
     client: AsyncClient,
     eventloop: EventLoop,
+    /// The broker's addresses to try in turn (one unless in NATS mode).
+    brokers: Vec<MqttOptions>,
     options: DeliveryOptions,
 }
 
 impl Delivery {
     pub fn new(options: DeliveryOptions) -> Result<Delivery> {
-        let mqtt = mqtt_options(&options)?;
-        let (client, eventloop) = AsyncClient::new(mqtt, QUEUE);
+        let brokers = mqtt_options_list(&options)?;
+        let (client, eventloop) = AsyncClient::new(brokers[0].clone(), QUEUE);
         Ok(Delivery {
             client,
             eventloop,
+            brokers,
             options,
         })
     }
@@ -136,16 +151,40 @@ impl Delivery {
                     poisoned: poisoned.clone(),
                     retry: retry_tx.clone(),
                     counters: self.options.counters.clone(),
+                    retry_delay: self.options.retry_delay,
                 };
                 (tx, tokio::spawn(worker.run(rx, done_tx.clone())))
             })
             .collect();
         let (senders, worker_tasks): (Vec<_>, Vec<_>) = workers.into_iter().unzip();
+        // In NATS mode the JetStream consumer feeds the workers and MQTT only carries orders.
+        let (link_workers, nats) = match self.options.nats.clone() {
+            None => (senders, None),
+            Some(nats) => {
+                let (ready_tx, ready) = watch::channel(false);
+                let consumer = nats::Consumer {
+                    options: nats,
+                    username: self.options.username.clone(),
+                    password: self.options.password.clone(),
+                    name: self.options.client_id.clone(),
+                    workers: senders,
+                    mqtt_up: connected.clone(),
+                    ready: ready_tx,
+                    counters: self.options.counters.clone(),
+                };
+                let task = tokio::spawn(consumer.run(stop.clone()));
+                (Vec::new(), Some((task, ready)))
+            }
+        };
+        let subscribe = nats.is_none();
         let link = Link {
             client: self.client,
             eventloop: self.eventloop,
+            brokers: self.brokers,
+            current: 0,
+            subscribe,
             retry_delay: self.options.retry_delay,
-            workers: senders,
+            workers: link_workers,
             connected: connected_tx,
             generation: 0,
             counters: self.options.counters.clone(),
@@ -153,9 +192,14 @@ impl Delivery {
             workers_done: done_rx,
         };
         let task = tokio::spawn(link.run(stop.clone(), retry_rx));
+        let (nats_task, connected) = match nats {
+            Some((task, ready)) => (Some(task), ready),
+            None => (None, connected),
+        };
         DeliveryHandle {
             stop,
             task,
+            nats_task,
             worker_tasks,
             connected,
         }
@@ -166,7 +210,10 @@ impl Delivery {
 pub struct DeliveryHandle {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// NATS mode: the consumer, which returns its client once it stopped pulling.
+    nats_task: Option<JoinHandle<Option<async_nats::Client>>>,
     worker_tasks: Vec<JoinHandle<()>>,
+    /// Up: the MQTT link (and in NATS mode the JetStream consumer too).
     connected: watch::Receiver<bool>,
 }
 
@@ -196,22 +243,47 @@ impl DeliveryHandle {
     /// redelivered to the next run.
     pub async fn stop(self) {
         self.stop.cancel();
+        // NATS mode: the consumer stops pulling and lets go of the workers' queues; the link
+        // waits for the workers to finish (their acks go out on the NATS client).
+        let client = match self.nats_task {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
         let _ = self.task.await;
         for worker in self.worker_tasks {
             worker.abort();
             let _ = worker.await;
         }
+        if let Some(client) = client {
+            // The last acks leave before the connection closes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        }
     }
 }
 
-fn mqtt_options(options: &DeliveryOptions) -> Result<MqttOptions> {
+/// The connection options for each URL of [`DeliveryOptions::broker`]: one URL, or in NATS
+/// mode a comma-separated list (the cluster's nodes, tried in turn).
+fn mqtt_options_list(options: &DeliveryOptions) -> Result<Vec<MqttOptions>> {
+    let urls: Vec<&str> = options.broker.split(',').map(str::trim).collect();
+    if urls.len() > 1 && options.nats.is_none() {
+        return Err(Error::new(
+            Code::InvalidConfig,
+            "a list of broker URLs needs --nats (one mosquitto is one URL)",
+        ));
+    }
+    urls.into_iter()
+        .map(|url| mqtt_options(options, url))
+        .collect()
+}
+
+fn mqtt_options(options: &DeliveryOptions, broker: &str) -> Result<MqttOptions> {
     let bad = |why: String| {
         Error::new(
             Code::InvalidConfig,
-            format!("broker URL {:?}: {why}", options.broker),
+            format!("broker URL {:?}: {why}", crate::redact::url(broker)),
         )
     };
-    let url = url::Url::parse(&options.broker).map_err(|e| bad(e.to_string()))?;
+    let url = url::Url::parse(broker).map_err(|e| bad(e.to_string()))?;
     let tls = match url.scheme() {
         "mqtt" => false,
         "mqtts" => true,
@@ -319,22 +391,29 @@ mod tests {
 
     #[test]
     fn broker_urls_name_mqtt_or_mqtts_with_default_ports() {
-        let plain = mqtt_options(&DeliveryOptions::new("mqtt://127.0.0.1", "c", "p")).unwrap();
+        let plain = mqtt_options_list(&DeliveryOptions::new("mqtt://127.0.0.1", "c", "p"))
+            .unwrap()
+            .remove(0);
         assert_eq!(plain.broker_address(), ("127.0.0.1".to_string(), 1883));
         assert!(!plain.clean_session());
-        let tls = mqtt_options(&DeliveryOptions::new(
+        let tls = mqtt_options_list(&DeliveryOptions::new(
             "mqtts://broker.example:9999",
             "c",
             "p",
         ));
         assert_eq!(
-            tls.unwrap().broker_address(),
+            tls.unwrap()[0].broker_address(),
             ("broker.example".to_string(), 9999)
         );
-        for bad in ["http://x", "mqtt://", "x"] {
-            let err = mqtt_options(&DeliveryOptions::new(bad, "c", "p")).unwrap_err();
+        for bad in ["http://x", "mqtt://", "x", "mqtt://a,mqtt://b"] {
+            let err = mqtt_options_list(&DeliveryOptions::new(bad, "c", "p")).unwrap_err();
             assert_eq!(err.code, Code::InvalidConfig, "{bad}");
         }
+        // In NATS mode a list names the cluster's MQTT listeners.
+        let mut nats = DeliveryOptions::new("mqtt://a:1, mqtt://b:2", "c", "p");
+        nats.nats = Some(NatsOptions::new(vec!["nats://a:4222".into()]));
+        let list = mqtt_options_list(&nats).unwrap();
+        assert_eq!(list[1].broker_address(), ("b".to_string(), 2));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A worker: hands the messages of its instances to the Inbox in queue order (runs of
 //! reports as one group commit) and acks each only once it is durable.
 
+use super::link::{Source, NATS_GENERATION};
 use super::*;
 
 /// The most messages a worker takes from its queue at once: one group commit of reports.
@@ -16,6 +17,8 @@ pub(super) struct Worker {
     pub(super) poisoned: Arc<AtomicU64>,
     pub(super) retry: mpsc::UnboundedSender<u64>,
     pub(super) counters: Arc<DeliveryCounters>,
+    /// NATS mode: how long before a NAKed message comes back.
+    pub(super) retry_delay: Duration,
 }
 
 impl Worker {
@@ -41,23 +44,39 @@ impl Worker {
                 }
                 match handle(&*self.inbox, &self.client, &publish, &self.counters).await {
                     Ok(()) => self.ack(&publish).await,
-                    Err(e) => self.failed(generation, &publish, &e),
+                    Err(e) => self.failed(generation, &publish, &[], &e).await,
                 }
             }
         }
     }
 
-    async fn ack(&self, publish: &Publish) {
-        if let Err(e) = self.client.ack(publish).await {
+    async fn ack(&self, publish: &Message) {
+        let acked = match &publish.source {
+            Source::Mqtt(p) => self.client.ack(p).await.map_err(|e| e.to_string()),
+            Source::Nats(m) => m.ack().await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = acked {
             tracing::warn!(error = %e, "acknowledging a message");
         }
     }
 
-    /// Leaves this message and every later one of its connection unacknowledged, and has
-    /// the link reconnect so the broker redelivers them in order.
-    fn failed(&self, generation: u64, publish: &Publish, error: &Error) {
+    /// MQTT: leaves this message and every later one of its connection unacknowledged, and
+    /// has the link reconnect so the broker redelivers them in order. NATS: NAKs it (and the
+    /// rest of its group, `later`) with a delay; the consumer redelivers each.
+    async fn failed(&self, generation: u64, publish: &Message, later: &[Message], error: &Error) {
         tracing::warn!(topic = %publish.topic, error = %error, "not handled now; the broker will redeliver it");
         bump(&self.counters.retried);
+        if generation == NATS_GENERATION {
+            for message in std::iter::once(publish).chain(later) {
+                if let Source::Nats(m) = &message.source {
+                    let nak = async_nats::jetstream::AckKind::Nak(Some(self.retry_delay));
+                    if let Err(e) = m.ack_with(nak).await {
+                        tracing::debug!(error = %e, "NAK (the consumer redelivers after its ack wait)");
+                    }
+                }
+            }
+            return;
+        }
         self.poisoned.fetch_max(generation, Ordering::SeqCst);
         let _ = self.retry.send(generation);
     }
@@ -65,7 +84,7 @@ impl Worker {
     /// A run of report messages: those that are reports of their topic's instance go to the
     /// Inbox as one group; then each message is acked in order, up to the first failure
     /// worth another try.
-    async fn reports(&self, generation: u64, publishes: Vec<Publish>) {
+    async fn reports(&self, generation: u64, publishes: Vec<Message>) {
         let mut outcomes: Vec<Option<Result<()>>> = Vec::with_capacity(publishes.len());
         let mut reports = Vec::with_capacity(publishes.len());
         let mut slots = Vec::with_capacity(publishes.len());
@@ -100,17 +119,18 @@ impl Worker {
             self.ack(publish).await;
         }
         if let Some(error) = stop {
-            self.failed(generation, &publishes[acks], &error);
+            self.failed(generation, &publishes[acks], &publishes[acks + 1..], &error)
+                .await;
         }
     }
 }
 
-fn is_report(publish: &Publish) -> bool {
+fn is_report(publish: &Message) -> bool {
     matches!(topics::parse(&publish.topic), Some((_, Kind::Report)))
 }
 
 /// A report message's report, when it is valid JSON and speaks for its topic's instance.
-fn check_report(publish: &Publish, counters: &DeliveryCounters) -> Option<Report> {
+fn check_report(publish: &Message, counters: &DeliveryCounters) -> Option<Report> {
     let (instance, kind) = topics::parse(&publish.topic)?;
     let Some(report) = decode::<Report>(publish) else {
         bump(&counters.invalid);
@@ -148,7 +168,7 @@ fn settle(outcomes: Vec<Option<Result<()>>>) -> (usize, Option<Error>) {
 async fn handle(
     inbox: &dyn Inbox,
     client: &AsyncClient,
-    publish: &Publish,
+    publish: &Message,
     counters: &DeliveryCounters,
 ) -> Result<()> {
     let invalid = || {
@@ -207,7 +227,7 @@ async fn handle(
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(publish: &Publish) -> Option<T> {
+fn decode<T: serde::de::DeserializeOwned>(publish: &Message) -> Option<T> {
     match serde_json::from_slice(&publish.payload) {
         Ok(message) => Some(message),
         Err(e) => {

@@ -220,7 +220,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &[],
         get(&d.orders_resent),
     );
-    header(&mut out, "ferry_controller_messages_redelivered_total", "counter", "Agent messages the broker delivered again after this replica reconnected (unacknowledged before).");
+    header(&mut out, "ferry_controller_messages_redelivered_total", "counter", "Agent messages delivered again, unacknowledged before: after this replica reconnected to its MQTT broker, or (serve --nats) by the shared JetStream consumer after a NAK or the ack wait.");
     sample(
         &mut out,
         "ferry_controller_messages_redelivered_total",
