@@ -72,7 +72,8 @@ on_both_stores! {
         concurrent_send_files_on_two_replicas_list_each_batch_with_its_own_children,
         reports_and_expiry_racing_on_two_replicas_leave_one_final_state_and_true_counts,
         two_replicas_expiring_the_same_children_each_claim_only_the_ones_they_moved,
-        overlapping_report_groups_on_two_replicas_all_commit_with_true_counts;
+        overlapping_report_groups_on_two_replicas_all_commit_with_true_counts,
+        a_stale_report_committed_by_another_replica_after_the_final_one_is_a_no_op;
 }
 
 async fn send_file_stores_batch_and_children_before_publishing_their_orders(store: Backend) {

@@ -310,3 +310,46 @@ pub async fn overlapping_report_groups_on_two_replicas_all_commit_with_true_coun
         }
     }
 }
+
+/// Replicas consuming one agent's messages (NATS: one shared consumer) may commit them out of
+/// order: a RUNNING report after the FINISHED one, alone or inside a group, on the other
+/// replica. It is a clean no-op, `Ok` (acked, not retried): the final row stays as it was.
+pub async fn a_stale_report_committed_by_another_replica_after_the_final_one_is_a_no_op(
+    store: Backend,
+) {
+    let h = Harness::new(&store, &["acp-1", "acp-2"]).await;
+    let replica = h.replica().await;
+    let answer = h.send(&["acp-1", "acp-2"], None).await.unwrap();
+    let (t1, t2) = (&answer.data[0].task_id, &answer.data[1].task_id);
+    let report = |instance: &str, task| Report {
+        instance_id: instance.to_string(),
+        task,
+    };
+    h.fleet
+        .reports(vec![report("acp-1", done(t1)), report("acp-2", done(t2))])
+        .await
+        .into_iter()
+        .for_each(|o| o.unwrap());
+    let (row1, row2, batch) = (
+        h.row(t1).await,
+        h.row(t2).await,
+        h.row(&answer.task_id).await,
+    );
+    assert_eq!(row1.task_status, "FINISHED");
+    replica
+        .fleet
+        .report(report("acp-1", view(t1, Phase::Running, 40, Some(100))))
+        .await
+        .unwrap();
+    let outcomes = replica
+        .fleet
+        .reports(vec![
+            report("acp-2", view(t2, Phase::Running, 60, Some(100))),
+            report("acp-1", view(t1, Phase::Pending, 0, None)),
+        ])
+        .await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(h.row(t1).await, row1);
+    assert_eq!(h.row(t2).await, row2);
+    assert_eq!(h.row(&answer.task_id).await, batch);
+}
