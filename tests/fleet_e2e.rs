@@ -402,6 +402,7 @@ async fn a_forged_report_never_changes_another_phones_row(broker: Broker) {
     let refused = match broker {
         Broker::Embedded => "MQTT publish refused by the fleet ACL",
         Broker::Mosquitto => "Denied PUBLISH",
+        Broker::External => unreachable!("fleet_e2e runs the embedded broker or mosquitto"),
     };
     fleet
         .wait_log("A on B's topic", || fleet.broker_log(), refused, 1)

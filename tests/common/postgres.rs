@@ -182,16 +182,18 @@ impl PgCluster {
         let port = free_port();
         let log = dir.join("postgres.log");
         // The supervisor: postgres in the background (its pid in `server.pid`), then a line
-        // on stdin restarts it and the end of stdin stops it and removes the folder.
+        // on stdin restarts it (`pause`: stops it until the next line) and the end of stdin
+        // stops it and removes the folder.
         let script = r#"
             dir=$1; shift
             while :; do
                 "$@" >>"$dir/postgres.log" 2>&1 &
                 pid=$!
                 echo "$pid" >"$dir/server.pid"
-                read -r _ || break
+                read -r line || break
                 kill -INT "$pid" 2>/dev/null
                 wait "$pid"
+                if [ "$line" = pause ]; then read -r _ || break; fi
             done
             kill -INT "$pid" 2>/dev/null
             wait "$pid"
@@ -245,6 +247,43 @@ impl PgCluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::fs::read_to_string(&pid_file).unwrap_or_default() == before {
             assert!(Instant::now() < deadline, "PostgreSQL was not restarted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_ready(&self.dir.join("postgres.log"));
+    }
+
+    /// Stops the server (fast shutdown) until [`PgCluster::resume`]; returns once it is down.
+    pub fn pause(&mut self) {
+        use std::io::Write;
+        let stop = self.stop.as_mut().expect("the supervisor's stdin");
+        stop.write_all(b"pause\n")
+            .and_then(|()| stop.flush())
+            .unwrap();
+        let pid = std::fs::read_to_string(self.dir.join("server.pid")).unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Signal 0: the process exists (the supervisor reaps it once it exited).
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the server [`PgCluster::pause`] stopped; returns once it accepts connections.
+    pub fn resume(&mut self) {
+        use std::io::Write;
+        let pid_file = self.dir.join("server.pid");
+        let before = std::fs::read_to_string(&pid_file).unwrap();
+        let stop = self.stop.as_mut().expect("the supervisor's stdin");
+        stop.write_all(b"resume\n")
+            .and_then(|()| stop.flush())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(&pid_file).unwrap_or_default() == before {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL was not started again"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         self.wait_ready(&self.dir.join("postgres.log"));

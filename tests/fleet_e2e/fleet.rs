@@ -3,6 +3,9 @@
 //! or with Debian's mosquitto (`serve --broker`, auth and ACL from `mosquitto-files`); one
 //! `ferry daemon` per phone on its own device root, each started, killed (-9) and restarted at
 //! will; and the API clients (Alibaba's Python SDK, ferry-controller's own signed client).
+//! For tests/fleet_replicas.rs: a broker the test runs itself ([`Broker::External`], a NATS
+//! cluster), `--database` for every command ([`Fleet::prepare`]) and more `serve` replicas on
+//! the same state ([`Fleet::add_replica`]), each with its own API port and log.
 //! Every process is killed when its handle drops, so no test leaves one behind.
 
 #![allow(dead_code)]
@@ -28,6 +31,17 @@ pub enum Broker {
     Embedded,
     /// Debian's mosquitto with the files `mosquitto-files` writes (`serve --broker`).
     Mosquitto,
+    /// One the test runs (a NATS cluster): `serve` gets its flags from `serve_extra`, and
+    /// agents dial what [`Fleet::set_agent_broker`] wrote.
+    External,
+}
+
+/// One `serve` process: its API address, its own flags and log.
+struct Replica {
+    api: String,
+    extra: Vec<String>,
+    log: String,
+    proc: Option<Proc>,
 }
 
 /// A child process killed (-9) when dropped.
@@ -68,13 +82,16 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub struct Fleet {
     /// The registered phones, `PREFIX00`, `PREFIX01`, …
     pub ids: Vec<String>,
-    api: String,
     /// Where agents dial: the embedded broker's port or mosquitto's.
     mqtt: u16,
     ak: (String, String),
+    broker: Broker,
+    /// Flags of every ferry-controller command (`--database`).
+    state_extra: Vec<String>,
     serve_extra: Vec<String>,
     mosquitto: Option<Mosquitto>,
-    controller: Option<Proc>,
+    /// The `serve` replicas; the first is "the controller".
+    controllers: Vec<Replica>,
     agents: HashMap<String, Proc>,
     dir: tempfile::TempDir,
 }
@@ -89,12 +106,27 @@ impl Fleet {
         phones: usize,
         serve_extra: &[&str],
     ) -> Option<Self> {
+        let mut fleet = Self::prepare(broker, prefix, phones, &[], serve_extra)?;
+        fleet.start_controller();
+        Some(fleet)
+    }
+
+    /// [`Fleet::start`] without starting the controller, every ferry-controller command
+    /// given `state_extra` too (`--database URL`).
+    pub fn prepare(
+        broker: Broker,
+        prefix: &str,
+        phones: usize,
+        state_extra: &[&str],
+        serve_extra: &[&str],
+    ) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("controller");
         let line = run_ok(
             Command::new(CONTROLLER)
                 .args(["access-key", "create", "--state-dir"])
-                .arg(&state),
+                .arg(&state)
+                .args(state_extra),
         );
         let mut words = line.split_whitespace();
         let ak = (
@@ -108,6 +140,7 @@ impl Fleet {
                 Command::new(CONTROLLER)
                     .args(["instance", "add", "--state-dir"])
                     .arg(&state)
+                    .args(state_extra)
                     .args(["--broker", &format!("mqtt://127.0.0.1:{mqtt}"), id]),
             );
             assert!(toml.starts_with("[fleet]\n"), "{toml}");
@@ -116,7 +149,7 @@ impl Fleet {
                 .unwrap();
         }
         let mosquitto = match broker {
-            Broker::Embedded => None,
+            Broker::Embedded | Broker::External => None,
             Broker::Mosquitto => {
                 let files = dir.path().join("mosquitto");
                 run_ok(
@@ -138,33 +171,34 @@ impl Fleet {
                 // it was given before mosquitto had a port).
                 mqtt = m.port;
                 for id in &ids {
-                    let path = dir.path().join(format!("{id}.toml"));
-                    let text: String = std::fs::read_to_string(&path)
-                        .unwrap()
-                        .lines()
-                        .map(|l| match l.starts_with("broker = ") {
-                            true => format!("broker = \"{}\"\n", m.url()),
-                            false => format!("{l}\n"),
-                        })
-                        .collect();
-                    std::fs::write(&path, text).unwrap();
+                    set_broker_line(&dir.path().join(format!("{id}.toml")), &m.url());
                 }
                 Some(m)
             }
         };
-        let mut fleet = Fleet {
+        let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Some(Fleet {
             ids,
-            api: format!("127.0.0.1:{}", free_port()),
             mqtt,
             ak,
-            serve_extra: serve_extra.iter().map(|s| s.to_string()).collect(),
+            broker,
+            state_extra: strings(state_extra),
+            serve_extra: strings(serve_extra),
             mosquitto,
-            controller: None,
+            controllers: vec![Replica {
+                api: format!("127.0.0.1:{}", free_port()),
+                extra: Vec::new(),
+                log: "controller".into(),
+                proc: None,
+            }],
             agents: HashMap::new(),
             dir,
-        };
-        fleet.start_controller();
-        Some(fleet)
+        })
+    }
+
+    /// The broker phone `id`'s agent dials (for [`Broker::External`]).
+    pub fn set_agent_broker(&self, id: &str, url: &str) {
+        set_broker_line(&self.path(&format!("{id}.toml")), url);
     }
 
     /// [`Fleet::start`] with no extra flags and every phone's agent started.
@@ -181,33 +215,70 @@ impl Fleet {
 
     /// `serve` on the same state, ports and broker; returns once the API listens.
     pub fn start_controller(&mut self) {
-        assert!(self.controller.is_none(), "the controller already runs");
+        self.start_replica(0);
+    }
+
+    /// Another `serve` on the same state and broker with its own API port and `extra` flags
+    /// (log `controller-N`), started; its index.
+    pub fn add_replica(&mut self, extra: &[&str]) -> usize {
+        let i = self.controllers.len();
+        self.controllers.push(Replica {
+            api: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: format!("controller-{i}"),
+            proc: None,
+        });
+        self.start_replica(i);
+        i
+    }
+
+    /// Flags of replica `i` alone (the first's, before [`Fleet::start_controller`]).
+    pub fn set_replica_flags(&mut self, i: usize, extra: &[&str]) {
+        self.controllers[i].extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Starts replica `i` again; returns once its API listens.
+    pub fn start_replica(&mut self, i: usize) {
+        let replica = &self.controllers[i];
+        assert!(replica.proc.is_none(), "replica {i} already runs");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.path("controller.log"))
+            .open(self.path(&format!("{}.log", replica.log)))
             .unwrap();
         let mut cmd = Command::new(CONTROLLER);
         cmd.args(["serve", "--state-dir"])
             .arg(self.path("controller"))
-            .args(["--listen", &self.api]);
-        match &self.mosquitto {
-            Some(m) => cmd.args(["--broker", &m.url()]),
-            None => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
+            .args(&self.state_extra)
+            .args(["--listen", &replica.api]);
+        match (&self.mosquitto, self.broker) {
+            (Some(m), _) => cmd.args(["--broker", &m.url()]),
+            (None, Broker::External) => &mut cmd,
+            (None, _) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
         };
-        cmd.args(&self.serve_extra);
+        cmd.args(&self.serve_extra).args(&replica.extra);
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&self.api).is_err() {
-            assert!(Instant::now() < deadline, "the controller never listened");
+        while std::net::TcpStream::connect(&replica.api).is_err() {
+            assert!(Instant::now() < deadline, "replica {i} never listened");
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.controller = Some(Proc(child));
+        self.controllers[i].proc = Some(Proc(child));
+    }
+
+    /// kill -9 replica `i`.
+    pub fn kill_replica(&mut self, i: usize) {
+        self.controllers[i].proc.take().expect("the replica runs");
     }
 
     /// The API's `IP:PORT`.
     pub fn api(&self) -> &str {
-        &self.api
+        &self.controllers[0].api
+    }
+
+    /// Replica `i`'s API `IP:PORT`.
+    pub fn api_of(&self, i: usize) -> &str {
+        &self.controllers[i].api
     }
 
     /// The API AccessKey (id, secret).
@@ -222,7 +293,11 @@ impl Fleet {
 
     /// Sends SIGTERM to the controller (it keeps running while it drains).
     pub fn sigterm_controller(&self) {
-        let child = &self.controller.as_ref().expect("the controller runs").0;
+        let child = &self.controllers[0]
+            .proc
+            .as_ref()
+            .expect("the controller runs")
+            .0;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     }
@@ -231,9 +306,12 @@ impl Fleet {
     pub async fn wait_controller_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
-            let proc = self.controller.as_mut().expect("the controller runs");
+            let proc = self.controllers[0]
+                .proc
+                .as_mut()
+                .expect("the controller runs");
             if let Some(status) = proc.0.try_wait().unwrap() {
-                self.controller = None;
+                self.controllers[0].proc = None;
                 return status;
             }
             assert!(Instant::now() < deadline, "the controller never exited");
@@ -243,7 +321,7 @@ impl Fleet {
 
     /// kill -9 the controller (and with it the embedded broker).
     pub fn kill_controller(&mut self) {
-        self.controller.take().expect("the controller runs");
+        self.kill_replica(0);
     }
 
     /// Restarts the broker: mosquitto is stopped and started on its port and saved state;
@@ -253,6 +331,11 @@ impl Fleet {
         match &mut self.mosquitto {
             Some(m) => m.restart(),
             None => {
+                assert_ne!(
+                    self.broker,
+                    Broker::External,
+                    "the test restarts its broker"
+                );
                 self.kill_controller();
                 self.start_controller();
             }
@@ -313,6 +396,24 @@ impl Fleet {
             .to_string()
     }
 
+    /// [`Fleet::controller_password`], written first (as `serve` would) when no `serve` ran
+    /// yet: for a broker the test configures before the controller starts.
+    pub fn controller_password_or_new(&self) -> String {
+        let path = self.path("controller/broker-controller.secret");
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let secret = format!("{:032x}", fastrand::u128(..));
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut file, secret.as_bytes()).unwrap();
+        }
+        self.controller_password()
+    }
+
     /// A plain MQTT client on the fleet's broker, as `user`.
     pub fn mqtt_client(&self, client_id: &str, user: &str, password: &str) -> Peer {
         Peer::connect(self.mqtt, client_id, user, password, &[])
@@ -320,10 +421,21 @@ impl Fleet {
 
     /// One SDK call through tests/sdk/drive.py; its single outcome.
     pub fn sdk(&self, python: &Path, call: &str, request: Value) -> Value {
+        self.sdk_at(0, python, call, request)
+    }
+
+    /// [`Fleet::sdk`] on replica `i`.
+    pub fn sdk_at(&self, i: usize, python: &Path, call: &str, request: Value) -> Value {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/drive.py");
         let out = Command::new(python)
             .arg(script)
-            .args([&self.api, &self.ak.0, &self.ak.1, call, "--request"])
+            .args([
+                &self.controllers[i].api,
+                &self.ak.0,
+                &self.ak.1,
+                call,
+                "--request",
+            ])
             .arg(request.to_string())
             .output()
             .unwrap();
@@ -339,11 +451,16 @@ impl Fleet {
     /// ferry-controller's own signed client, `ARGS --json`; `None` when it fails (the
     /// controller may be restarting).
     pub fn try_client(&self, args: &[&str]) -> Option<Value> {
+        self.try_client_at(0, args)
+    }
+
+    /// [`Fleet::try_client`] on replica `i`.
+    pub fn try_client_at(&self, i: usize, args: &[&str]) -> Option<Value> {
         let ak_file = self.path("ak");
         std::fs::write(&ak_file, format!("{} {}", self.ak.0, self.ak.1)).unwrap();
         let out = Command::new(CONTROLLER)
             .args(args)
-            .args(["--json", "--endpoint", &self.api])
+            .args(["--json", "--endpoint", &self.controllers[i].api])
             .arg("--access-key-file")
             .arg(&ak_file)
             .output()
@@ -354,8 +471,12 @@ impl Fleet {
     }
 
     pub fn client(&self, args: &[&str]) -> Value {
-        self.try_client(args)
-            .unwrap_or_else(|| panic!("ferry-controller {args:?} failed"))
+        self.client_at(0, args)
+    }
+
+    pub fn client_at(&self, i: usize, args: &[&str]) -> Value {
+        self.try_client_at(i, args)
+            .unwrap_or_else(|| panic!("ferry-controller {args:?} on replica {i} failed"))
     }
 
     /// SendFile of `url` to `/sdcard/Download/NAME` on `ids` through the signed client: the
@@ -389,21 +510,34 @@ impl Fleet {
 
     /// The batch row (level 1); Null while the controller is away.
     pub fn batch(&self, batch: &str) -> Value {
-        self.try_client(&["describe-tasks", "--task-id", batch])
+        self.batch_at(0, batch)
+    }
+
+    /// [`Fleet::batch`] on replica `i`.
+    pub fn batch_at(&self, i: usize, batch: &str) -> Value {
+        self.try_client_at(i, &["describe-tasks", "--task-id", batch])
             .map_or(Value::Null, |answer| answer["Data"][0].clone())
     }
 
     /// The batch's per-phone rows (level 2).
     pub fn children(&self, batch: &str) -> Vec<Value> {
-        let page = self.client(&[
-            "describe-tasks",
-            "--parent-task-id",
-            batch,
-            "--level",
-            "2",
-            "--max-results",
-            "100",
-        ]);
+        self.children_at(0, batch)
+    }
+
+    /// [`Fleet::children`] on replica `i`.
+    pub fn children_at(&self, i: usize, batch: &str) -> Vec<Value> {
+        let page = self.client_at(
+            i,
+            &[
+                "describe-tasks",
+                "--parent-task-id",
+                batch,
+                "--level",
+                "2",
+                "--max-results",
+                "100",
+            ],
+        );
         page["Data"].as_array().unwrap().clone()
     }
 
@@ -414,9 +548,14 @@ impl Fleet {
 
     /// Waits for the batch to end (FINISHED or FAILED); its row.
     pub async fn wait_batch_end(&self, batch: &str) -> Value {
+        self.wait_batch_end_at(0, batch).await
+    }
+
+    /// [`Fleet::wait_batch_end`] asking replica `i`.
+    pub async fn wait_batch_end_at(&self, i: usize, batch: &str) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
-            let row = self.batch(batch);
+            let row = self.batch_at(i, batch);
             if row["TaskStatus"] == "FINISHED" || row["TaskStatus"] == "FAILED" {
                 return row;
             }
@@ -448,5 +587,55 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Rewrites an agent config's `broker = ` line.
+fn set_broker_line(path: &Path, url: &str) {
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| match l.starts_with("broker = ") {
+            true => format!("broker = \"{url}\"\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// `GET path` on an ops address (`--ops-listen`): status and body; `None` when nothing
+/// listens there.
+pub fn ops_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Some((status, body.to_string()))
+}
+
+/// The `/metrics` samples, `name{labels}` → value.
+pub fn metrics(addr: &str) -> HashMap<String, f64> {
+    let (status, text) = ops_get(addr, "/metrics").expect("the ops endpoint answers");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse().expect("a number")))
+        .collect()
+}
+
+/// Waits until `/readyz` on `addr` answers 200.
+pub async fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + WAIT;
+    while ops_get(addr, "/readyz").map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "{addr} never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
