@@ -321,10 +321,13 @@ async fn two_replicas_on_nats_lose_nothing_when_a_replica_a_node_and_postgresql_
     let redelivered_now: f64 = (0..2)
         .map(|i| redelivered(&after[i]) - redelivered(&before[i]))
         .sum();
+    eprintln!("batch 2: {published} agent messages published, {handled_now} handled by the replicas, {redelivered_now} redelivered");
     assert!(published >= AGENTS as f64, "{published} messages published");
+    // No replica died in batch 2 and a message in hand is kept from redelivery while its
+    // commit waits (in-progress acks): each was handled by one replica, once.
     assert!(
-        handled_now <= published + redelivered_now,
-        "handled {handled_now} messages of {published} published ({redelivered_now} redelivered): some twice"
+        handled_now <= published,
+        "handled {handled_now} messages of {published} published: some twice"
     );
     // Some message waited for PostgreSQL: NAKed after a failed commit, or redelivered after
     // the ack wait while its commit hung.

@@ -152,6 +152,9 @@ impl Delivery {
                     retry: retry_tx.clone(),
                     counters: self.options.counters.clone(),
                     retry_delay: self.options.retry_delay,
+                    // A third of the ack wait: the server never sees a message in hand as
+                    // abandoned while its commit waits for the store.
+                    progress_every: self.options.nats.as_ref().map(|n| n.ack_wait / 3),
                 };
                 (tx, tokio::spawn(worker.run(rx, done_tx.clone())))
             })

@@ -19,6 +19,10 @@ pub(super) struct Worker {
     pub(super) counters: Arc<DeliveryCounters>,
     /// NATS mode: how long before a NAKed message comes back.
     pub(super) retry_delay: Duration,
+    /// NATS mode: while a message is being handled (its commit may wait long for the
+    /// store), tell the server it is in progress this often, so it is not redelivered to
+    /// another replica after the ack wait while this one still works on it.
+    pub(super) progress_every: Option<Duration>,
 }
 
 impl Worker {
@@ -42,9 +46,39 @@ impl Worker {
                     self.reports(generation, reports).await;
                     continue;
                 }
-                match handle(&*self.inbox, &self.client, &publish, &self.counters).await {
+                let handled = self.holding(
+                    std::slice::from_ref(&publish),
+                    handle(&*self.inbox, &self.client, &publish, &self.counters),
+                );
+                match handled.await {
                     Ok(()) => self.ack(&publish).await,
                     Err(e) => self.failed(generation, &publish, &[], &e).await,
+                }
+            }
+        }
+    }
+
+    /// Runs `work` on `messages`, telling the NATS server every [`Worker::progress_every`]
+    /// that they are still in hand.
+    async fn holding<T>(
+        &self,
+        messages: &[Message],
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let Some(every) = self.progress_every else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tick.tick() => {
+                    for message in messages {
+                        if let Source::Nats(m) = &message.source {
+                            let _ = m.ack_with(async_nats::jetstream::AckKind::Progress).await;
+                        }
+                    }
                 }
             }
         }
@@ -101,7 +135,7 @@ impl Worker {
         if !reports.is_empty() {
             self.counters.group_size.observe(reports.len() as f64);
             let started = std::time::Instant::now();
-            let results = self.inbox.reports(reports).await;
+            let results = self.holding(&publishes, self.inbox.reports(reports)).await;
             self.counters
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
