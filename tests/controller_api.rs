@@ -125,6 +125,11 @@ impl Credentials for Keys {
     fn agent_password_hashes(&self) -> BoxFuture<'_, ferry::error::Result<Vec<(String, String)>>> {
         Box::pin(async { Ok(vec![]) })
     }
+    fn agent_bcrypt_hashes(
+        &self,
+    ) -> BoxFuture<'_, ferry::error::Result<ferry::controller::ports::BcryptHashes>> {
+        Box::pin(async { Ok(vec![]) })
+    }
 }
 
 struct Server {

@@ -8,8 +8,15 @@ use std::path::PathBuf;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
-    /// `mqtt://HOST:PORT` (TCP) or `mqtts://HOST:PORT` (TLS) of the broker the controller uses.
-    pub broker: String,
+    /// `mqtt://HOST:PORT` (TCP) or `mqtts://HOST:PORT` (TLS) of the broker the controller
+    /// uses, when it is one broker. Exactly one of `broker` and `brokers` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// The nodes of a clustered broker (NATS), same URL forms: the agent starts on one picked
+    /// by its instance id (a fleet spreads over the nodes) and moves on to the next on a failed
+    /// connect or a lost connection, backing off only after a whole round failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub brokers: Vec<String>,
     /// This phone's InstanceId (`acp-…`): the MQTT client id and username, and the `{id}`
     /// of its topics.
     pub instance_id: String,
@@ -47,6 +54,7 @@ impl std::fmt::Debug for FleetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetConfig")
             .field("broker", &self.broker)
+            .field("brokers", &self.brokers)
             .field("instance_id", &self.instance_id)
             .field("password", &"<redacted>")
             .field("ca_file", &self.ca_file)
@@ -65,43 +73,40 @@ pub struct BrokerAddr {
 }
 
 impl FleetConfig {
-    /// The broker URL split up; `mqtt` defaults to port 1883, `mqtts` to 8883.
-    pub fn broker_addr(&self) -> Result<BrokerAddr> {
-        let bad = |why: &str| {
-            Error::new(
+    /// Every broker URL with the key it came from (`fleet.broker`, `fleet.brokers[N]`), in
+    /// the configured order; exactly one of the two keys must be set.
+    fn broker_urls(&self) -> Result<Vec<(String, &str)>> {
+        match (&self.broker, self.brokers.is_empty()) {
+            (Some(url), true) => Ok(vec![("fleet.broker".into(), url.as_str())]),
+            (None, false) => Ok(self
+                .brokers
+                .iter()
+                .enumerate()
+                .map(|(i, url)| (format!("fleet.brokers[{i}]"), url.as_str()))
+                .collect()),
+            (Some(_), false) => Err(Error::new(
                 Code::InvalidConfig,
-                format!(
-                    "fleet.broker {:?} {why}; write mqtt://HOST:PORT or mqtts://HOST:PORT",
-                    self.broker
-                ),
-            )
-        };
-        let url = url::Url::parse(&self.broker).map_err(|_| bad("is not a URL"))?;
-        let (tls, default_port) = match url.scheme() {
-            "mqtt" | "tcp" => (false, 1883),
-            "mqtts" | "ssl" => (true, 8883),
-            _ => return Err(bad("has an unknown scheme")),
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad("carries credentials (they go in fleet.password)"));
+                "fleet.broker and fleet.brokers are both set; keep one (brokers = [...] lists \
+                 the nodes of a clustered broker, broker = \"...\" names a single one)",
+            )),
+            (None, true) => Err(Error::new(
+                Code::InvalidConfig,
+                "fleet.broker (one URL) or fleet.brokers (a list of URLs) is required",
+            )),
         }
-        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
-            return Err(bad("has a path, query or fragment"));
-        }
-        let host = match url.host() {
-            Some(url::Host::Ipv6(ip)) => ip.to_string(),
-            Some(host) => host.to_string(),
-            None => return Err(bad("has no host")),
-        };
-        Ok(BrokerAddr {
-            host,
-            port: url.port().unwrap_or(default_port),
-            tls,
-        })
+    }
+
+    /// Every broker's URL split up, in the configured order; `mqtt` defaults to port 1883,
+    /// `mqtts` to 8883. The first bad URL fails the whole list, naming its key.
+    pub fn broker_addrs(&self) -> Result<Vec<BrokerAddr>> {
+        self.broker_urls()?
+            .into_iter()
+            .map(|(key, url)| parse_broker(&key, url))
+            .collect()
     }
 
     pub(super) fn problem(&self) -> Option<String> {
-        if let Err(e) = self.broker_addr() {
+        if let Err(e) = self.broker_addrs() {
             return Some(e.message);
         }
         if let Err(e) = crate::fleet::topics::check_instance_id(&self.instance_id) {
@@ -128,6 +133,41 @@ impl FleetConfig {
     }
 }
 
+/// One broker URL (`key` names it in errors) split up.
+fn parse_broker(key: &str, broker: &str) -> Result<BrokerAddr> {
+    let bad = |why: &str| {
+        Error::new(
+            Code::InvalidConfig,
+            format!("{key} {broker:?} {why}; write mqtt://HOST:PORT or mqtts://HOST:PORT"),
+        )
+    };
+    let url = url::Url::parse(broker).map_err(|_| bad("is not a URL"))?;
+    let (tls, default_port) = match url.scheme() {
+        "mqtt" | "tcp" => (false, 1883),
+        "mqtts" | "ssl" => (true, 8883),
+        _ => return Err(bad("has an unknown scheme")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::new(
+            Code::InvalidConfig,
+            format!("{key} carries credentials (they go in fleet.password); write mqtt://HOST:PORT or mqtts://HOST:PORT"),
+        ));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("has a path, query or fragment"));
+    }
+    let host = match url.host() {
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        Some(host) => host.to_string(),
+        None => return Err(bad("has no host")),
+    };
+    Ok(BrokerAddr {
+        host,
+        port: url.port().unwrap_or(default_port),
+        tls,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,20 +189,20 @@ mod tests {
         let c = load(GOOD).unwrap();
         let f = c.fleet.as_ref().unwrap();
         assert_eq!((f.keepalive_secs, f.progress_interval_ms), (60, 2000));
-        let addr = f.broker_addr().unwrap();
+        let addr = f.broker_addrs().unwrap();
         assert_eq!(
             addr,
-            BrokerAddr {
+            [BrokerAddr {
                 host: "mq.example".into(),
                 port: 8884,
                 tls: true
-            }
+            }]
         );
         let plain = FleetConfig {
-            broker: "mqtt://127.0.0.1".into(),
+            broker: Some("mqtt://127.0.0.1".into()),
             ..f.clone()
         };
-        assert_eq!(plain.broker_addr().unwrap().port, 1883);
+        assert_eq!(plain.broker_addrs().unwrap()[0].port, 1883);
         assert!(!format!("{c:?}").contains("pw-SECRET"));
         assert!(!serde_json::to_string(&c).unwrap().contains("pw-SECRET"));
     }
@@ -193,7 +233,47 @@ mod tests {
             assert!(err.message.contains(key), "{bad}: {}", err.message);
             assert!(!err.message.contains("pw-SECRET"), "{}", err.message);
         }
+        let err = load(
+            "[fleet]\nbroker = \"mqtt://u:pw-SECRET@x:1\"\ninstance_id = \"a\"\npassword = \"p\"\n",
+        )
+        .unwrap_err();
+        assert!(!err.message.contains("pw-SECRET"), "{}", err.message);
         let err = load(&format!("{GOOD}color = 1\n")).unwrap_err();
         assert!(err.message.contains("color"), "{}", err.message);
+    }
+
+    #[test]
+    fn brokers_list_the_nodes_of_a_cluster_in_order() {
+        let list = "[fleet]\nbrokers = [\"mqtt://a:1883\", \"mqtts://b\", \"mqtt://[::1]:4\"]\n\
+                    instance_id = \"acp-1\"\npassword = \"pw\"\n";
+        let f = load(list).unwrap().fleet.unwrap();
+        let addrs = f.broker_addrs().unwrap();
+        let got: Vec<_> = addrs
+            .iter()
+            .map(|a| (a.host.as_str(), a.port, a.tls))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", 1883, false), ("b", 8883, true), ("::1", 4, false)]
+        );
+    }
+
+    #[test]
+    fn broker_and_brokers_are_one_or_the_other_and_every_url_is_checked() {
+        let rest = "instance_id = \"acp-1\"\npassword = \"pw\"\n";
+        let both = format!("[fleet]\nbroker = \"mqtt://a\"\nbrokers = [\"mqtt://b\"]\n{rest}");
+        let err = load(&both).unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig);
+        assert!(err.message.contains("both set"), "{}", err.message);
+        for none in [
+            format!("[fleet]\n{rest}"),
+            format!("[fleet]\nbrokers = []\n{rest}"),
+        ] {
+            let err = load(&none).unwrap_err();
+            assert!(err.message.contains("is required"), "{}", err.message);
+        }
+        let bad = format!("[fleet]\nbrokers = [\"mqtt://a\", \"http://b\"]\n{rest}");
+        let err = load(&bad).unwrap_err();
+        assert!(err.message.contains("fleet.brokers[1]"), "{}", err.message);
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod delivery;
 pub mod model;
 pub mod mosquitto;
+pub mod nats;
 pub mod ops;
 pub mod ports;
 pub mod secrets;

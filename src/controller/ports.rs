@@ -13,6 +13,10 @@ use std::pin::Pin;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// `(InstanceId, bcrypt hash)` of every instance, by id; `None` for one registered before
+/// bcrypt hashes were kept.
+pub type BcryptHashes = Vec<(String, Option<String>)>;
+
 /// Implemented by delivery: publish an order to one instance (QoS 1). Called only after the
 /// order's task is durable, so a crash between the two loses nothing: the agent's next
 /// `Hello` brings a resend.
@@ -110,4 +114,7 @@ pub trait Credentials: Send + Sync {
     fn agent_password_hash(&self, instance_id: &str) -> BoxFuture<'_, Result<Option<String>>>;
     /// Every instance with its password hash, for an external broker's password file.
     fn agent_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>>;
+    /// Every instance with its password's bcrypt hash (`$2a$…`), for nats-server's users;
+    /// `None` for an instance registered before bcrypt hashes were kept.
+    fn agent_bcrypt_hashes(&self) -> BoxFuture<'_, Result<BcryptHashes>>;
 }

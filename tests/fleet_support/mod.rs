@@ -50,6 +50,11 @@ impl Credentials for Store {
         let all = self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         Box::pin(async move { Ok(all) })
     }
+    /// This stand-in keeps no bcrypt hashes (the mosquitto and embedded brokers need none).
+    fn agent_bcrypt_hashes(&self) -> BoxFuture<'_, Result<ferry::controller::ports::BcryptHashes>> {
+        let all = self.0.keys().map(|k| (k.clone(), None)).collect();
+        Box::pin(async move { Ok(all) })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

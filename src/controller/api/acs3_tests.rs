@@ -43,6 +43,11 @@ impl Credentials for Keys {
     fn agent_password_hashes(&self) -> BoxFuture<'_, crate::error::Result<Vec<(String, String)>>> {
         Box::pin(async { Ok(vec![]) })
     }
+    fn agent_bcrypt_hashes(
+        &self,
+    ) -> BoxFuture<'_, crate::error::Result<crate::controller::ports::BcryptHashes>> {
+        Box::pin(async { Ok(vec![]) })
+    }
 }
 
 #[test]

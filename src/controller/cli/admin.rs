@@ -1,5 +1,5 @@
 //! Credentials kept in the state folder: API AccessKeys, agents' MQTT passwords, the
-//! controller's own broker user, and the files an external mosquitto needs.
+//! controller's own broker user, and the files an external mosquitto or NATS cluster needs.
 
 use super::StateDirArgs;
 use crate::controller::ports::{BoxFuture, Outbox};
@@ -23,9 +23,10 @@ const BROKER_SECRET_FILE: &str = "broker-controller.secret";
 pub struct InstanceAddArgs {
     #[command(flatten)]
     pub state: StateDirArgs,
-    /// The broker the agent dials, as it reaches it (`mqtt://HOST:PORT`, `mqtts://HOST:PORT`)
-    #[arg(long, value_name = "URL")]
-    pub broker: String,
+    /// The broker the agent dials, as it reaches it (`mqtt://HOST:PORT`, `mqtts://HOST:PORT`);
+    /// repeated for the nodes of a cluster (printed as `brokers = [...]`)
+    #[arg(long, value_name = "URL", required = true)]
+    pub broker: Vec<String>,
     /// Give an existing instance a new password (the old one stops working)
     #[arg(long)]
     pub rotate: bool,
@@ -39,6 +40,15 @@ pub struct MosquittoArgs {
     pub state: StateDirArgs,
     /// Folder to write `passwd` and `acl` into (mosquitto's password_file and acl_file)
     #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct NatsArgs {
+    #[command(flatten)]
+    pub state: StateDirArgs,
+    /// File to write the account's `users: [...]` into (for nats-server's `include`)
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }
 
@@ -153,18 +163,31 @@ pub async fn instance_add(args: &InstanceAddArgs) -> Result<()> {
             format!("{CONTROLLER_USER} is the controller's own broker user, not a phone"),
         ));
     }
-    let broker = args.broker.trim();
-    if !(broker.starts_with("mqtt://") || broker.starts_with("mqtts://")) {
-        return Err(Error::new(
-            Code::InvalidConfig,
-            format!("--broker {broker:?} must be mqtt://HOST:PORT or mqtts://HOST:PORT, as the phone reaches it"),
-        ));
+    let brokers: Vec<&str> = args.broker.iter().map(|b| b.trim()).collect();
+    for broker in &brokers {
+        if !(broker.starts_with("mqtt://") || broker.starts_with("mqtts://"))
+            || broker.contains(['"', '\\', '@'])
+        {
+            return Err(Error::new(
+                Code::InvalidConfig,
+                format!("--broker {} must be mqtt://HOST:PORT or mqtts://HOST:PORT, as the phone reaches it", crate::redact::url(broker)),
+            ));
+        }
     }
     let fleet = offline_fleet(&args.state).await?;
     let password = fleet.add_instance(&args.instance_id, args.rotate).await?;
     // TOML basic strings: the values are checked ASCII without quotes or backslashes.
     println!("[fleet]");
-    println!("broker = \"{broker}\"");
+    match brokers.as_slice() {
+        [one] => println!("broker = \"{one}\""),
+        many => println!(
+            "brokers = [{}]",
+            many.iter()
+                .map(|b| format!("\"{b}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
     println!("instance_id = \"{}\"", args.instance_id);
     println!("password = \"{password}\"");
     Ok(())
@@ -181,6 +204,30 @@ pub async fn mosquitto_files(args: &MosquittoArgs) -> Result<()> {
         let path = args.out.join(name);
         write_owner_only(&path, &text)?;
         println!("{}", path.display());
+    }
+    Ok(())
+}
+
+pub async fn nats_files(args: &NatsArgs) -> Result<()> {
+    let credentials = StoreCredentials(open_store(&args.state).await?);
+    let password = controller_broker_password(&args.state.state_dir)?;
+    let users =
+        crate::controller::nats::nats_users(&credentials, CONTROLLER_USER, &password).await?;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, &e))?;
+    }
+    write_owner_only(&args.out, &users.text)?;
+    println!("{}", args.out.display());
+    if !users.without_bcrypt.is_empty() {
+        eprintln!(
+            "ferry-controller: {} instance(s) left out of {}: registered before bcrypt hashes \
+             were kept, they cannot log in to NATS until their password is rotated \
+             (`ferry-controller instance add --rotate --broker URL ID`, then the phone gets the \
+             new [fleet] TOML): {}",
+            users.without_bcrypt.len(),
+            args.out.display(),
+            users.without_bcrypt.join(" ")
+        );
     }
     Ok(())
 }

@@ -47,6 +47,8 @@ enum Command {
     Instance(InstanceCommand),
     /// Write mosquitto's password and ACL files for an external broker
     MosquittoFiles(admin::MosquittoArgs),
+    /// Write nats-server's users (bcrypt passwords, per-agent permissions) for a NATS cluster
+    NatsFiles(admin::NatsArgs),
     /// SendFile to one or more phones, signed like Alibaba's SDK
     SendFile(client::SendFileArgs),
     /// DescribeTasks: batches and per-phone tasks
@@ -139,6 +141,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
                 admin::instance_add(&args).await.map(|()| EXIT_OK)
             }
             Command::MosquittoFiles(args) => admin::mosquitto_files(&args).await.map(|()| EXIT_OK),
+            Command::NatsFiles(args) => admin::nats_files(&args).await.map(|()| EXIT_OK),
             Command::SendFile(args) => client::send_file(args).await,
             Command::DescribeTasks(args) => client::describe_tasks(args).await,
             Command::ListInstances(args) => client::list_instances(args).await,

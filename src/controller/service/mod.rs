@@ -280,4 +280,8 @@ impl Credentials for StoreCredentials {
     fn agent_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
         self.0.instance_password_hashes()
     }
+
+    fn agent_bcrypt_hashes(&self) -> BoxFuture<'_, Result<crate::controller::ports::BcryptHashes>> {
+        self.0.instance_bcrypt_hashes()
+    }
 }

@@ -111,11 +111,17 @@ impl Fleet {
     pub async fn add_instance(&self, instance_id: &str, rotate: bool) -> Result<String> {
         check_instance_id(instance_id)?;
         let secret = secrets::new_secret();
+        let for_bcrypt = secret.clone();
+        // bcrypt is slow by design: off the async workers.
+        let bcrypt_hash = tokio::task::spawn_blocking(move || secrets::bcrypt_hash(&for_bcrypt))
+            .await
+            .map_err(|e| Error::new(Code::Internal, format!("hashing a password: {e}")))?;
         let stored = self
             .store
             .put_instance(
                 instance_id.to_string(),
                 secrets::hash(&secret),
+                bcrypt_hash,
                 rotate,
                 unix_millis_now(),
             )

@@ -35,7 +35,7 @@ pub fn new_batch(children: &[(&str, &str)]) -> NewBatch {
 pub async fn two_phones_one_batch(store: &dyn Store) {
     for id in ["acp-a", "acp-b"] {
         assert!(store
-            .put_instance(id.into(), "h".into(), false, 1)
+            .put_instance(id.into(), "h".into(), "b".into(), false, 1)
             .await
             .unwrap());
     }

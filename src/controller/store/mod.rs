@@ -274,17 +274,23 @@ pub trait Store: Send + Sync {
     fn add_access_key(&self, id: String, secret: String, now_ms: u64) -> BoxFuture<'_, Result<()>>;
     fn access_key_secret(&self, id: String) -> BoxFuture<'_, Result<Option<String>>>;
 
-    /// Registers an instance, or replaces its password when `rotate`; `false` when it exists
-    /// and `rotate` is not set (nothing changed).
+    /// Registers an instance with its password's `$7$` and bcrypt hashes, or replaces both
+    /// when `rotate`; `false` when it exists and `rotate` is not set (nothing changed).
     fn put_instance(
         &self,
         id: String,
         password_hash: String,
+        bcrypt_hash: String,
         rotate: bool,
         now_ms: u64,
     ) -> BoxFuture<'_, Result<bool>>;
     fn instance_password_hash(&self, id: String) -> BoxFuture<'_, Result<Option<String>>>;
     fn instance_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>>;
+    /// Every instance with its bcrypt hash, by id; `None` for one registered before bcrypt
+    /// hashes were kept (schema 2) and not rotated since.
+    fn instance_bcrypt_hashes(
+        &self,
+    ) -> BoxFuture<'_, Result<crate::controller::ports::BcryptHashes>>;
     /// Those of `ids` that are not registered, in the given order.
     fn unknown_instances(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<String>>>;
     fn instances(&self) -> BoxFuture<'_, Result<Vec<Instance>>>;

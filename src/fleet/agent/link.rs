@@ -1,7 +1,8 @@
 //! How the agent reaches its broker: the MQTT options of one connection attempt (client id =
 //! username = InstanceId, persistent session, last will), the broker's address resolved with
 //! the agent's own resolver (a static binary has no working getaddrinfo on Android), TLS with
-//! the same trust as the HTTP client, and the reconnect backoff.
+//! the same trust as the HTTP client, which of the configured brokers (the nodes of a
+//! clustered broker) to dial next ([`Rotation`]), and the reconnect backoff.
 
 use crate::config::{BrokerAddr, Config, FleetConfig};
 use crate::error::{Code, Error, Result};
@@ -27,50 +28,69 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// What stays the same across connection attempts.
 pub struct Link {
     pub fleet: FleetConfig,
-    addr: BrokerAddr,
+    /// `[fleet] broker`, or every node of `brokers` in the configured order.
+    brokers: Vec<Broker>,
     resolver: AndroidResolver,
+}
+
+/// One configured broker: its address and, for `mqtts://`, TLS checked against its host name.
+struct Broker {
+    addr: BrokerAddr,
     tls: Option<Arc<ClientConfig>>,
 }
 
 impl Link {
     pub fn new(config: &Config, fleet: FleetConfig) -> Result<Link> {
-        let addr = fleet.broker_addr()?;
-        let tls = if addr.tls {
-            Some(client_config(config, &fleet, &addr.host)?)
-        } else {
-            None
-        };
+        let brokers = fleet
+            .broker_addrs()?
+            .into_iter()
+            .map(|addr| {
+                let tls = if addr.tls {
+                    Some(client_config(config, &fleet, &addr.host)?)
+                } else {
+                    None
+                };
+                Ok(Broker { addr, tls })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Link {
             resolver: AndroidResolver::new(config, &|k| std::env::var(k).ok()),
             fleet,
-            addr,
-            tls,
+            brokers,
         })
     }
 
-    pub fn broker(&self) -> String {
-        format!("{}:{}", self.addr.host, self.addr.port)
+    /// How many brokers are configured (at least one).
+    pub fn count(&self) -> usize {
+        self.brokers.len()
     }
 
-    /// The options of the next attempt: the broker's host resolved now (it may move).
-    pub async fn options(&self) -> Result<MqttOptions> {
+    /// Broker `i` as `HOST:PORT` for logs (a broker URL carries no credentials).
+    pub fn broker(&self, i: usize) -> String {
+        let addr = &self.brokers[i].addr;
+        format!("{}:{}", addr.host, addr.port)
+    }
+
+    /// The options of an attempt on broker `i`: its host resolved now (it may move).
+    pub async fn options(&self, i: usize) -> Result<MqttOptions> {
+        let host = &self.brokers[i].addr.host;
         let ips = self
             .resolver
-            .resolve(&self.addr.host)
+            .resolve(host)
             .await
             .map_err(|e| Error::new(e.code(), e.to_string()))?;
-        let ip: IpAddr = *ips.first().ok_or_else(|| {
-            Error::new(
-                Code::NetworkDns,
-                format!("{} has no address", self.addr.host),
-            )
-        })?;
-        Ok(self.options_for(ip))
+        let ip: IpAddr = *ips
+            .first()
+            .ok_or_else(|| Error::new(Code::NetworkDns, format!("{host} has no address")))?;
+        Ok(self.options_for(i, ip))
     }
 
-    fn options_for(&self, ip: IpAddr) -> MqttOptions {
+    /// The same client id, credentials, session and will on every broker: the nodes of a
+    /// cluster share the session, so a phone that moves keeps its queued orders.
+    fn options_for(&self, i: usize, ip: IpAddr) -> MqttOptions {
         let f = &self.fleet;
-        let mut o = MqttOptions::new(f.instance_id.clone(), ip.to_string(), self.addr.port);
+        let broker = &self.brokers[i];
+        let mut o = MqttOptions::new(f.instance_id.clone(), ip.to_string(), broker.addr.port);
         o.set_credentials(f.instance_id.clone(), f.password.clone());
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(f.keepalive_secs));
@@ -81,7 +101,7 @@ impl Link {
             QoS::AtLeastOnce,
             true,
         ));
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &broker.tls {
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 tls.clone(),
             )));
@@ -182,6 +202,63 @@ impl ServerCertVerifier for ForHost {
     }
 }
 
+/// Which broker to dial: the list in its order, starting at [`first_broker`]; a failed
+/// connect or a lost connection moves to the next (wrapping round), and only when every
+/// broker of a round failed does the caller back off. With one broker every failure is a
+/// round, as before the list existed.
+pub struct Rotation {
+    len: usize,
+    at: usize,
+    failed: usize,
+}
+
+impl Rotation {
+    pub fn new(len: usize, start: usize) -> Rotation {
+        assert!(len > 0, "at least one broker");
+        Rotation {
+            len,
+            at: start % len,
+            failed: 0,
+        }
+    }
+
+    /// The broker to dial now.
+    pub fn current(&self) -> usize {
+        self.at
+    }
+
+    /// The current broker failed (connect refused, handshake or login failed, connection
+    /// lost): move to the next one. True when that completed a round of failures, so the
+    /// caller waits its backoff before the next attempt.
+    pub fn failed(&mut self) -> bool {
+        self.at = (self.at + 1) % self.len;
+        self.failed += 1;
+        if self.failed >= self.len {
+            self.failed = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Connected: the next failure starts a new round.
+    pub fn connected(&mut self) {
+        self.failed = 0;
+    }
+}
+
+/// Where an instance starts in a list of `len` brokers: spread by a hash of its id (FNV-1a),
+/// so a fleet divides itself evenly over a cluster's nodes, and stable, so one phone starts on
+/// the same node after every restart (and a test can know which).
+pub fn first_broker(instance_id: &str, len: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in instance_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % len.max(1) as u64) as usize
+}
+
 /// Jittered exponential backoff between connection attempts, capped at 30 s, for ever.
 pub struct Backoff {
     next: Duration,
@@ -229,7 +306,8 @@ mod tests {
     #[test]
     fn options_identify_the_instance_keep_the_session_and_leave_a_will() {
         let fleet = FleetConfig {
-            broker: "mqtt://127.0.0.1:1884".into(),
+            broker: Some("mqtt://127.0.0.1:1884".into()),
+            brokers: Vec::new(),
             instance_id: "acp-7".into(),
             password: "pw".into(),
             ca_file: None,
@@ -237,7 +315,7 @@ mod tests {
             progress_interval_ms: 2000,
         };
         let link = Link::new(&Config::default(), fleet).unwrap();
-        let o = link.options_for("127.0.0.1".parse().unwrap());
+        let o = link.options_for(0, "127.0.0.1".parse().unwrap());
         assert_eq!(o.client_id(), "acp-7");
         assert!(!o.clean_session());
         assert_eq!(o.keep_alive(), Duration::from_secs(30));
@@ -251,5 +329,69 @@ mod tests {
         assert_eq!(will.topic, "ferry/v1/i/acp-7/presence");
         assert_eq!(&will.message[..], br#"{"Online":false}"#);
         assert!(will.retain);
+    }
+
+    #[test]
+    fn rotation_moves_on_at_each_failure_and_backs_off_after_a_full_round() {
+        let mut r = Rotation::new(3, 1);
+        assert_eq!(r.current(), 1);
+        assert!(!r.failed());
+        assert_eq!(r.current(), 2);
+        assert!(!r.failed());
+        assert_eq!(r.current(), 0, "wraps round");
+        assert!(
+            r.failed(),
+            "the third failure of three brokers ends the round"
+        );
+        assert_eq!(r.current(), 1);
+        // A lost connection moves on at once: the round starts again at connect.
+        assert!(!r.failed());
+        r.connected();
+        assert!(!r.failed(), "lost after a connection: next node, no wait");
+        assert_eq!(r.current(), 0);
+        let mut one = Rotation::new(1, 0);
+        assert!(
+            one.failed() && one.failed(),
+            "one broker: every failure waits"
+        );
+        assert_eq!(one.current(), 0);
+    }
+
+    #[test]
+    fn first_broker_spreads_a_fleet_and_is_stable() {
+        let mut counts = [0usize; 3];
+        for i in 0..300 {
+            let id = format!("acp-{i:04}");
+            let first = first_broker(&id, 3);
+            assert_eq!(first, first_broker(&id, 3));
+            counts[first] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 60), "{counts:?}");
+        assert_eq!(first_broker("acp-1", 1), 0);
+    }
+
+    #[test]
+    fn every_broker_gets_the_same_identity_and_its_own_port() {
+        let fleet = FleetConfig {
+            broker: None,
+            brokers: vec![
+                "mqtt://127.0.0.1:1884".into(),
+                "mqtt://127.0.0.1:1885".into(),
+            ],
+            instance_id: "acp-7".into(),
+            password: "pw".into(),
+            ca_file: None,
+            keepalive_secs: 30,
+            progress_interval_ms: 2000,
+        };
+        let link = Link::new(&Config::default(), fleet).unwrap();
+        assert_eq!(link.count(), 2);
+        assert_eq!(link.broker(1), "127.0.0.1:1885");
+        let ip = "127.0.0.1".parse().unwrap();
+        let (a, b) = (link.options_for(0, ip), link.options_for(1, ip));
+        assert_eq!((a.broker_address().1, b.broker_address().1), (1884, 1885));
+        assert_eq!(a.client_id(), b.client_id());
+        assert_eq!(a.credentials(), b.credentials());
+        assert!(!b.clean_session());
     }
 }

@@ -1,6 +1,9 @@
 //! The agent's side of the fleet link, run by `ferry daemon` when `[fleet]` is configured:
 //! one MQTT connection to the controller's broker, dialled out and kept for ever (jittered
-//! backoff up to 30 s; a missing broker never stops the daemon).
+//! backoff up to 30 s; a missing broker never stops the daemon). With several brokers (the
+//! nodes of a cluster) a failed connect or a lost connection moves to the next node at once,
+//! with the same client id (the cluster keeps the session); the backoff comes only after a
+//! whole round failed ([`link::Rotation`]).
 //!
 //! On every connection: subscribe to the instance's order topic, publish `{"Online":true}`
 //! retained on its presence topic (the last will says `false`), a [`Hello`] with the
@@ -19,7 +22,7 @@ use crate::config::FleetConfig;
 use crate::error::Result;
 use crate::fleet::topics::{topic, Kind};
 use crate::task::manager::Manager;
-use link::{presence, Backoff, Link};
+use link::{first_broker, presence, Backoff, Link, Rotation};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +48,8 @@ async fn run(manager: Manager, link: Link, stop: CancellationToken) {
     let id = link.fleet.instance_id.clone();
     let interval = Duration::from_millis(link.fleet.progress_interval_ms);
     let device = inventory::Device::probe(&manager.config()).await;
-    info!(instance = %id, broker = %link.broker(), abi = %device.abi, "fleet link starting");
+    let mut rotation = Rotation::new(link.count(), first_broker(&id, link.count()));
+    info!(instance = %id, brokers = link.count(), broker = %link.broker(rotation.current()), abi = %device.abi, "fleet link starting");
     // The first options are replaced before each attempt, with the broker resolved anew.
     let (client, mut events) = AsyncClient::new(
         rumqttc::MqttOptions::new(id.clone(), "0.0.0.0", 1),
@@ -72,11 +76,11 @@ async fn run(manager: Manager, link: Link, stop: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         if events.network.is_none() {
-            match link.options().await {
+            match link.options(rotation.current()).await {
                 Ok(options) => events.mqtt_options = options,
                 Err(e) => {
-                    warn!(broker = %link.broker(), error = %e, "fleet broker address unknown");
-                    if pause(&stop, backoff.next_wait()).await {
+                    warn!(broker = %link.broker(rotation.current()), error = %e, "fleet broker address unknown");
+                    if rotation.failed() && pause(&stop, backoff.next_wait()).await {
                         break;
                     }
                     continue;
@@ -90,7 +94,9 @@ async fn run(manager: Manager, link: Link, stop: CancellationToken) {
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 backoff.reset();
+                rotation.connected();
                 info!(
+                    broker = %link.broker(rotation.current()),
                     session_present = ack.session_present,
                     "fleet link connected"
                 );
@@ -111,10 +117,16 @@ async fn run(manager: Manager, link: Link, stop: CancellationToken) {
             Ok(_) => {}
             Err(e) => {
                 // rumqttc's errors name the broker and the failure, never the password.
-                let wait = backoff.next_wait();
-                warn!(broker = %link.broker(), error = %e, retry_in_ms = wait.as_millis() as u64, "fleet link down");
-                if pause(&stop, wait).await {
-                    break;
+                let broker = link.broker(rotation.current());
+                if rotation.failed() {
+                    let wait = backoff.next_wait();
+                    warn!(%broker, error = %e, retry_in_ms = wait.as_millis() as u64, "fleet link down");
+                    if pause(&stop, wait).await {
+                        break;
+                    }
+                } else {
+                    let next = link.broker(rotation.current());
+                    warn!(%broker, error = %e, %next, "fleet link down, trying the next broker");
                 }
             }
         }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 /// `(version, SQL)`, in order; a new schema change is a new file, never an edit.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, include_str!("../migrations/postgres/0002_bcrypt.sql")),
+];
 
 /// The advisory lock migrations run under (any constant the database's other users do not
 /// take): "ferry" in ASCII.

@@ -88,6 +88,7 @@ impl Store for PgStore {
         &self,
         id: String,
         password_hash: String,
+        bcrypt_hash: String,
         rotate: bool,
         now_ms: u64,
     ) -> BoxFuture<'_, Result<bool>> {
@@ -96,9 +97,9 @@ impl Store for PgStore {
             // Two replicas adding one instance: the primary key lets one insert win.
             let inserted = client
                 .execute(
-                    "INSERT INTO instances (id, password_hash, created_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (id) DO NOTHING",
-                    &[&id, &password_hash, &ms(now_ms)],
+                    "INSERT INTO instances (id, password_hash, bcrypt_hash, created_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                    &[&id, &password_hash, &bcrypt_hash, &ms(now_ms)],
                 )
                 .await
                 .db()?;
@@ -110,8 +111,8 @@ impl Store for PgStore {
             }
             let updated = client
                 .execute(
-                    "UPDATE instances SET password_hash = $2 WHERE id = $1",
-                    &[&id, &password_hash],
+                    "UPDATE instances SET password_hash = $2, bcrypt_hash = $3 WHERE id = $1",
+                    &[&id, &password_hash, &bcrypt_hash],
                 )
                 .await
                 .db()?;
@@ -138,6 +139,24 @@ impl Store for PgStore {
                 .await?
                 .query(
                     "SELECT id, password_hash FROM instances ORDER BY id COLLATE \"C\"",
+                    &[],
+                )
+                .await
+                .db()?
+                .iter()
+                .map(|r| Ok((r.try_get(0).db()?, r.try_get(1).db()?)))
+                .collect()
+        })
+    }
+
+    fn instance_bcrypt_hashes(
+        &self,
+    ) -> BoxFuture<'_, Result<crate::controller::ports::BcryptHashes>> {
+        Box::pin(async move {
+            self.client()
+                .await?
+                .query(
+                    "SELECT id, bcrypt_hash FROM instances ORDER BY id COLLATE \"C\"",
                     &[],
                 )
                 .await

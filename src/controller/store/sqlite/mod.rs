@@ -27,7 +27,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 /// `(version, SQL)`, in order; a new schema change is a new file, never an edit.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_bcrypt.sql")),
+];
 
 /// The state file's name inside the state directory.
 pub const FILE_NAME: &str = "controller.sqlite";
@@ -228,6 +231,7 @@ impl Store for SqliteStore {
         &self,
         id: String,
         password_hash: String,
+        bcrypt_hash: String,
         rotate: bool,
         now_ms: u64,
     ) -> BoxFuture<'_, Result<bool>> {
@@ -241,15 +245,16 @@ impl Store for SqliteStore {
                 (true, false) => false,
                 (true, true) => {
                     tx.execute(
-                        "UPDATE instances SET password_hash = ?2 WHERE id = ?1",
-                        params![id, password_hash],
+                        "UPDATE instances SET password_hash = ?2, bcrypt_hash = ?3 WHERE id = ?1",
+                        params![id, password_hash, bcrypt_hash],
                     )?;
                     true
                 }
                 (false, _) => {
                     tx.execute(
-                        "INSERT INTO instances (id, password_hash, created_ms) VALUES (?1, ?2, ?3)",
-                        params![id, password_hash, now_ms as i64],
+                        "INSERT INTO instances (id, password_hash, bcrypt_hash, created_ms) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![id, password_hash, bcrypt_hash, now_ms as i64],
                     )?;
                     true
                 }
@@ -273,6 +278,16 @@ impl Store for SqliteStore {
     fn instance_password_hashes(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT id, password_hash FROM instances ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    fn instance_bcrypt_hashes(
+        &self,
+    ) -> BoxFuture<'_, Result<crate::controller::ports::BcryptHashes>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT id, bcrypt_hash FROM instances ORDER BY id")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
@@ -587,7 +602,7 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(versions, vec![1]);
+        assert_eq!(versions, vec![1, 2]);
         conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])
             .unwrap();
         drop(conn);
@@ -596,6 +611,38 @@ mod tests {
         };
         assert_eq!(e.code, Code::InvalidConfig);
         assert!(e.message.contains("99"), "{e}");
+    }
+
+    /// A file of schema 1 (before bcrypt hashes) migrates; its instances have no bcrypt hash
+    /// until rotated, and a rotation gives them one.
+    #[tokio::test]
+    async fn instances_from_before_bcrypt_hashes_have_none_until_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);\
+             INSERT INTO schema_version (version) VALUES (1);\
+             INSERT INTO instances (id, password_hash, created_ms) VALUES ('acp-old', '$7$h', 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        let put = |id: &str, rotate| {
+            store.put_instance(id.into(), "$7$n".into(), "$2a$n".into(), rotate, 2)
+        };
+        assert!(put("acp-new", false).await.unwrap());
+        assert_eq!(
+            store.instance_bcrypt_hashes().await.unwrap(),
+            [
+                ("acp-new".into(), Some("$2a$n".into())),
+                ("acp-old".into(), None)
+            ]
+        );
+        assert!(put("acp-old", true).await.unwrap());
+        let all = store.instance_bcrypt_hashes().await.unwrap();
+        assert_eq!(all[1], ("acp-old".into(), Some("$2a$n".into())));
     }
 
     /// The group-commit semantics both stores keep (`store::contract_tests`), on SQLite.
