@@ -151,7 +151,10 @@ impl NatsCluster {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("nats-server n{i} exited at start ({status}): {}", self.log(i));
+                panic!(
+                    "nats-server n{i} exited at start ({status}): {}",
+                    self.log(i)
+                );
             }
             if healthz(self.nodes[i].monitor) && listening(self.nodes[i].mqtt) {
                 return;

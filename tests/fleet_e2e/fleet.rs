@@ -1,6 +1,7 @@
 //! The fleet as real processes, for tests/fleet_e2e.rs: a controller state folder with an
 //! AccessKey and N phones (`instance add`); `ferry-controller serve` with its embedded broker,
-//! or with Debian's mosquitto (`serve --broker`, auth and ACL from `mosquitto-files`); one
+//! or with Debian's mosquitto (`serve --broker`, auth and ACL from `mosquitto-files`), or on
+//! a 3-node NATS cluster (users from `nats-files`, the agents listing every node); one
 //! `ferry daemon` per phone on its own device root, each started, killed (-9) and restarted at
 //! will; and the API clients (Alibaba's Python SDK, ferry-controller's own signed client).
 //! Every process is killed when its handle drops, so no test leaves one behind.
@@ -8,6 +9,7 @@
 #![allow(dead_code)]
 
 use crate::common::mosquitto::{self, Mosquitto, Peer};
+use crate::nats::NatsCluster;
 use crate::skip;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,6 +30,9 @@ pub enum Broker {
     Embedded,
     /// Debian's mosquitto with the files `mosquitto-files` writes (`serve --broker`).
     Mosquitto,
+    /// A 3-node NATS cluster with the users `nats-files` writes: the controller on node 0
+    /// (`serve --broker`), every agent with `brokers = [...]` listing the three nodes.
+    Nats,
 }
 
 /// A child process killed (-9) when dropped.
@@ -74,6 +79,7 @@ pub struct Fleet {
     ak: (String, String),
     serve_extra: Vec<String>,
     mosquitto: Option<Mosquitto>,
+    nats: Option<NatsCluster>,
     controller: Option<Proc>,
     agents: HashMap<String, Proc>,
     dir: tempfile::TempDir,
@@ -115,8 +121,30 @@ impl Fleet {
             std::fs::create_dir_all(dir.path().join("devices").join(id).join("sdcard/Download"))
                 .unwrap();
         }
+        let mut nats = None;
         let mosquitto = match broker {
             Broker::Embedded => None,
+            Broker::Nats => {
+                let file = dir.path().join("nats-users.conf");
+                run_ok(
+                    Command::new(CONTROLLER)
+                        .args(["nats-files", "--state-dir"])
+                        .arg(&state)
+                        .arg("--out")
+                        .arg(&file),
+                );
+                let Some(cluster) = NatsCluster::start(3, &users_entries(&file)) else {
+                    skip::skip("nats-server is not installed (scripts/test.sh installs it)");
+                    return None;
+                };
+                mqtt = url_port(&cluster.mqtt_url(0));
+                let urls = cluster.mqtt_urls();
+                for id in &ids {
+                    set_brokers(&dir.path().join(format!("{id}.toml")), &urls);
+                }
+                nats = Some(cluster);
+                None
+            }
             Broker::Mosquitto => {
                 let files = dir.path().join("mosquitto");
                 run_ok(
@@ -159,6 +187,7 @@ impl Fleet {
             ak,
             serve_extra: serve_extra.iter().map(|s| s.to_string()).collect(),
             mosquitto,
+            nats,
             controller: None,
             agents: HashMap::new(),
             dir,
@@ -191,9 +220,10 @@ impl Fleet {
         cmd.args(["serve", "--state-dir"])
             .arg(self.path("controller"))
             .args(["--listen", &self.api]);
-        match &self.mosquitto {
-            Some(m) => cmd.args(["--broker", &m.url()]),
-            None => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
+        match (&self.mosquitto, &self.nats) {
+            (Some(m), _) => cmd.args(["--broker", &m.url()]),
+            (None, Some(n)) => cmd.args(["--broker", &n.mqtt_url(0)]),
+            (None, None) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
         };
         cmd.args(&self.serve_extra);
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
@@ -218,6 +248,16 @@ impl Fleet {
     /// The external broker, when the fleet runs on mosquitto.
     pub fn mosquitto(&mut self) -> Option<&mut Mosquitto> {
         self.mosquitto.as_mut()
+    }
+
+    /// The NATS cluster, when the fleet runs on one.
+    pub fn nats(&mut self) -> Option<&mut NatsCluster> {
+        self.nats.as_mut()
+    }
+
+    /// Replaces one phone's broker list (takes effect at its agent's next start).
+    pub fn set_agent_brokers(&self, id: &str, urls: &[String]) {
+        set_brokers(&self.path(&format!("{id}.toml")), urls);
     }
 
     /// Sends SIGTERM to the controller (it keeps running while it drains).
@@ -449,4 +489,37 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The entries of the `users: [...]` list `nats-files` wrote (nats-server includes the file in
+/// an account's map; the test cluster's config takes the entries).
+fn users_entries(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let start = text.find("users: [\n").expect("a users list") + "users: [\n".len();
+    let end = start + text[start..].find("\n]").expect("the list's end") + 1;
+    text[start..end].to_string()
+}
+
+fn url_port(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Rewrites an agent's `[fleet]` TOML to list `urls` as `brokers`.
+fn set_brokers(path: &Path, urls: &[String]) {
+    let list = urls
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(
+            |l| match l.starts_with("broker = ") || l.starts_with("brokers = ") {
+                true => format!("brokers = [{list}]\n"),
+                false => format!("{l}\n"),
+            },
+        )
+        .collect();
+    std::fs::write(path, text).unwrap();
 }
