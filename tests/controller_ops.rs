@@ -8,6 +8,8 @@
 mod common;
 #[path = "fleet_e2e/fleet.rs"]
 mod fleet;
+#[path = "common/nats.rs"]
+mod nats;
 #[path = "common/skip.rs"]
 mod skip;
 

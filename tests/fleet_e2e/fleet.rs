@@ -1,6 +1,7 @@
 //! The fleet as real processes, for tests/fleet_e2e.rs: a controller state folder with an
 //! AccessKey and N phones (`instance add`); `ferry-controller serve` with its embedded broker,
-//! or with Debian's mosquitto (`serve --broker`, auth and ACL from `mosquitto-files`); one
+//! or with Debian's mosquitto (`serve --broker`, auth and ACL from `mosquitto-files`), or on
+//! a 3-node NATS cluster (users from `nats-files`, the agents listing every node); one
 //! `ferry daemon` per phone on its own device root, each started, killed (-9) and restarted at
 //! will; and the API clients (Alibaba's Python SDK, ferry-controller's own signed client).
 //! For tests/fleet_replicas.rs: a broker the test runs itself ([`Broker::External`], a NATS
@@ -11,6 +12,7 @@
 #![allow(dead_code)]
 
 use crate::common::mosquitto::{self, Mosquitto, Peer};
+use crate::nats::NatsCluster;
 use crate::skip;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -34,6 +36,9 @@ pub enum Broker {
     /// One the test runs (a NATS cluster): `serve` gets its flags from `serve_extra`, and
     /// agents dial what [`Fleet::set_agent_broker`] wrote.
     External,
+    /// A 3-node NATS cluster with the users `nats-files` writes: the controller on node 0
+    /// (`serve --broker`), every agent with `brokers = [...]` listing the three nodes.
+    Nats,
 }
 
 /// One `serve` process: its API address, its own flags and log.
@@ -92,6 +97,7 @@ pub struct Fleet {
     mosquitto: Option<Mosquitto>,
     /// The `serve` replicas; the first is "the controller".
     controllers: Vec<Replica>,
+    nats: Option<NatsCluster>,
     agents: HashMap<String, Proc>,
     dir: tempfile::TempDir,
 }
@@ -148,8 +154,30 @@ impl Fleet {
             std::fs::create_dir_all(dir.path().join("devices").join(id).join("sdcard/Download"))
                 .unwrap();
         }
+        let mut nats = None;
         let mosquitto = match broker {
             Broker::Embedded | Broker::External => None,
+            Broker::Nats => {
+                let file = dir.path().join("nats-users.conf");
+                run_ok(
+                    Command::new(CONTROLLER)
+                        .args(["nats-files", "--state-dir"])
+                        .arg(&state)
+                        .arg("--out")
+                        .arg(&file),
+                );
+                let Some(cluster) = NatsCluster::start(3, &users_entries(&file)) else {
+                    skip::skip("nats-server is not installed (scripts/test.sh installs it)");
+                    return None;
+                };
+                mqtt = url_port(&cluster.mqtt_url(0));
+                let urls = cluster.mqtt_urls();
+                for id in &ids {
+                    set_brokers(&dir.path().join(format!("{id}.toml")), &urls);
+                }
+                nats = Some(cluster);
+                None
+            }
             Broker::Mosquitto => {
                 let files = dir.path().join("mosquitto");
                 run_ok(
@@ -191,6 +219,7 @@ impl Fleet {
                 log: "controller".into(),
                 proc: None,
             }],
+            nats,
             agents: HashMap::new(),
             dir,
         })
@@ -199,25 +228,6 @@ impl Fleet {
     /// The broker phone `id`'s agent dials (for [`Broker::External`]).
     pub fn set_agent_broker(&self, id: &str, url: &str) {
         set_broker_line(&self.path(&format!("{id}.toml")), url);
-    }
-
-    /// The brokers phone `id`'s agent fails over across (`[fleet] brokers = [...]`).
-    pub fn set_agent_brokers(&self, id: &str, urls: &[String]) {
-        let path = self.path(&format!("{id}.toml"));
-        let list = urls
-            .iter()
-            .map(|u| format!("{u:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let text: String = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| match l.starts_with("broker = ") {
-                true => format!("brokers = [{list}]\n"),
-                false => format!("{l}\n"),
-            })
-            .collect();
-        std::fs::write(path, text).unwrap();
     }
 
     /// [`Fleet::start`] with no extra flags and every phone's agent started.
@@ -270,10 +280,11 @@ impl Fleet {
             .arg(self.path("controller"))
             .args(&self.state_extra)
             .args(["--listen", &replica.api]);
-        match (&self.mosquitto, self.broker) {
-            (Some(m), _) => cmd.args(["--broker", &m.url()]),
-            (None, Broker::External) => &mut cmd,
-            (None, _) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
+        match (&self.mosquitto, &self.nats, self.broker) {
+            (Some(m), _, _) => cmd.args(["--broker", &m.url()]),
+            (None, Some(n), _) => cmd.args(["--broker", &n.mqtt_url(0)]),
+            (None, None, Broker::External) => &mut cmd,
+            (None, None, _) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
         };
         cmd.args(&self.serve_extra).args(&replica.extra);
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
@@ -308,6 +319,16 @@ impl Fleet {
     /// The external broker, when the fleet runs on mosquitto.
     pub fn mosquitto(&mut self) -> Option<&mut Mosquitto> {
         self.mosquitto.as_mut()
+    }
+
+    /// The NATS cluster, when the fleet runs on one.
+    pub fn nats(&mut self) -> Option<&mut NatsCluster> {
+        self.nats.as_mut()
+    }
+
+    /// Replaces one phone's broker list (takes effect at its agent's next start).
+    pub fn set_agent_brokers(&self, id: &str, urls: &[String]) {
+        set_brokers(&self.path(&format!("{id}.toml")), urls);
     }
 
     /// Sends SIGTERM to the controller (it keeps running while it drains).
@@ -661,4 +682,37 @@ pub async fn wait_ready(addr: &str) {
         assert!(Instant::now() < deadline, "{addr} never became ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The entries of the `users: [...]` list `nats-files` wrote (nats-server includes the file in
+/// an account's map; the test cluster's config takes the entries).
+fn users_entries(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let start = text.find("users: [\n").expect("a users list") + "users: [\n".len();
+    let end = start + text[start..].find("\n]").expect("the list's end") + 1;
+    text[start..end].to_string()
+}
+
+fn url_port(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Rewrites an agent's `[fleet]` TOML to list `urls` as `brokers`.
+fn set_brokers(path: &Path, urls: &[String]) {
+    let list = urls
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(
+            |l| match l.starts_with("broker = ") || l.starts_with("brokers = ") {
+                true => format!("brokers = [{list}]\n"),
+                false => format!("{l}\n"),
+            },
+        )
+        .collect();
+    std::fs::write(path, text).unwrap();
 }
