@@ -585,7 +585,9 @@ REPORT="$FERRY_ROOT/bench-out/bench-$(date +%Y%m%d-%H%M%S).txt"
     fi
     if want fleet; then fleet_report; fi
     if want fleet-scale; then fleet_scale_report; fi
-    printf '\nevery output checked against the source sha256%s\n' "$(want fleet && echo ' (fleet: every file of every phone)')"
+    if want plain || want throttled || want oss || want fleet; then
+        printf '\nevery output checked against the source sha256%s\n' "$(want fleet && echo ' (fleet: every file of every phone)')"
+    fi
     if [[ -s "$RESULTS" ]]; then
         printf '\nper run (part tool wall_s user_s sys_s maxrss_KiB):\n'
         cat "$RESULTS"

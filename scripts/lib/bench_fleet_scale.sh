@@ -167,7 +167,7 @@ SELECT 't-hist' || lpad(k::text, 8, '0') || 'c' || lpad(i::text, 5, '0'),
     'FINISHED', 'SUCCESS', '$result', 100, 4194304, 4194304,
     $t0 + k * 1000, $t0 + k * 1000 + 500, $t0 + k * 1000 + 10, $t0 + k * 1000 + 500, TRUE
 FROM generate_series(1, $nb) AS k, generate_series(1, $per) AS i;
-SELECT setval('batch_numbers', $nb);
+SELECT setval('batch_numbers', $nb) \gset
 COMMIT;
 ANALYZE;
 SQL
@@ -256,7 +256,7 @@ scale_sim_start() {
     local online waited=0
     while :; do
         online="$("$SCALE_CTL" list-instances --endpoint "$SCALE_API" --access-key-file "$dir/ak" --json 2>/dev/null |
-            grep -o '"Online": *true' | wc -l)"
+            grep -o '"Online": *true' | wc -l)" || true
         ((online >= FLEET_SCALE_AGENTS)) && break
         kill -0 "$SCALE_SIM_PID" 2>/dev/null || { tail -n 20 "$dir/sim.log" >&2; die "ferry-fleet-sim exited"; }
         ((waited < 300)) || die "fleet-scale: only $online of $FLEET_SCALE_AGENTS sessions online after 300 s"
