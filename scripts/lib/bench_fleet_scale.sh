@@ -251,7 +251,7 @@ scale_sim_start() {
     local run=()
     [[ "$FLEET_SCALE_SIM_SCHED" == idle ]] && run=(chrt --idle 0)
     "${run[@]}" "$SCALE_SIM" --instances "$dir/instances.toml" --connect-rate 1000 \
-        --keepalive-secs 60 "$@" >>"$dir/sim.log" 2>&1 &
+        --keepalive-secs 60 --status-secs 2 "$@" >>"$dir/sim.log" 2>&1 &
     SCALE_SIM_PID=$!
     local online waited=0
     while :; do
@@ -259,6 +259,15 @@ scale_sim_start() {
             grep -o '"Online": *true' | wc -l)" || true
         ((online >= FLEET_SCALE_AGENTS)) && break
         kill -0 "$SCALE_SIM_PID" 2>/dev/null || { tail -n 20 "$dir/sim.log" >&2; die "ferry-fleet-sim exited"; }
+        # A restarted simulator's sessions take over their old ones, and many stay shown
+        # offline (seen here: 2,891 of 5,000 after 4 min; an old will or goodbye applied after
+        # the new presence? not analysed yet): go on after 30 s with half shown online, say
+        # so; the window's offered rate counts the tasks the simulator really got.
+        if ((waited >= 30 && online * 2 >= FLEET_SCALE_AGENTS)); then
+            warn "fleet-scale: going on with $online of $FLEET_SCALE_AGENTS sessions shown online"
+            printf 'online_shown_%s %s\n' "$2" "$online" >>"$SCALE_RESULTS"
+            break
+        fi
         ((waited < 300)) || die "fleet-scale: only $online of $FLEET_SCALE_AGENTS sessions online after 300 s"
         sleep 1
         waited=$((waited + 1))
@@ -293,7 +302,7 @@ scale_reports() {
 
 # run_fleet_scale_store STORE: one store's whole run; `STORE.key value` lines in SCALE_RESULTS.
 run_fleet_scale_store() {
-    local store="$1" dir="$RUN_DIR/scale-$store" hz ticks0 ticks1 r0 r1 t0 t1
+    local store="$1" dir="$RUN_DIR/scale-$store" hz ticks0 ticks1 r0 r1 t0 t1 admitted
     mkdir -p "$dir"
     SCALE_RESULTS="$dir/results.txt"
     : >"$SCALE_RESULTS"
@@ -313,6 +322,7 @@ run_fleet_scale_store() {
     "$SCALE_LOAD" send "$SCALE_API" "$dir/ak" "$dir/instances" "$dir/payload.json" wait >>"$SCALE_RESULTS" ||
         { tail -n 20 "$dir/controller.log" >&2; die "fleet-scale: the SendFile run failed"; }
     scale_sim_stop
+    : >"$dir/sim.log"
 
     local secs="$FLEET_SCALE_WINDOW_SECS"
     log "fleet-scale[$store]: a ${secs} s window: progress every $FLEET_SCALE_PROGRESS_MS ms from every agent, DescribeTasks at $FLEET_SCALE_RATE/s"
@@ -330,7 +340,10 @@ run_fleet_scale_store() {
     {
         printf 'ingest_msgs %s\n' $((r1 - r0))
         printf 'ingest_per_s %s\n' "$(awk -v a="$r0" -v b="$r1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')"
-        printf 'offered_per_s %s\n' "$(awk -v n="$FLEET_SCALE_AGENTS" -v ms="$FLEET_SCALE_PROGRESS_MS" 'BEGIN {printf "%.0f", n * 1000 / ms}')"
+        # Sessions that got their task (the simulator's last status line) x progress rate.
+        admitted="$(grep -o 'admitted=[0-9]*' "$dir/sim.log" | tail -n 1 | cut -d= -f2)"
+        printf 'window_tasks %s\n' "${admitted:-0}"
+        printf 'offered_per_s %s\n' "$(awk -v n="${admitted:-0}" -v ms="$FLEET_SCALE_PROGRESS_MS" 'BEGIN {printf "%.0f", n * 1000 / ms}')"
         printf 'ctl_cpu_s %s\n' "$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz}')"
         printf 'ctl_hwm_kib %s\n' "$(proc_field "$pid" VmHWM)"
         printf 'ctl_rss_kib %s\n' "$(proc_field "$pid" VmRSS)"
