@@ -11,6 +11,13 @@
 //!     payload's SourceFilePath/UploadType/UploadUrl; then DescribeTasks at RATE requests/s
 //!     (open loop: one request leaves every 1/RATE s whatever the earlier ones do) until the
 //!     batch is FINISHED.
+//! fleet_load send ENDPOINT ACCESS_KEY_FILE INSTANCES_FILE PAYLOAD_FILE wait|nowait
+//!     (part fleet-scale) One SendFile naming every instance; `wait`: then the batch row 20
+//!     times a second until every child is final (FINISHED, or FAILED with some failed).
+//! fleet_load describe ENDPOINT ACCESS_KEY_FILE INSTANCES_FILE BATCH RATE SECS
+//!     (part fleet-scale) DescribeTasks at RATE/s for SECS, open loop, alternately by batch
+//!     (ParentTaskId=BATCH) and by instance (InstanceId, one of INSTANCES_FILE in turn),
+//!     MaxResults 100; p50/p99 of each.
 //! ```
 //!
 //! Results go to stdout as `key value` lines for the script; progress to stderr.
@@ -45,7 +52,18 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        _ => Err("usage: fleet_load floor AGENTS_FILE PAYLOAD_FILE | fleet ENDPOINT ACCESS_KEY_FILE INSTANCES_FILE PAYLOAD_FILE RATE".into()),
+        Some("send") if args.len() == 6 && matches!(args[5].as_str(), "wait" | "nowait") => {
+            send(&args[1], &args[2], &args[3], &args[4], args[5] == "wait").await
+        }
+        Some("describe") if args.len() == 7 => {
+            match (args[5].parse::<u32>(), args[6].parse::<u64>()) {
+                (Ok(rate), Ok(secs)) => {
+                    describe(&args[1], &args[2], &args[3], &args[4], rate, secs).await
+                }
+                _ => Err("RATE and SECS must be whole numbers".into()),
+            }
+        }
+        _ => Err("usage: fleet_load floor AGENTS_FILE PAYLOAD_FILE | fleet ENDPOINT ACCESS_KEY_FILE INSTANCES_FILE PAYLOAD_FILE RATE | send ENDPOINT ACCESS_KEY_FILE INSTANCES_FILE PAYLOAD_FILE wait|nowait | describe ENDPOINT ACCESS_KEY_FILE INSTANCES_FILE BATCH RATE SECS".into()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,5 +330,155 @@ async fn fleet(
     println!("describe_p50_ms {:.1}", pct(50.0));
     println!("describe_p99_ms {:.1}", pct(99.0));
     println!("describe_max_ms {:.1}", pct(100.0));
+    Ok(())
+}
+
+/// The SendFile parameters naming every instance of `instances_file` with the payload's
+/// source, type and URL.
+fn send_params(instances_file: &str, payload_file: &str) -> Res<(usize, Vec<(String, String)>)> {
+    let body = payload(Path::new(payload_file))?;
+    let instances = read_ids(instances_file)?;
+    let mut params: Vec<(String, String)> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (format!("AndroidInstanceIdList.{}", i + 1), id.clone()))
+        .collect();
+    for name in ["SourceFilePath", "UploadType", "UploadUrl"] {
+        let value = body[name]
+            .as_str()
+            .ok_or_else(|| format!("the payload has no {name}"))?;
+        params.push((name.to_string(), value.to_string()));
+    }
+    Ok((instances.len(), params))
+}
+
+fn read_ids(instances_file: &str) -> Res<Vec<String>> {
+    Ok(read(Path::new(instances_file))?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
+}
+
+/// p-th percentile (nearest rank) of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn send(
+    endpoint: &str,
+    access_key_file: &str,
+    instances_file: &str,
+    payload_file: &str,
+    wait: bool,
+) -> Res<()> {
+    let (n, params) = send_params(instances_file, payload_file)?;
+    let api = caller(endpoint, access_key_file)?;
+    let start = Instant::now();
+    let answer = api
+        .call("SendFile", params)
+        .await
+        .map_err(|e| e.to_string())?;
+    let answered = Instant::now();
+    let batch = answer["TaskId"]
+        .as_str()
+        .ok_or_else(|| format!("SendFile answered without TaskId: {answer}"))?
+        .to_string();
+    let send_ms = (answered - start).as_secs_f64() * 1000.0;
+    eprintln!("send: SendFile for {n} phones answered in {send_ms:.1} ms: batch {batch}");
+    println!("batch {batch}");
+    println!("sendfile_ms {send_ms:.1}");
+    if !wait {
+        return Ok(());
+    }
+    loop {
+        if start.elapsed() > GIVE_UP {
+            return Err(format!("send: batch {batch} not final after {GIVE_UP:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answer = api
+            .call("DescribeTasks", pairs(&[("TaskIds.1", &batch)]))
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = &answer["Data"][0];
+        let count = |k: &str| row[k].as_u64().unwrap_or(0);
+        let done = count("SuccessChildCount") + count("FailedChildCount");
+        if done as usize >= n {
+            println!("finished_s {:.3}", answered.elapsed().as_secs_f64());
+            println!("finished_ok {}", count("SuccessChildCount"));
+            println!("finished_failed {}", count("FailedChildCount"));
+            return Ok(());
+        }
+    }
+}
+
+async fn describe(
+    endpoint: &str,
+    access_key_file: &str,
+    instances_file: &str,
+    batch: &str,
+    rate: u32,
+    secs: u64,
+) -> Res<()> {
+    let instances = read_ids(instances_file)?;
+    if instances.is_empty() {
+        return Err("describe: no instances".into());
+    }
+    let api = Arc::new(caller(endpoint, access_key_file)?);
+    // (by batch?, ms) of every answered request; errors as text.
+    let latencies = Arc::new(Mutex::new(Vec::<(bool, f64)>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = tokio::task::JoinSet::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0usize;
+    while Instant::now() < end {
+        tick.tick().await;
+        let by_batch = n.is_multiple_of(2);
+        let params = if by_batch {
+            pairs(&[("ParentTaskId", batch), ("MaxResults", "100")])
+        } else {
+            let id = &instances[(n / 2 * 7919) % instances.len()];
+            pairs(&[("InstanceId", id), ("MaxResults", "100")])
+        };
+        n += 1;
+        let (api, latencies, errors) = (api.clone(), latencies.clone(), errors.clone());
+        inflight.spawn(async move {
+            let sent = Instant::now();
+            let outcome = api.call("DescribeTasks", params).await;
+            let ms = sent.elapsed().as_secs_f64() * 1000.0;
+            match outcome {
+                Ok(_) => latencies.lock().unwrap().push((by_batch, ms)),
+                Err(e) => errors.lock().unwrap().push(e.to_string()),
+            }
+        });
+        while inflight.try_join_next().is_some() {}
+    }
+    while inflight.join_next().await.is_some() {}
+    let all = latencies.lock().unwrap().clone();
+    let errors = errors.lock().unwrap().clone();
+    if let Some(first) = errors.first() {
+        eprintln!(
+            "describe: {} DescribeTasks failed, the first: {first}",
+            errors.len()
+        );
+    }
+    for (by_batch, name) in [(true, "batch"), (false, "instance")] {
+        let mut lat: Vec<f64> = all
+            .iter()
+            .filter(|(b, _)| *b == by_batch)
+            .map(|(_, ms)| *ms)
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        println!("describe_{name}_p50_ms {:.1}", percentile(&lat, 50.0));
+        println!("describe_{name}_p99_ms {:.1}", percentile(&lat, 99.0));
+        println!("describe_{name}_max_ms {:.1}", percentile(&lat, 100.0));
+    }
+    println!("describe_n {}", all.len());
+    println!("describe_errors {}", errors.len());
     Ok(())
 }

@@ -30,8 +30,10 @@ pub struct InstanceAddArgs {
     /// Give an existing instance a new password (the old one stops working)
     #[arg(long)]
     pub rotate: bool,
-    /// The phone's instance id (Alibaba's `acp-…`)
-    pub instance_id: String,
+    /// The phones' instance ids (Alibaba's `acp-…`); several print one `[fleet]` section
+    /// each (a simulator's instances file, `ferry-fleet-sim --instances`)
+    #[arg(required = true, value_name = "INSTANCE_ID")]
+    pub instance_ids: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -157,7 +159,7 @@ pub async fn access_key_create(args: &StateDirArgs) -> Result<()> {
 }
 
 pub async fn instance_add(args: &InstanceAddArgs) -> Result<()> {
-    if args.instance_id == CONTROLLER_USER {
+    if args.instance_ids.iter().any(|id| id == CONTROLLER_USER) {
         return Err(Error::new(
             Code::InvalidInstanceId,
             format!("{CONTROLLER_USER} is the controller's own broker user, not a phone"),
@@ -175,21 +177,26 @@ pub async fn instance_add(args: &InstanceAddArgs) -> Result<()> {
         }
     }
     let fleet = offline_fleet(&args.state).await?;
-    let password = fleet.add_instance(&args.instance_id, args.rotate).await?;
     // TOML basic strings: the values are checked ASCII without quotes or backslashes.
-    println!("[fleet]");
-    match brokers.as_slice() {
-        [one] => println!("broker = \"{one}\""),
-        many => println!(
+    let broker_line = match brokers.as_slice() {
+        [one] => format!("broker = \"{one}\""),
+        many => format!(
             "brokers = [{}]",
             many.iter()
                 .map(|b| format!("\"{b}\""))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    };
+    let mut out = std::io::stdout().lock();
+    for id in &args.instance_ids {
+        let password = fleet.add_instance(id, args.rotate).await?;
+        writeln!(
+            out,
+            "[fleet]\n{broker_line}\ninstance_id = \"{id}\"\npassword = \"{password}\""
+        )
+        .map_err(|e| Error::new(Code::Internal, format!("writing to stdout: {e}")))?;
     }
-    println!("instance_id = \"{}\"", args.instance_id);
-    println!("password = \"{password}\"");
     Ok(())
 }
 

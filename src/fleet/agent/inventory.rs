@@ -1,9 +1,9 @@
 //! The [`Hello`] sent on every connection: what this agent is (version, ABI, Android
 //! release, free space in each allowed root) and every task it holds with its phase.
 
+use super::host::TaskHost;
 use crate::config::Config;
 use crate::fleet::wire::{AgentInfo, HeldTask, Hello, RootSpace};
-use crate::task::manager::Manager;
 use std::path::PathBuf;
 
 /// The parts of [`AgentInfo`] that do not change while the daemon runs.
@@ -76,7 +76,7 @@ pub fn root_space(config: &Config) -> Vec<RootSpace> {
 }
 
 /// The Hello of this moment.
-pub async fn hello(manager: &Manager, device: &Device, instance_id: &str) -> Hello {
+pub async fn hello<T: TaskHost>(manager: &T, device: &Device, instance_id: &str) -> Hello {
     let config = manager.config();
     let roots = tokio::task::spawn_blocking(move || root_space(&config))
         .await

@@ -13,6 +13,7 @@
 //!
 //! [`Hello`]: crate::fleet::wire::Hello
 
+pub mod host;
 pub mod inventory;
 pub mod link;
 pub mod orders;
@@ -21,7 +22,7 @@ pub mod reports;
 use crate::config::FleetConfig;
 use crate::error::Result;
 use crate::fleet::topics::{topic, Kind};
-use crate::task::manager::Manager;
+use host::TaskHost;
 use link::{first_broker, presence, Backoff, Link, Rotation};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use std::sync::Arc;
@@ -35,8 +36,8 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 
 /// Builds the link (checks TLS settings) so a bad `[fleet]` fails the start, then runs it
 /// on its own task until `stop`; the handle ends once the agent said goodbye.
-pub fn spawn(
-    manager: Manager,
+pub fn spawn<T: TaskHost>(
+    manager: T,
     fleet: FleetConfig,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
@@ -44,7 +45,7 @@ pub fn spawn(
     Ok(tokio::spawn(run(manager, link, stop)))
 }
 
-async fn run(manager: Manager, link: Link, stop: CancellationToken) {
+async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
     let id = link.fleet.instance_id.clone();
     let interval = Duration::from_millis(link.fleet.progress_interval_ms);
     let device = inventory::Device::probe(&manager.config()).await;
@@ -149,8 +150,8 @@ async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
 }
 
 /// Subscribe, presence, Hello, then every task's report (the reporter's resync).
-async fn greet(
-    manager: Manager,
+async fn greet<T: TaskHost>(
+    manager: T,
     client: AsyncClient,
     device: inventory::Device,
     id: String,

@@ -4,10 +4,10 @@
 //! record created. `Cancel` cancels. The report of a change comes through the manager's
 //! stream; only answers the stream does not carry (a repeat, a refusal) are published here.
 
+use super::host::TaskHost;
 use super::reports;
 use crate::error::{Code, Error};
 use crate::fleet::topics::{topic, Kind};
-use crate::task::manager::Manager;
 use crate::task::payload::{self, TaskPayload};
 use crate::task::record::{Phase, TaskView};
 use crate::timefmt::{rfc3339, unix_millis_now};
@@ -26,8 +26,8 @@ struct Envelope {
     payload: Option<serde_json::Value>,
 }
 
-pub async fn run(
-    manager: Manager,
+pub async fn run<T: TaskHost>(
+    manager: T,
     client: AsyncClient,
     instance_id: String,
     mut orders: mpsc::UnboundedReceiver<bytes::Bytes>,
@@ -41,7 +41,7 @@ pub async fn run(
 }
 
 /// Carries out one order; returns the view to report when the manager's stream will not.
-pub async fn handle(manager: &Manager, body: &[u8]) -> Option<TaskView> {
+pub async fn handle<T: TaskHost>(manager: &T, body: &[u8]) -> Option<TaskView> {
     let order: Envelope = match serde_json::from_slice(body) {
         Ok(order) => order,
         Err(e) => {
@@ -77,7 +77,11 @@ pub async fn handle(manager: &Manager, body: &[u8]) -> Option<TaskView> {
     }
 }
 
-async fn run_order(manager: &Manager, id: String, raw: serde_json::Value) -> Option<TaskView> {
+async fn run_order<T: TaskHost>(
+    manager: &T,
+    id: String,
+    raw: serde_json::Value,
+) -> Option<TaskView> {
     // Held already (running, or finished: a failed task is not re-run by a redelivered
     // order, though intake would resume it): answer with where it stands.
     if let Ok(held) = manager.describe(&id) {

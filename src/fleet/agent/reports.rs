@@ -5,9 +5,9 @@
 //! is a broadcast channel: a reporter held up by a slow broker only makes this subscriber
 //! lag, and a lagging reporter (or a new connection) sends every task's current state again.
 
+use super::host::TaskHost;
 use crate::fleet::topics::{topic, Kind};
 use crate::fleet::wire::Report;
-use crate::task::manager::Manager;
 use crate::task::record::{Phase, TaskView};
 use rumqttc::{AsyncClient, QoS};
 use std::collections::HashMap;
@@ -101,8 +101,8 @@ impl Throttle {
 }
 
 /// Publishes reports; `resync` (a new connection) sends every task's current view.
-pub async fn run(
-    manager: Manager,
+pub async fn run<T: TaskHost>(
+    manager: T,
     client: AsyncClient,
     instance_id: String,
     interval: Duration,
@@ -148,8 +148,8 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn resend_all<F, Fut>(
-    manager: &Manager,
+async fn resend_all<T: TaskHost, F, Fut>(
+    manager: &T,
     events: &mut broadcast::Receiver<TaskView>,
     throttle: &mut Throttle,
     publish: &F,
