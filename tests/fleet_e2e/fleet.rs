@@ -610,7 +610,9 @@ impl Fleet {
 
     /// What `who` (`controller` or a phone's id) logged so far.
     pub fn log(&self, who: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{who}.log"))).unwrap_or_default()
+        // Lossy: one stray byte must not hide the whole log.
+        let bytes = std::fs::read(self.path(&format!("{who}.log"))).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// What the broker logged: mosquitto's log, or the controller's for the embedded one.
