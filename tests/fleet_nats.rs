@@ -1,7 +1,8 @@
 //! The fleet on a 3-node NATS cluster (JetStream, MQTT listeners), as real processes: the
-//! cluster's users come from `ferry-controller nats-files`, one `ferry-controller serve` dials
-//! node 0, and every `ferry daemon` lists the three nodes (`[fleet] brokers`). A node the
-//! controller is not on dies (-9) mid-transfer: its agents move to another node with their
+//! cluster's users come from `ferry-controller nats-files`, one `ferry-controller serve --nats`
+//! takes agent messages from JetStream and sends orders over MQTT (both failing over across
+//! the nodes), and every `ferry daemon` lists the three nodes (`[fleet] brokers`). A node
+//! dies (-9) mid-transfer: its agents move to another node with their
 //! session and keep reporting, every phone lands the file once, and the node rejoins.
 
 mod common;

@@ -36,8 +36,8 @@ pub enum Broker {
     /// One the test runs (a NATS cluster): `serve` gets its flags from `serve_extra`, and
     /// agents dial what [`Fleet::set_agent_broker`] wrote.
     External,
-    /// A 3-node NATS cluster with the users `nats-files` writes: the controller on node 0
-    /// (`serve --broker`), every agent with `brokers = [...]` listing the three nodes.
+    /// A 3-node NATS cluster with the users `nats-files` writes: the controller with
+    /// `serve --nats` (every node), every agent with `brokers = [...]` listing the three nodes.
     Nats,
 }
 
@@ -282,7 +282,14 @@ impl Fleet {
             .args(["--listen", &replica.api]);
         match (&self.mosquitto, &self.nats, self.broker) {
             (Some(m), _, _) => cmd.args(["--broker", &m.url()]),
-            (None, Some(n), _) => cmd.args(["--broker", &n.mqtt_url(0)]),
+            // On NATS the controller reads agent messages from JetStream (`--nats`): an MQTT
+            // subscription's session lives on the cluster and can stall while a node dies.
+            (None, Some(n), _) => cmd.args([
+                "--broker",
+                &n.mqtt_urls().join(","),
+                "--nats",
+                &n.nats_urls().join(","),
+            ]),
             (None, None, Broker::External) => &mut cmd,
             (None, None, _) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
         };
