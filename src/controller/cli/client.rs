@@ -86,6 +86,9 @@ pub struct CancelArgs {
     pub task_id: String,
 }
 
+/// Longest query string a call sends; longer parameter lists go in a form body.
+const MAX_QUERY_BYTES: usize = 16 * 1024;
+
 /// One signed RPC call; the answer's JSON, or the API's error as an [`Error`] carrying the
 /// API's own code in its message.
 pub struct Caller {
@@ -130,6 +133,15 @@ impl Caller {
             .unwrap_or_default();
         let date = acs3::format_date(now);
         let nonce = crate::controller::secrets::new_secret();
+        // A long parameter list (a SendFile naming thousands of phones) goes as a form body,
+        // as the SDK may send it: a URL is limited to 64 KiB.
+        let form = canonical_query(&params);
+        let in_body = form.len() > MAX_QUERY_BYTES;
+        let (query, body): (&[(String, String)], Vec<u8>) = if in_body {
+            (&[], form.into_bytes())
+        } else {
+            (&params, Vec::new())
+        };
         let headers = acs3::sign(&Signing {
             access_key_id: &self.access_key_id,
             secret: &self.secret,
@@ -137,14 +149,14 @@ impl Caller {
             host: &self.host,
             action,
             version: VERSION,
-            query: &params,
-            body: b"",
-            content_type: None,
+            query,
+            body: &body,
+            content_type: in_body.then_some("application/x-www-form-urlencoded"),
             date: &date,
             nonce: &nonce,
         });
-        let url = format!("{}/?{}", self.base, canonical_query(&params));
-        let mut request = self.http.post(url);
+        let url = format!("{}/?{}", self.base, canonical_query(query));
+        let mut request = self.http.post(url).body(body);
         for (name, value) in headers.iter().filter(|(n, _)| n != "host") {
             request = request.header(name.as_str(), value.as_str());
         }
