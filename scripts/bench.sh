@@ -31,9 +31,10 @@
 #              SendFile answer for every phone, time until all FINISHED with instant tasks,
 #              reports committed per second with progress from every agent, DescribeTasks
 #              p50/p99 by batch and by instance at FLEET_SCALE_RATE/s meanwhile, controller
-#              RSS/CPU.  One controller replica with its embedded broker for now (issue 12 wants
-#              two replicas and a NATS cluster: scale_backend_start is the place).  Not in the
-#              default list: BENCH_PARTS=fleet-scale.  See scripts/lib/bench_fleet_scale.sh.
+#              RSS/CPU.  SQLite: one replica with its embedded broker; PostgreSQL: two
+#              `serve --nats` replicas behind a 3-node NATS cluster (FLEET_SCALE_BROKER=nats).
+#              Not in the default list: BENCH_PARTS=fleet-scale.  See
+#              scripts/lib/bench_fleet_scale.sh.
 #
 # Environment knobs:
 #   BENCH_PARTS     which parts, space separated (default "plain throttled oss")
@@ -52,7 +53,8 @@
 #                   FLEET_SCALE_STORES ("sqlite postgres"); FLEET_SCALE_RATE (200)
 #                   DescribeTasks/s; FLEET_SCALE_WINDOW_SECS (30) and FLEET_SCALE_PROGRESS_MS
 #                   (1000) the ingest window; FLEET_SCALE_SIM_SCHED idle (default) or normal;
-#                   FLEET_SCALE_BROKER embedded (the only one so far); FLEET_SCALE_PG_BIN
+#                   FLEET_SCALE_BROKER the PostgreSQL topology: nats (default; two replicas,
+#                   3-node NATS cluster) or embedded (one replica); FLEET_SCALE_PG_BIN
 #                   (/usr/lib/postgresql/15/bin); FLEET_SIM_BIN with FERRY_CONTROLLER_BIN and
 #                   FLEET_LOAD_BIN: use those binaries instead of building them
 #   FERRY_CONTROLLER_BIN, FLEET_LOAD_BIN  fleet: use this ferry-controller and this load

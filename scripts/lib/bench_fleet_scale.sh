@@ -15,11 +15,13 @@
 #            (InstanceId), MaxResults 100
 #   controller RSS (VmRSS, VmHWM) and CPU over the whole part
 #
-# The store and broker set-up is one function, scale_backend_start (FLEET_SCALE_BROKER):
-# today `embedded` (one `serve` replica with its embedded broker, on SQLite or on
-# PostgreSQL); issue 12 wants two replicas behind a 3-node NATS cluster here once
-# `serve --nats` exists. PostgreSQL is a throwaway cluster made here (Debian's 15, initdb and
-# pg_ctl as the system user ferry-pg when run as root), default settings (fsync on).
+# Topology per store (scale_topology): SQLite is one `serve` replica with its embedded
+# broker; PostgreSQL is FLEET_SCALE_BROKER: `nats` (default) = TWO `serve --nats` replicas on
+# the one database behind a 3-node NATS cluster (JetStream + MQTT listeners, users from
+# `nats-files`, the simulator's sessions spread over the nodes), SendFile to one replica and
+# DescribeTasks to the other; `embedded` = one replica with its embedded broker.
+# PostgreSQL is a throwaway cluster made here (Debian's 15, initdb and pg_ctl as the system
+# user ferry-pg when run as root), default settings (fsync on).
 # Sourced by bench.sh after common.sh, bench.sh (the lib) and bench_fleet.sh.
 
 if [[ -n "${_FERRY_BENCH_FLEET_SCALE_SOURCED:-}" ]]; then
@@ -33,7 +35,7 @@ FLEET_SCALE_STORES="${FLEET_SCALE_STORES:-sqlite postgres}"
 FLEET_SCALE_RATE="${FLEET_SCALE_RATE:-200}"
 FLEET_SCALE_WINDOW_SECS="${FLEET_SCALE_WINDOW_SECS:-30}"
 FLEET_SCALE_PROGRESS_MS="${FLEET_SCALE_PROGRESS_MS:-1000}"
-FLEET_SCALE_BROKER="${FLEET_SCALE_BROKER:-embedded}"
+FLEET_SCALE_BROKER="${FLEET_SCALE_BROKER:-nats}"
 # As part fleet's agents: the simulator stands in for phones (other machines), so it runs
 # under SCHED_IDLE and only takes CPU the controller, PostgreSQL and the load driver leave.
 FLEET_SCALE_SIM_SCHED="${FLEET_SCALE_SIM_SCHED:-idle}"
@@ -42,6 +44,7 @@ FLEET_SCALE_PG_BIN="${FLEET_SCALE_PG_BIN:-/usr/lib/postgresql/15/bin}"
 FLEET_SCALE_BATCH=1000
 
 SCALE_CTL_PIDS=()
+SCALE_NATS_PIDS=()
 SCALE_SIM_PID=""
 SCALE_PG_DATA=""
 
@@ -209,40 +212,120 @@ db.executescript(sys.stdin.read())' "$dir/ctl/controller.sqlite"
     printf 'preload_s %s\n' "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')" >>"$SCALE_RESULTS"
 }
 
+# scale_topology STORE: `embedded` (one `serve` replica with its embedded broker) for SQLite;
+# FLEET_SCALE_BROKER for PostgreSQL: `nats` (default: two `serve --nats` replicas on the one
+# database behind a 3-node NATS cluster, JetStream + MQTT, as issue 12 runs the fleet) or
+# `embedded` (one replica, its embedded broker: the store alone compared).
+scale_topology() {
+    if [[ "$1" == postgres ]]; then printf '%s\n' "$FLEET_SCALE_BROKER"; else printf 'embedded\n'; fi
+}
+
+# scale_broker_url STORE: where agents connect, chosen before provisioning (the [fleet]
+# sections name it). Sets SCALE_BROKER_URL (the first) and SCALE_BROKER_URLS (every node).
+scale_broker_url() {
+    case "$(scale_topology "$1")" in
+    embedded)
+        SCALE_BROKER_URL="mqtt://127.0.0.1:$(pick_port)"
+        SCALE_BROKER_URLS=("$SCALE_BROKER_URL")
+        ;;
+    nats)
+        local i
+        SCALE_NATS_PORTS=()
+        SCALE_BROKER_URLS=()
+        for i in 0 1 2; do
+            # client, route, mqtt, monitor
+            SCALE_NATS_PORTS+=("$(pick_port) $(pick_port) $(pick_port) $(pick_port)")
+            SCALE_BROKER_URLS+=("mqtt://127.0.0.1:$(cut -d' ' -f3 <<<"${SCALE_NATS_PORTS[$i]}")")
+        done
+        SCALE_BROKER_URL="${SCALE_BROKER_URLS[0]}"
+        ;;
+    *) die "FLEET_SCALE_BROKER=$FLEET_SCALE_BROKER: embedded or nats" ;;
+    esac
+}
+
+# scale_nats_start DIR: the 3-node cluster, its account's users from `nats-files`.
+scale_nats_start() {
+    local dir="$1" i routes="" client route mqtt monitor
+    ensure_nats_server || die "fleet-scale: nats-server could not be installed"
+    mkdir -p "$dir/nats"
+    "$SCALE_CTL" nats-files --state-dir "$dir/ctl" "${SCALE_DB[@]}" --out "$dir/nats/users.conf" 2>>"$dir/nats/files.log" ||
+        die "fleet-scale: ferry-controller nats-files failed"
+    for i in 0 1 2; do
+        read -r client route mqtt monitor <<<"${SCALE_NATS_PORTS[$i]}"
+        routes+="${routes:+, }\"nats-route://127.0.0.1:$route\""
+    done
+    SCALE_NATS_PIDS=()
+    SCALE_NATS_URLS=()
+    for i in 0 1 2; do
+        read -r client route mqtt monitor <<<"${SCALE_NATS_PORTS[$i]}"
+        cat >"$dir/nats/n$i.conf" <<CONF
+server_name: n$i
+listen: 127.0.0.1:$client
+http: 127.0.0.1:$monitor
+jetstream { store_dir: "$dir/nats/n$i", max_mem: 256M, max_file: 8G }
+cluster { name: ferry, listen: 127.0.0.1:$route, routes: [$routes] }
+mqtt { listen: 127.0.0.1:$mqtt }
+accounts { FERRY { jetstream: enabled, include "users.conf" } }
+CONF
+        "$FERRY_NATS_SERVER" -c "$dir/nats/n$i.conf" >"$dir/nats/n$i.log" 2>&1 &
+        SCALE_NATS_PIDS+=($!)
+        SCALE_NATS_URLS+=("nats://127.0.0.1:$client")
+    done
+    for i in 0 1 2; do
+        read -r client route mqtt monitor <<<"${SCALE_NATS_PORTS[$i]}"
+        local n
+        for n in $(seq 600); do
+            curl -sf -o /dev/null "http://127.0.0.1:$monitor/healthz" && break
+            ((n < 600)) || { tail -n 20 "$dir/nats/n$i.log" >&2; die "nats-server n$i never became ready"; }
+            sleep 0.1
+        done
+    done
+    log "fleet-scale: 3-node NATS cluster ready"
+}
+
 # scale_backend_start STORE DIR: the controller side (store, broker, replicas) for one run.
-# Sets SCALE_API (an API endpoint), SCALE_OPS (an ops endpoint), SCALE_CTL_PIDS. The one
-# place that knows the topology: FLEET_SCALE_BROKER=embedded is one `serve` replica with its
-# embedded broker. (Two replicas behind a NATS cluster go here once `serve --nats` exists.)
+# Sets SCALE_API (SendFile goes there), SCALE_API2 (DescribeTasks goes there: the other
+# replica when there are two), SCALE_OPS (every replica's ops endpoint), SCALE_CTL_PIDS.
 scale_backend_start() {
-    local store="$1" dir="$2" db=()
-    mapfile -t db < <(scale_database "$store")
-    case "$FLEET_SCALE_BROKER" in
+    local store="$1" dir="$2"
+    mapfile -t SCALE_DB < <(scale_database "$store")
+    case "$(scale_topology "$store")" in
     embedded)
         SCALE_API="127.0.0.1:$(pick_port)"
-        SCALE_OPS="127.0.0.1:$(pick_port)"
-        "$SCALE_CTL" serve --state-dir "$dir/ctl" "${db[@]}" --listen "$SCALE_API" \
-            --mqtt-listen "${SCALE_BROKER_URL#mqtt://}" --ops-listen "$SCALE_OPS" \
+        SCALE_API2="$SCALE_API"
+        SCALE_OPS=("127.0.0.1:$(pick_port)")
+        "$SCALE_CTL" serve --state-dir "$dir/ctl" "${SCALE_DB[@]}" --listen "$SCALE_API" \
+            --mqtt-listen "${SCALE_BROKER_URL#mqtt://}" --ops-listen "${SCALE_OPS[0]}" \
             >"$dir/controller.log" 2>&1 &
         SCALE_CTL_PIDS=($!)
         ;;
-    *) die "FLEET_SCALE_BROKER=$FLEET_SCALE_BROKER: only 'embedded' exists so far" ;;
+    nats)
+        scale_nats_start "$dir"
+        local mqtt nats r api
+        mqtt="$(IFS=,; printf '%s' "${SCALE_BROKER_URLS[*]}")"
+        nats="$(IFS=,; printf '%s' "${SCALE_NATS_URLS[*]}")"
+        SCALE_CTL_PIDS=()
+        SCALE_OPS=()
+        for r in 1 2; do
+            api="127.0.0.1:$(pick_port)"
+            SCALE_OPS+=("127.0.0.1:$(pick_port)")
+            "$SCALE_CTL" serve --state-dir "$dir/ctl" "${SCALE_DB[@]}" --listen "$api" \
+                --broker "$mqtt" --nats "$nats" --replica-id "r$r" --ops-listen "${SCALE_OPS[-1]}" \
+                >"$dir/controller-r$r.log" 2>&1 &
+            SCALE_CTL_PIDS+=($!)
+            if ((r == 1)); then SCALE_API="$api"; else SCALE_API2="$api"; fi
+        done
+        ;;
     esac
-    local i
-    for i in $(seq 300); do
-        curl -s -o /dev/null "http://$SCALE_API/" && return 0
-        kill -0 "${SCALE_CTL_PIDS[0]}" 2>/dev/null || { tail -n 20 "$dir/controller.log" >&2; die "ferry-controller exited"; }
-        ((i < 300)) && sleep 0.1
+    local i api
+    for api in "$SCALE_API" "$SCALE_API2"; do
+        for i in $(seq 300); do
+            curl -s -o /dev/null "http://$api/" && break
+            kill -0 "${SCALE_CTL_PIDS[0]}" 2>/dev/null || { tail -n 20 "$dir"/controller*.log >&2; die "ferry-controller exited"; }
+            ((i < 300)) || die "ferry-controller did not listen on $api"
+            sleep 0.1
+        done
     done
-    die "ferry-controller did not listen on $SCALE_API"
-}
-
-# scale_broker_url: where agents connect, chosen before provisioning (the [fleet] sections
-# name it).
-scale_broker_url() {
-    case "$FLEET_SCALE_BROKER" in
-    embedded) SCALE_BROKER_URL="mqtt://127.0.0.1:$(pick_port)" ;;
-    *) die "FLEET_SCALE_BROKER=$FLEET_SCALE_BROKER: only 'embedded' exists so far" ;;
-    esac
 }
 
 scale_sim_start() {
@@ -250,7 +333,9 @@ scale_sim_start() {
     shift
     local run=()
     [[ "$FLEET_SCALE_SIM_SCHED" == idle ]] && run=(chrt --idle 0)
-    "${run[@]}" "$SCALE_SIM" --instances "$dir/instances.toml" --connect-rate 1000 \
+    local url brokers=()
+    for url in "${SCALE_BROKER_URLS[@]}"; do brokers+=(--broker "$url"); done
+    "${run[@]}" "$SCALE_SIM" --instances "$dir/instances.toml" "${brokers[@]}" --connect-rate 1000 \
         --keepalive-secs 60 --status-secs 2 "$@" >>"$dir/sim.log" 2>&1 &
     SCALE_SIM_PID=$!
     local online waited=0
@@ -291,13 +376,33 @@ stop_fleet_scale() {
         wait "$pid" 2>/dev/null || true
     done
     SCALE_CTL_PIDS=()
+    for pid in "${SCALE_NATS_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    SCALE_NATS_PIDS=()
     pg_stop
 }
 
 # scale_reports: reports the controller committed so far (summed over its replicas).
 scale_reports() {
-    curl -s "http://$SCALE_OPS/metrics" |
+    local ops
+    for ops in "${SCALE_OPS[@]}"; do curl -s "http://$ops/metrics"; done |
         awk '$1 == "ferry_controller_messages_total{kind=\"report\"}" {n += $2} END {printf "%d\n", n}'
+}
+
+# scale_cpu_ticks: utime + stime summed over the replicas.
+scale_cpu_ticks() {
+    local pid n=0
+    for pid in "${SCALE_CTL_PIDS[@]}"; do n=$((n + $(cpu_ticks "$pid"))); done
+    printf '%s\n' "$n"
+}
+
+# scale_kib FIELD: a /proc status field summed over the replicas.
+scale_kib() {
+    local pid n=0
+    for pid in "${SCALE_CTL_PIDS[@]}"; do n=$((n + $(proc_field "$pid" "$1"))); done
+    printf '%s\n' "$n"
 }
 
 # run_fleet_scale_store STORE: one store's whole run; `STORE.key value` lines in SCALE_RESULTS.
@@ -307,13 +412,12 @@ run_fleet_scale_store() {
     SCALE_RESULTS="$dir/results.txt"
     : >"$SCALE_RESULTS"
     [[ "$store" == postgres ]] && pg_start
-    scale_broker_url
+    scale_broker_url "$store"
     scale_provision "$store" "$dir"
     scale_preload "$store" "$dir"
     scale_backend_start "$store" "$dir"
-    local pid="${SCALE_CTL_PIDS[0]}"
     hz="$(getconf CLK_TCK)"
-    ticks0="$(cpu_ticks "$pid")"
+    ticks0="$(scale_cpu_ticks)"
     printf '{"UploadType": "DOWNLOAD_URL", "SourceFilePath": "/sdcard/Download/scale.bin", "UploadUrl": "https://cdn.example.com/scale.bin"}\n' \
         >"$dir/payload.json"
 
@@ -333,10 +437,10 @@ run_fleet_scale_store() {
     batch="$(awk '$1 == "batch" {print $2}' "$dir/window-send.txt")"
     sleep 5
     r0="$(scale_reports)" t0="$EPOCHREALTIME"
-    "$SCALE_LOAD" describe "$SCALE_API" "$dir/ak" "$dir/instances" "$batch" "$FLEET_SCALE_RATE" "$secs" >>"$SCALE_RESULTS" ||
+    "$SCALE_LOAD" describe "$SCALE_API2" "$dir/ak" "$dir/instances" "$batch" "$FLEET_SCALE_RATE" "$secs" >>"$SCALE_RESULTS" ||
         die "fleet-scale: the DescribeTasks load failed"
     r1="$(scale_reports)" t1="$EPOCHREALTIME"
-    ticks1="$(cpu_ticks "$pid")"
+    ticks1="$(scale_cpu_ticks)"
     {
         printf 'ingest_msgs %s\n' $((r1 - r0))
         printf 'ingest_per_s %s\n' "$(awk -v a="$r0" -v b="$r1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')"
@@ -345,8 +449,8 @@ run_fleet_scale_store() {
         printf 'window_tasks %s\n' "${admitted:-0}"
         printf 'offered_per_s %s\n' "$(awk -v n="${admitted:-0}" -v ms="$FLEET_SCALE_PROGRESS_MS" 'BEGIN {printf "%.0f", n * 1000 / ms}')"
         printf 'ctl_cpu_s %s\n' "$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz}')"
-        printf 'ctl_hwm_kib %s\n' "$(proc_field "$pid" VmHWM)"
-        printf 'ctl_rss_kib %s\n' "$(proc_field "$pid" VmRSS)"
+        printf 'ctl_hwm_kib %s\n' "$(scale_kib VmHWM)"
+        printf 'ctl_rss_kib %s\n' "$(scale_kib VmRSS)"
     } >>"$SCALE_RESULTS"
     stop_fleet_scale
     sed "s/^/$store./" "$SCALE_RESULTS" >>"$FLEET_SCALE_RESULTS"
@@ -370,8 +474,10 @@ scale_value() {
 fleet_scale_report() {
     local verdict s
     verdict() { if awk "BEGIN {exit !($1)}"; then echo PASS; else echo MISS; fi; }
-    printf '\n== fleet-scale: %s SIMULATED agents (ferry-fleet-sim, one process, no files move), %s history rows, broker %s, one replica ==\n' \
-        "$FLEET_SCALE_AGENTS" "$FLEET_SCALE_HISTORY" "$FLEET_SCALE_BROKER"
+    printf '\n== fleet-scale: %s SIMULATED agents (ferry-fleet-sim, one process, no files move), %s history rows ==\n' \
+        "$FLEET_SCALE_AGENTS" "$FLEET_SCALE_HISTORY"
+    printf 'sqlite: one replica, embedded broker; postgres: %s\n' \
+        "$([[ "$FLEET_SCALE_BROKER" == nats ]] && echo 'two replicas, 3-node NATS cluster (JetStream + MQTT)' || echo 'one replica, embedded broker')"
     printf 'window %s s: progress every %s ms per agent; DescribeTasks at %s/s (by batch / by instance alternately, MaxResults 100); simulator scheduled %s\n\n' \
         "$FLEET_SCALE_WINDOW_SECS" "$FLEET_SCALE_PROGRESS_MS" "$FLEET_SCALE_RATE" "$FLEET_SCALE_SIM_SCHED"
     local fmt='%-36s' stores=() 

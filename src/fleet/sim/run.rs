@@ -23,9 +23,11 @@ pub struct Args {
     /// concatenated
     #[arg(long, value_name = "FILE")]
     pub instances: PathBuf,
-    /// The broker (`mqtt://HOST:PORT`); default: the first `broker = ` of the instances file
+    /// The broker (`mqtt://HOST:PORT`); repeated for a cluster's nodes (each session then
+    /// fails over across them like an agent with `brokers = [...]`); default: the first
+    /// `broker = ` of the instances file
     #[arg(long, value_name = "URL")]
-    pub broker: Option<String>,
+    pub broker: Vec<String>,
     /// Play only the first N instances of the file
     #[arg(long, value_name = "N")]
     pub sessions: Option<usize>,
@@ -100,12 +102,16 @@ fn run(args: Args) -> Result<()> {
     if let Some(n) = args.sessions {
         logins.truncate(n);
     }
-    let broker = args.broker.clone().or(file_broker).ok_or_else(|| {
-        Error::new(
-            Code::InvalidConfig,
-            "no broker: pass --broker or an instances file with broker = lines",
-        )
-    })?;
+    let brokers = match (args.broker.clone(), file_broker) {
+        (given, _) if !given.is_empty() => given,
+        (_, Some(file)) => vec![file],
+        _ => {
+            return Err(Error::new(
+                Code::InvalidConfig,
+                "no broker: pass --broker or an instances file with broker = lines",
+            ))
+        }
+    };
     raise_open_files(logins.len());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
@@ -126,12 +132,12 @@ fn run(args: Args) -> Result<()> {
         fail_code,
         bytes: args.bytes,
     };
-    runtime.block_on(sessions(args, broker, logins, behaviour, signals))
+    runtime.block_on(sessions(args, brokers, logins, behaviour, signals))
 }
 
 async fn sessions(
     args: Args,
-    broker: String,
+    brokers: Vec<String>,
     logins: Vec<Login>,
     behaviour: Behaviour,
     mut signals: tokio::sync::mpsc::UnboundedReceiver<crate::daemon::signals::Event>,
@@ -146,7 +152,8 @@ async fn sessions(
     let mut handles = Vec::with_capacity(total);
     let mut stopped = false;
     println!(
-        "ferry-fleet-sim: SIMULATED agents, no files move: {total} sessions to {broker}, duration {} ms, progress every {} ms, fail ratio {} ({})",
+        "ferry-fleet-sim: SIMULATED agents, no files move: {total} sessions to {}, duration {} ms, progress every {} ms, fail ratio {} ({})",
+        brokers.join(" "),
         args.duration_ms,
         args.progress_ms,
         args.fail_ratio,
@@ -159,8 +166,12 @@ async fn sessions(
             _ = signals.recv() => { stopped = true; break; }
         }
         let fleet = FleetConfig {
-            broker: Some(broker.clone()),
-            brokers: Vec::new(),
+            broker: (brokers.len() == 1).then(|| brokers[0].clone()),
+            brokers: if brokers.len() > 1 {
+                brokers.clone()
+            } else {
+                Vec::new()
+            },
             instance_id: login.instance_id,
             password: login.password,
             ca_file: None,
