@@ -15,9 +15,9 @@ mod nats;
 #[path = "common/skip.rs"]
 mod skip;
 
-use common::http_server::{Fault, Resource, TestServer};
+use common::http_server::{Fault, TestServer};
 use ferry::fleet::topics::{topic, Kind};
-use fleet::{sha256_hex, Broker, Fleet, WAIT};
+use fleet::{fetches, serve_body, sha256_hex, wait_fetching, Broker, Fleet, WAIT};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,36 +48,6 @@ on_both_brokers! {
         cancel_and_expiry_embedded, cancel_and_expiry_mosquitto;
     a_forged_report_never_changes_another_phones_row:
         forged_report_embedded, forged_report_mosquitto;
-}
-
-/// A body of `len` bytes served at `path`, throttled to `rate` bytes/s per response if given.
-fn serve_body(server: &TestServer, path: &str, len: u32, rate: Option<u64>) -> Vec<u8> {
-    let body: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(7) % 251) as u8).collect();
-    server.put(path, Resource::new(body.clone()));
-    server.set_rate(path, rate);
-    body
-}
-
-/// Requests for `path` from byte 0 (whole fetches) and from a later byte (resumed ones).
-fn fetches(server: &TestServer, path: &str) -> (usize, usize) {
-    let requests = server.requests(path);
-    let from_zero = requests
-        .iter()
-        .filter(|r| r.range().is_none_or(|(first, _)| first == 0))
-        .count();
-    (from_zero, requests.len() - from_zero)
-}
-
-/// Waits until `path` was requested at least `n` times: every phone is fetching.
-async fn wait_fetching(server: &TestServer, path: &str, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while server.requests(path).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "the phones never started fetching"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every phone of `ids` holds `/sdcard/Download/NAME` with `body`'s digest.

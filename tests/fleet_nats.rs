@@ -15,7 +15,7 @@ mod skip;
 
 use common::http_server::{Resource, TestServer};
 use ferry::fleet::agent::link::first_broker;
-use fleet::{sha256_hex, Broker, Fleet, WAIT};
+use fleet::{fetches, sha256_hex, Broker, Fleet, WAIT};
 use std::time::{Duration, Instant};
 
 const AGENTS: usize = 20;
@@ -23,16 +23,6 @@ const AGENTS: usize = 20;
 /// The tests run one at a time: each starts a cluster on ports it picked free and released,
 /// which a second cluster starting at once could pick too.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Requests for `path` from byte 0 and from a later byte.
-fn fetches(server: &TestServer, path: &str) -> (usize, usize) {
-    let requests = server.requests(path);
-    let from_zero = requests
-        .iter()
-        .filter(|r| r.range().is_none_or(|(first, _)| first == 0))
-        .count();
-    (from_zero, requests.len() - from_zero)
-}
 
 /// Waits until agent `id` logged its `times`-th connection; fails showing its log's end.
 async fn wait_connected(fleet: &Fleet, id: &str, times: usize) {

@@ -28,8 +28,11 @@ mod postgres;
 #[path = "common/skip.rs"]
 mod skip;
 
-use common::http_server::{Resource, TestServer};
-use fleet::{free_port, metrics, sha256_hex, wait_ready, Broker, Fleet, WAIT};
+use common::http_server::TestServer;
+use fleet::{
+    fetches, free_port, metrics, serve_body, sha256_hex, wait_fetching, wait_ready, Broker, Fleet,
+    WAIT,
+};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,31 +40,6 @@ use std::time::{Duration, Instant};
 
 const AGENTS: usize = 20;
 const CONTROLLER_USER: &str = "ferry-controller";
-
-fn serve_body(server: &TestServer, path: &str, len: u32, rate: u64) -> Vec<u8> {
-    let body: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(13) % 251) as u8).collect();
-    server.put(path, Resource::new(body.clone()));
-    server.set_rate(path, Some(rate));
-    body
-}
-
-/// Requests for `path` from byte 0 and from a later byte.
-fn fetches(server: &TestServer, path: &str) -> (usize, usize) {
-    let requests = server.requests(path);
-    let from_zero = requests
-        .iter()
-        .filter(|r| r.range().is_none_or(|(first, _)| first == 0))
-        .count();
-    (from_zero, requests.len() - from_zero)
-}
-
-async fn wait_fetching(server: &TestServer, path: &str, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while server.requests(path).len() < n {
-        assert!(Instant::now() < deadline, "the phones never all fetched");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// How many of `ids` hold `/sdcard/Download/NAME` with `body`'s digest.
 fn landed(fleet: &Fleet, ids: &[String], name: &str, body: &[u8]) -> usize {
@@ -252,7 +230,7 @@ async fn two_replicas_on_nats_lose_nothing_when_a_replica_a_node_and_postgresql_
 
     // Batch 1: about 8 s a phone, all fetching when a replica and a node die.
     let server = TestServer::start().await;
-    let one = serve_body(&server, "/one.bin", 2_000_000, 256 << 10);
+    let one = serve_body(&server, "/one.bin", 2_000_000, Some(256 << 10));
     let batch = send_file(&fleet, 0, &python, &ids, &server.url("/one.bin"), "one.bin");
     wait_fetching(&server, "/one.bin", AGENTS).await;
     fleet.kill_replica(0);
@@ -293,7 +271,7 @@ async fn two_replicas_on_nats_lose_nothing_when_a_replica_a_node_and_postgresql_
     // Batch 2: PostgreSQL away while the phones finish.
     let seq_before = drained(&nats_urls, &controller_password).await;
     let before: Vec<_> = ops.iter().map(|o| metrics(o)).collect();
-    let two = serve_body(&server, "/two.bin", 1_000_000, 256 << 10);
+    let two = serve_body(&server, "/two.bin", 1_000_000, Some(256 << 10));
     let batch2 = send_file(&fleet, 1, &python, &ids, &server.url("/two.bin"), "two.bin");
     wait_fetching(&server, "/two.bin", AGENTS).await;
     pg.pause();

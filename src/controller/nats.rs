@@ -30,14 +30,28 @@ pub struct NatsUsers {
     pub without_bcrypt: Vec<String>,
 }
 
-/// The NATS subject of an MQTT topic as nats-server maps it: `/` separates tokens and a `.`
-/// inside a level becomes `//` (`ferry/v1/i/acp.1/report` is `ferry.v1.i.acp//1.report`).
+/// The NATS subject of an MQTT topic or filter as nats-server maps it: `/` separates tokens,
+/// a `.` inside a level becomes `//` (`ferry/v1/i/acp.1/report` is `ferry.v1.i.acp//1.report`),
+/// and the wildcards `+` and `#` become `*` and `>`.
 pub fn subject(topic: &str) -> String {
     topic
         .split('/')
-        .map(|level| level.replace('.', "//"))
+        .map(|level| match level {
+            "+" => "*".to_string(),
+            "#" => ">".to_string(),
+            level => level.replace('.', "//"),
+        })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// The MQTT topic of a subject: the inverse of [`subject`] for concrete topics.
+pub fn topic(subject: &str) -> String {
+    subject
+        .split('.')
+        .map(|token| token.replace("//", "."))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The account's `users` from [`Credentials::agent_bcrypt_hashes`] plus the controller's
@@ -147,6 +161,12 @@ mod tests {
             "ferry.v1.i.acp//1.report"
         );
         assert_eq!(subject("ferry/v1/i/acp-1/order"), "ferry.v1.i.acp-1.order");
+        assert_eq!(subject(&topics::every(Kind::Hello)), "ferry.v1.i.*.hello");
+        assert_eq!(topic("ferry.v1.i.acp//1.report"), "ferry/v1/i/acp.1/report");
+        assert_eq!(
+            topics::parse(&topic("ferry.v1.i.a//b//c.presence")),
+            Some(("a.b.c", Kind::Presence))
+        );
     }
 
     #[tokio::test]

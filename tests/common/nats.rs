@@ -32,15 +32,8 @@ pub fn binary() -> Option<PathBuf> {
     })
 }
 
-/// The NATS subject of an MQTT topic, as nats-server converts it: `/` separates tokens and a
-/// `.` inside a level becomes `//`.
-pub fn subject(topic: &str) -> String {
-    topic
-        .split('/')
-        .map(|level| level.replace('.', "//"))
-        .collect::<Vec<_>>()
-        .join(".")
-}
+/// nats-server's mapping of MQTT topics to subjects (ferry's own, used by the controller).
+pub use ferry::controller::nats::subject;
 
 /// The `users` entries of the fleet: `controller` unrestricted, each agent confined to its own
 /// topics (the same rules as mosquitto's FLEET_ACL).

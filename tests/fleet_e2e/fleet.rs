@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+use crate::common::http_server::{Resource, TestServer};
 use crate::common::mosquitto::{self, Mosquitto, Peer};
 use crate::nats::NatsCluster;
 use crate::skip;
@@ -724,4 +725,36 @@ fn set_brokers(path: &Path, urls: &[String]) {
         )
         .collect();
     std::fs::write(path, text).unwrap();
+}
+
+/// Serves `len` bytes of a fixed pattern at `path`, each response throttled to `rate` bytes/s
+/// (so a batch is still mid-flight when a test kills something); returns the body.
+pub fn serve_body(server: &TestServer, path: &str, len: u32, rate: Option<u64>) -> Vec<u8> {
+    let body: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(7) % 251) as u8).collect();
+    server.put(path, Resource::new(body.clone()));
+    server.set_rate(path, rate);
+    body
+}
+
+/// Requests for `path` from byte 0 (whole fetches) and from a later byte (resumed ones): "ran
+/// once" is one request from byte 0 per phone.
+pub fn fetches(server: &TestServer, path: &str) -> (usize, usize) {
+    let requests = server.requests(path);
+    let from_zero = requests
+        .iter()
+        .filter(|r| r.range().is_none_or(|(first, _)| first == 0))
+        .count();
+    (from_zero, requests.len() - from_zero)
+}
+
+/// Waits until `path` was requested at least `n` times: every phone is fetching.
+pub async fn wait_fetching(server: &TestServer, path: &str, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while server.requests(path).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the phones never started fetching"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -13,6 +13,7 @@
 
 use super::link::{shard, Job, Message, Source, NATS_GENERATION};
 use super::*;
+use crate::controller::nats::{subject, topic};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures_util::StreamExt;
 use std::sync::atomic::AtomicBool;
@@ -46,28 +47,6 @@ impl NatsOptions {
             max_ack_pending: 4096,
         }
     }
-}
-
-/// The NATS subject of an MQTT topic or filter, as nats-server maps them.
-pub fn subject_of(topic: &str) -> String {
-    topic
-        .split('/')
-        .map(|level| match level {
-            "+" => "*".to_string(),
-            "#" => ">".to_string(),
-            level => level.replace('.', "//"),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// The MQTT topic of a subject: the inverse of [`subject_of`] for concrete topics.
-pub fn topic_of(subject: &str) -> String {
-    subject
-        .split('.')
-        .map(|token| token.replace("//", "."))
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// Pulls from the shared consumer and hands each message to the worker owning its instance.
@@ -191,7 +170,7 @@ impl Consumer {
         let config = |replicas: usize| stream::Config {
             name: STREAM.to_string(),
             subjects: [Kind::Report, Kind::Hello, Kind::Presence]
-                .map(|kind| subject_of(&topics::every(kind)))
+                .map(|kind| subject(&topics::every(kind)))
                 .to_vec(),
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
@@ -244,7 +223,7 @@ impl Consumer {
     }
 
     fn dispatch(&self, message: jetstream::Message) {
-        let topic = topic_of(message.subject.as_str());
+        let topic = topic(message.subject.as_str());
         if message.info().is_ok_and(|info| info.delivered > 1) {
             bump(&self.counters.redelivered);
         }
@@ -284,29 +263,4 @@ async fn readiness(
         }
     }
     ready.send_replace(false);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_and_topics_map_as_nats_server_maps_them() {
-        assert_eq!(
-            subject_of("ferry/v1/i/acp.1/report"),
-            "ferry.v1.i.acp//1.report"
-        );
-        assert_eq!(
-            topic_of("ferry.v1.i.acp//1.report"),
-            "ferry/v1/i/acp.1/report"
-        );
-        assert_eq!(
-            subject_of(&topics::every(Kind::Hello)),
-            "ferry.v1.i.*.hello"
-        );
-        assert_eq!(
-            topics::parse(&topic_of("ferry.v1.i.a//b//c.presence")),
-            Some(("a.b.c", Kind::Presence))
-        );
-    }
 }
