@@ -107,7 +107,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(nats) = &args.nats {
         options.nats = Some(nats_options(&args, nats)?);
         let replica = match &args.replica_id {
-            Some(id) => id.clone(),
+            Some(id) => replica_id(id)?,
             None => format!("{:016x}", fastrand::u64(..)),
         };
         options.client_id = format!("{CONTROLLER_USER}-{replica}");
@@ -228,6 +228,22 @@ fn nats_options(args: &ServeArgs, urls: &str) -> Result<NatsOptions> {
     Ok(options)
 }
 
+/// A `--replica-id` usable in an MQTT client id on any broker: 1–32 of `A-Z a-z 0-9 - _`.
+fn replica_id(id: &str) -> Result<String> {
+    let ok = (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err(Error::new(
+            Code::InvalidConfig,
+            format!("--replica-id {id:?} must be 1 to 32 characters of A-Z a-z 0-9 - _"),
+        ))
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -244,4 +260,18 @@ async fn wait_for_stop() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_ids_are_plain_short_names() {
+        assert_eq!(replica_id("r-1_a").unwrap(), "r-1_a");
+        for bad in ["", "a/b", "a+b", "a#", "a b", &"x".repeat(33)] {
+            let e = replica_id(bad).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{bad:?}");
+        }
+    }
 }
