@@ -262,7 +262,7 @@ scale_nats_start() {
 server_name: n$i
 listen: 127.0.0.1:$client
 http: 127.0.0.1:$monitor
-jetstream { store_dir: "$dir/nats/n$i", max_mem: 256M, max_file: 8G }
+jetstream { store_dir: "$dir/nats/n$i", max_mem: 256M, max_file: 8G, limits { default_max_consumers: $((FLEET_SCALE_AGENTS * 2 + 100)) } }
 cluster { name: ferry, listen: 127.0.0.1:$route, routes: [$routes] }
 mqtt { listen: 127.0.0.1:$mqtt }
 accounts { FERRY { jetstream: enabled, include "users.conf" } }

@@ -92,7 +92,7 @@ impl NatsCluster {
             let config = cluster.dir.path().join(format!("n{i}.conf"));
             let text = format!(
                 "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
-                 jetstream {{ store_dir: {store:?}, max_mem: 64M, max_file: 2G }}\n\
+                 jetstream {{ store_dir: {store:?}, max_mem: 64M, max_file: 2G, limits {{ default_max_consumers: 10000 }} }}\n\
                  cluster {{ name: ferry, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n\
                  mqtt {{ listen: 127.0.0.1:{mqtt} }}\n\
                  accounts {{ FERRY {{ jetstream: enabled, users: [\n{users}] }} }}\n",
