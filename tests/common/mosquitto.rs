@@ -65,7 +65,7 @@ impl Mosquitto {
         }
         // As root, mosquitto would drop to its own user, which cannot read the test's folders.
         conf.push_str(&format!(
-            "listener {port} 127.0.0.1\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest stderr\nlog_type all\n",
+            "listener {port} 127.0.0.1\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_inflight_messages 4096\nlog_dest stderr\nlog_type all\n",
             dir.path().display()
         ));
         if let Some((ca, cert, key)) = &options.tls {
