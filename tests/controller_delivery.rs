@@ -69,7 +69,10 @@ async fn forged_messages_never_reach_the_inbox_or_another_agent(fleet: Fleet) {
     x.report("acp-y", "acp-y", "t-forged-2").await;
     x.publish(
         &topics::topic("acp-y", Kind::Presence),
-        Presence { online: false },
+        Presence {
+            online: false,
+            connection: None,
+        },
         true,
     )
     .await;
@@ -209,7 +212,10 @@ async fn presence_arrives_and_the_last_will_says_offline_when_an_agent_dies(flee
     let x = fleet.agent("acp-x").await;
     x.publish(
         &topics::topic("acp-x", Kind::Presence),
-        Presence { online: true },
+        Presence {
+            online: true,
+            connection: None,
+        },
         true,
     )
     .await;

@@ -147,7 +147,8 @@ impl Fleet {
         p.wait(
             self.daemon.target.timeout(WAIT),
             &format!("retained presence {online}"),
-            |m| m.retain && m.body == json!({"Online": online}),
+            // Every presence names the agent connection it speaks for (a number).
+            |m| m.retain && m.body["Online"] == json!(online) && m.body["Connection"].is_u64(),
         );
         p.disconnect();
     }

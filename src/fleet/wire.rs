@@ -86,6 +86,13 @@ pub struct Hello {
 #[serde(rename_all = "PascalCase")]
 pub struct Presence {
     pub online: bool,
+    /// The agent's connection this speaks for: unix milliseconds at its CONNECT, increasing
+    /// within an agent process. A broker publishes a dropped connection's will when it notices
+    /// the drop, which can be after the agent's next connection said it is online (a session
+    /// taken over by the reconnect, a half-open socket): the controller ignores a presence of
+    /// an older connection than the newest it has seen. Absent from agents before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<u64>,
 }
 
 #[cfg(test)]

@@ -306,7 +306,13 @@ async fn a_report_for_another_instances_task_or_an_unknown_task_is_refused(store
     assert!(h.report("acp-1", done("t-doesnotexist")).await.is_err());
     assert!(h
         .fleet
-        .presence("acp-unknown", Presence { online: true })
+        .presence(
+            "acp-unknown",
+            Presence {
+                online: true,
+                connection: None
+            }
+        )
         .await
         .is_err());
 }
@@ -350,7 +356,13 @@ async fn hello_is_answered_with_exactly_the_orders_the_agent_misses(store: Backe
     assert_eq!(one.agent_version.as_deref(), Some("9.9.9"));
     assert_eq!(one.roots[0].free_bytes, 123_456);
     h.fleet
-        .presence("acp-1", Presence { online: false })
+        .presence(
+            "acp-1",
+            Presence {
+                online: false,
+                connection: None,
+            },
+        )
         .await
         .unwrap();
     let list = h.fleet.list_instances().await.unwrap();

@@ -146,6 +146,7 @@ impl Fleet {
         let seen = Seen {
             now_ms: unix_millis_now(),
             online: Some(true),
+            connection: None,
             agent_json: serde_json::to_string(&hello.agent).ok(),
         };
         if !self.store.touch_instance(instance.clone(), seen).await? {
@@ -235,6 +236,7 @@ impl Fleet {
         let seen = Seen {
             now_ms: unix_millis_now(),
             online: Some(presence.online),
+            connection: presence.connection,
             agent_json: None,
         };
         if self

@@ -1,7 +1,7 @@
 //! Store semantics every store keeps, written once: each store's tests run these on its own
 //! engine (the fleet-level ones run on both stores in tests/fleet_core).
 
-use super::{ChildChange, NewBatch, Status, Store, TaskFilter, TaskRecord};
+use super::{ChildChange, NewBatch, Seen, Status, Store, TaskFilter, TaskRecord};
 
 /// A change that moves a child to `status` (and says so), unless it is already there.
 pub fn to(status: Status) -> ChildChange {
@@ -103,4 +103,70 @@ pub async fn a_group_of_changes_applies_in_order_and_keeps_the_counts(store: &dy
         ),
         (Status::Running, 0, 1, 1, 0)
     );
+}
+
+/// A presence of an older agent connection than the newest seen (a dropped connection's
+/// will published after the agent reconnected) leaves `online` alone; the newest
+/// connection's own will, a presence without a connection and a Hello still apply.
+pub async fn a_late_will_of_an_older_connection_is_ignored(store: &dyn Store) {
+    two_phones_one_batch(store).await;
+    let online = || async {
+        let all = store.instances().await.unwrap();
+        all.into_iter()
+            .find(|i| i.instance_id == "acp-a")
+            .unwrap()
+            .online
+    };
+    let presence = |online, connection| Seen {
+        now_ms: 10,
+        online: Some(online),
+        connection,
+        agent_json: None,
+    };
+    assert!(store
+        .touch_instance("acp-a".into(), presence(true, Some(200)))
+        .await
+        .unwrap());
+    assert!(online().await);
+    // The will of connection 100, noticed by the broker after connection 200 came online.
+    assert!(store
+        .touch_instance("acp-a".into(), presence(false, Some(100)))
+        .await
+        .unwrap());
+    assert!(
+        online().await,
+        "a late will of an older connection marked the phone offline"
+    );
+    // Connection 200 drops: its own will applies.
+    store
+        .touch_instance("acp-a".into(), presence(false, Some(200)))
+        .await
+        .unwrap();
+    assert!(!online().await);
+    // An agent from before connections (none): applied as it comes, both ways.
+    store
+        .touch_instance("acp-a".into(), presence(true, None))
+        .await
+        .unwrap();
+    assert!(online().await);
+    store
+        .touch_instance("acp-a".into(), presence(false, None))
+        .await
+        .unwrap();
+    assert!(!online().await);
+    // A newer connection comes online; the older one's online (a retransmission) is ignored
+    // once a newer one went offline.
+    store
+        .touch_instance("acp-a".into(), presence(true, Some(300)))
+        .await
+        .unwrap();
+    store
+        .touch_instance("acp-a".into(), presence(false, Some(300)))
+        .await
+        .unwrap();
+    store
+        .touch_instance("acp-a".into(), presence(true, Some(250)))
+        .await
+        .unwrap();
+    assert!(!online().await);
 }

@@ -172,6 +172,12 @@ pub struct Instance {
 pub struct Seen {
     pub now_ms: u64,
     pub online: Option<bool>,
+    /// The agent connection `online` speaks for ([`Presence::connection`]): applied only if
+    /// it is not older than the newest connection the instance's row has seen. `None` (a
+    /// Hello, an agent from before) applies `online` as it comes.
+    ///
+    /// [`Presence::connection`]: crate::fleet::wire::Presence::connection
+    pub connection: Option<u64>,
     pub agent_json: Option<String>,
 }
 

@@ -71,8 +71,9 @@ impl Link {
         format!("{}:{}", addr.host, addr.port)
     }
 
-    /// The options of an attempt on broker `i`: its host resolved now (it may move).
-    pub async fn options(&self, i: usize) -> Result<MqttOptions> {
+    /// The options of attempt `connection` (see [`Presence::connection`]) on broker `i`: its
+    /// host resolved now (it may move).
+    pub async fn options(&self, i: usize, connection: u64) -> Result<MqttOptions> {
         let host = &self.brokers[i].addr.host;
         let ips = self
             .resolver
@@ -82,12 +83,13 @@ impl Link {
         let ip: IpAddr = *ips
             .first()
             .ok_or_else(|| Error::new(Code::NetworkDns, format!("{host} has no address")))?;
-        Ok(self.options_for(i, ip))
+        Ok(self.options_for(i, ip, connection))
     }
 
-    /// The same client id, credentials, session and will on every broker: the nodes of a
-    /// cluster share the session, so a phone that moves keeps its queued orders.
-    fn options_for(&self, i: usize, ip: IpAddr) -> MqttOptions {
+    /// The same client id, credentials and session on every broker: the nodes of a cluster
+    /// share the session, so a phone that moves keeps its queued orders. The will speaks for
+    /// this connection only.
+    fn options_for(&self, i: usize, ip: IpAddr, connection: u64) -> MqttOptions {
         let f = &self.fleet;
         let broker = &self.brokers[i];
         let mut o = MqttOptions::new(f.instance_id.clone(), ip.to_string(), broker.addr.port);
@@ -97,7 +99,7 @@ impl Link {
         o.set_request_channel_capacity(REQUEST_CAPACITY);
         o.set_last_will(LastWill::new(
             topic(&f.instance_id, Kind::Presence),
-            presence(false),
+            presence(false, connection),
             QoS::AtLeastOnce,
             true,
         ));
@@ -110,9 +112,22 @@ impl Link {
     }
 }
 
-/// The retained presence body.
-pub fn presence(online: bool) -> Vec<u8> {
-    serde_json::to_vec(&Presence { online }).expect("presence serialises")
+/// The retained presence body of connection `connection`.
+pub fn presence(online: bool, connection: u64) -> Vec<u8> {
+    let presence = Presence {
+        online,
+        connection: Some(connection),
+    };
+    serde_json::to_vec(&presence).expect("presence serialises")
+}
+
+/// The id of the next connection: now in unix milliseconds, above the last one's even if the
+/// clock stepped back.
+pub fn next_connection(last: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.max(last + 1)
 }
 
 /// TLS trusting what the HTTP client trusts (bundled webpki roots, the Android CA folders,
@@ -315,7 +330,7 @@ mod tests {
             progress_interval_ms: 2000,
         };
         let link = Link::new(&Config::default(), fleet).unwrap();
-        let o = link.options_for(0, "127.0.0.1".parse().unwrap());
+        let o = link.options_for(0, "127.0.0.1".parse().unwrap(), 1_700_000_000_123);
         assert_eq!(o.client_id(), "acp-7");
         assert!(!o.clean_session());
         assert_eq!(o.keep_alive(), Duration::from_secs(30));
@@ -327,7 +342,10 @@ mod tests {
         );
         let will = o.last_will().unwrap();
         assert_eq!(will.topic, "ferry/v1/i/acp-7/presence");
-        assert_eq!(&will.message[..], br#"{"Online":false}"#);
+        assert_eq!(
+            &will.message[..],
+            br#"{"Online":false,"Connection":1700000000123}"#
+        );
         assert!(will.retain);
     }
 
@@ -388,10 +406,18 @@ mod tests {
         assert_eq!(link.count(), 2);
         assert_eq!(link.broker(1), "127.0.0.1:1885");
         let ip = "127.0.0.1".parse().unwrap();
-        let (a, b) = (link.options_for(0, ip), link.options_for(1, ip));
+        let (a, b) = (link.options_for(0, ip, 1), link.options_for(1, ip, 1));
         assert_eq!((a.broker_address().1, b.broker_address().1), (1884, 1885));
         assert_eq!(a.client_id(), b.client_id());
         assert_eq!(a.credentials(), b.credentials());
         assert!(!b.clean_session());
+    }
+
+    #[test]
+    fn connection_ids_increase_even_when_the_clock_steps_back() {
+        let now = next_connection(0);
+        assert!(now > 1_600_000_000_000, "unix milliseconds: {now}");
+        let ahead = now + 3_600_000;
+        assert_eq!(next_connection(ahead), ahead + 1);
     }
 }

@@ -6,7 +6,8 @@
 //! whole round failed ([`link::Rotation`]).
 //!
 //! On every connection: subscribe to the instance's order topic, publish `{"Online":true}`
-//! retained on its presence topic (the last will says `false`), a [`Hello`] with the
+//! retained on its presence topic (the last will says `false`; both name the connection, so
+//! a late will of a dropped one cannot outrank the next), a [`Hello`] with the
 //! inventory and every task held, then every task's current report. Orders go to
 //! [`orders`], the manager's stream of changes to [`reports`]. On stop, `{"Online":false}`
 //! is published before a clean disconnect. Idle, the link wakes only for the keepalive.
@@ -75,9 +76,12 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
     ];
     let order_topic = topic(&id, Kind::Order);
     let mut backoff = Backoff::default();
+    // The connection attempted last (its will and presence carry it).
+    let mut connection = 0;
     loop {
         if events.network.is_none() {
-            match link.options(rotation.current()).await {
+            connection = link::next_connection(connection);
+            match link.options(rotation.current(), connection).await {
                 Ok(options) => events.mqtt_options = options,
                 Err(e) => {
                     warn!(broker = %link.broker(rotation.current()), error = %e, "fleet broker address unknown");
@@ -106,6 +110,7 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
                     client.clone(),
                     device.clone(),
                     id.clone(),
+                    connection,
                     resync.clone(),
                 ));
             }
@@ -133,7 +138,7 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
         }
     }
     if events.network.is_some() {
-        goodbye(&client, &mut events, &id).await;
+        goodbye(&client, &mut events, &id, connection).await;
     }
     for worker in workers {
         worker.abort();
@@ -155,6 +160,7 @@ async fn greet<T: TaskHost>(
     client: AsyncClient,
     device: inventory::Device,
     id: String,
+    connection: u64,
     resync: Arc<Notify>,
 ) {
     let sent = async {
@@ -166,7 +172,7 @@ async fn greet<T: TaskHost>(
                 topic(&id, Kind::Presence),
                 QoS::AtLeastOnce,
                 true,
-                presence(true),
+                presence(true, connection),
             )
             .await?;
         let hello = inventory::hello(&manager, &device, &id).await;
@@ -183,14 +189,14 @@ async fn greet<T: TaskHost>(
 
 /// `{"Online":false}` retained (a clean disconnect does not fire the last will), then
 /// DISCONNECT; bounded by [`GOODBYE_WAIT`].
-async fn goodbye(client: &AsyncClient, events: &mut EventLoop, id: &str) {
+async fn goodbye(client: &AsyncClient, events: &mut EventLoop, id: &str, connection: u64) {
     let send = async {
         let _ = client
             .publish(
                 topic(id, Kind::Presence),
                 QoS::AtLeastOnce,
                 true,
-                presence(false),
+                presence(false, connection),
             )
             .await;
         let _ = client.disconnect().await;

@@ -13,6 +13,10 @@ use tokio_postgres::NoTls;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../migrations/postgres/0002_bcrypt.sql")),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_presence_connection.sql"),
+    ),
 ];
 
 /// The advisory lock migrations run under (any constant the database's other users do not

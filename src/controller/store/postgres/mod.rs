@@ -213,7 +213,10 @@ impl Store for PgStore {
             let client = self.client().await?;
             let write = client
                 .prepare_cached(
-                    "UPDATE instances SET last_seen_ms = $2, online = COALESCE($3, online), \
+                    "UPDATE instances SET last_seen_ms = $2, \
+                     online = CASE WHEN $5::BIGINT IS NULL OR $5 >= presence_connection \
+                         THEN COALESCE($3, online) ELSE online END, \
+                     presence_connection = GREATEST(presence_connection, COALESCE($5, 0)), \
                      agent_json = COALESCE($4, agent_json) WHERE id = $1",
                 )
                 .await
@@ -221,7 +224,13 @@ impl Store for PgStore {
             let n = client
                 .execute(
                     &write,
-                    &[&id, &ms(seen.now_ms), &seen.online, &seen.agent_json],
+                    &[
+                        &id,
+                        &ms(seen.now_ms),
+                        &seen.online,
+                        &seen.agent_json,
+                        &seen.connection.map(ms),
+                    ],
                 )
                 .await
                 .db()?;

@@ -29,7 +29,7 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     client
         .execute("INSERT INTO schema_version (version) VALUES (99)", &[])
         .await
@@ -171,6 +171,14 @@ async fn a_group_of_changes_applies_in_order_in_one_commit_and_keeps_the_counts(
     let Some(url) = database() else { return };
     let store = PgStore::open(&url).await.unwrap();
     contract::a_group_of_changes_applies_in_order_and_keeps_the_counts(&store).await;
+}
+
+/// A late will of an older agent connection (`store::contract_tests`), on PostgreSQL.
+#[tokio::test]
+async fn a_late_will_of_an_older_connection_is_ignored() {
+    let Some(url) = database() else { return };
+    let store = PgStore::open(&url).await.unwrap();
+    contract::a_late_will_of_an_older_connection_is_ignored(&store).await;
 }
 
 /// A group whose rule fails (the final-state trigger) commits none of its changes.

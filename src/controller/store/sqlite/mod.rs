@@ -30,6 +30,10 @@ use std::path::Path;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_bcrypt.sql")),
+    (
+        3,
+        include_str!("../migrations/0003_presence_connection.sql"),
+    ),
 ];
 
 /// The state file's name inside the state directory.
@@ -327,9 +331,18 @@ impl Store for SqliteStore {
     fn touch_instance(&self, id: String, seen: Seen) -> BoxFuture<'_, Result<bool>> {
         self.run(move |c| {
             let n = c.execute(
-                "UPDATE instances SET last_seen_ms = ?2, online = COALESCE(?3, online), \
+                "UPDATE instances SET last_seen_ms = ?2, \
+                 online = CASE WHEN ?5 IS NULL OR ?5 >= presence_connection \
+                     THEN COALESCE(?3, online) ELSE online END, \
+                 presence_connection = MAX(presence_connection, COALESCE(?5, 0)), \
                  agent_json = COALESCE(?4, agent_json) WHERE id = ?1",
-                params![id, seen.now_ms as i64, seen.online, seen.agent_json],
+                params![
+                    id,
+                    seen.now_ms as i64,
+                    seen.online,
+                    seen.agent_json,
+                    seen.connection.map(|c| c as i64)
+                ],
             )?;
             Ok(n == 1)
         })
@@ -602,7 +615,7 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(versions, vec![1, 2, 3]);
         conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])
             .unwrap();
         drop(conn);
@@ -654,5 +667,13 @@ mod tests {
             &store,
         )
         .await;
+    }
+
+    /// A late will of an older agent connection (`store::contract_tests`), on SQLite.
+    #[tokio::test]
+    async fn a_late_will_of_an_older_connection_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        super::super::contract_tests::a_late_will_of_an_older_connection_is_ignored(&store).await;
     }
 }
