@@ -7,12 +7,15 @@
 #
 #   finish   the simulator with instant tasks; one SendFile naming every phone: its answer
 #            time, and the time from the answer until the batch is FINISHED
-#   window   the simulator again with tasks lasting the window and progress every
-#            FLEET_SCALE_PROGRESS_MS from every agent; one SendFile; over FLEET_SCALE_WINDOW_SECS
-#            the reports the controller committed per second (its /metrics on --ops-listen,
-#            ferry_controller_messages_total{kind="report"}), and meanwhile DescribeTasks at
-#            FLEET_SCALE_RATE/s, alternately by batch (ParentTaskId) and by instance
-#            (InstanceId), MaxResults 100
+#   load     the simulator again with tasks lasting the window and progress every
+#            FLEET_SCALE_PROGRESS_MS (1 s, the issue's load) from every agent; one SendFile; over
+#            FLEET_SCALE_WINDOW_SECS the reports the controller committed per second (its
+#            /metrics on --ops-listen, ferry_controller_messages_total{kind="report"}), and
+#            meanwhile DescribeTasks at FLEET_SCALE_RATE/s, alternately by batch (ParentTaskId)
+#            and by instance (InstanceId), MaxResults 100
+#   burst    the same with progress every FLEET_SCALE_BURST_MS (100 ms: 50,000 reports/s
+#            offered) and no DescribeTasks: the ingest capacity, which the 20,000/s target is
+#            about (5,000 agents at one report a second cannot offer 20,000/s)
 #   controller RSS (VmRSS, VmHWM) and CPU over the whole part
 #
 # Topology per store (scale_topology): SQLite is one `serve` replica with its embedded
@@ -35,6 +38,9 @@ FLEET_SCALE_STORES="${FLEET_SCALE_STORES:-sqlite postgres}"
 FLEET_SCALE_RATE="${FLEET_SCALE_RATE:-200}"
 FLEET_SCALE_WINDOW_SECS="${FLEET_SCALE_WINDOW_SECS:-30}"
 FLEET_SCALE_PROGRESS_MS="${FLEET_SCALE_PROGRESS_MS:-1000}"
+# The capacity window: progress this often from every agent (5,000 x 10/s offers 50,000
+# reports/s, past the 20,000/s target), DescribeTasks off.
+FLEET_SCALE_BURST_MS="${FLEET_SCALE_BURST_MS:-100}"
 FLEET_SCALE_BROKER="${FLEET_SCALE_BROKER:-nats}"
 # As part fleet's agents: the simulator stands in for phones (other machines), so it runs
 # under SCHED_IDLE and only takes CPU the controller, PostgreSQL and the load driver leave.
@@ -328,9 +334,10 @@ scale_backend_start() {
     done
 }
 
+# scale_sim_start DIR NAME ARGS...: the simulator (ARGS added) until its sessions are online.
 scale_sim_start() {
-    local dir="$1"
-    shift
+    local dir="$1" name="$2"
+    shift 2
     local run=()
     [[ "$FLEET_SCALE_SIM_SCHED" == idle ]] && run=(chrt --idle 0)
     local url brokers=()
@@ -350,7 +357,7 @@ scale_sim_start() {
         # so; the window's offered rate counts the tasks the simulator really got.
         if ((waited >= 30 && online * 2 >= FLEET_SCALE_AGENTS)); then
             warn "fleet-scale: going on with $online of $FLEET_SCALE_AGENTS sessions shown online"
-            printf 'online_shown_%s %s\n' "$2" "$online" >>"$SCALE_RESULTS"
+            printf '%s_online_shown %s\n' "$name" "$online" >>"$SCALE_RESULTS"
             break
         fi
         ((waited < 300)) || die "fleet-scale: only $online of $FLEET_SCALE_AGENTS sessions online after 300 s"
@@ -405,9 +412,41 @@ scale_kib() {
     printf '%s\n' "$n"
 }
 
+# scale_window DIR NAME PROGRESS_MS describe|quiet: the simulator again with tasks lasting the
+# window and progress every PROGRESS_MS from every agent; one SendFile; over
+# FLEET_SCALE_WINDOW_SECS the reports the controller committed per second (NAME_per_s) and
+# the rate the agents offered (NAME_offered_per_s: sessions that got their task x rate);
+# with `describe`, DescribeTasks at FLEET_SCALE_RATE/s meanwhile (to the other replica).
+scale_window() {
+    local dir="$1" name="$2" ms="$3" mode="$4" secs="$FLEET_SCALE_WINDOW_SECS" batch r0 r1 t0 t1 admitted
+    log "fleet-scale: window $name: ${secs} s, progress every $ms ms from every agent$([[ "$mode" == describe ]] && echo ", DescribeTasks at $FLEET_SCALE_RATE/s")"
+    : >"$dir/sim.log"
+    scale_sim_start "$dir" "$name" --duration-ms $(((secs + 20) * 1000)) --progress-ms "$ms"
+    "$SCALE_LOAD" send "$SCALE_API" "$dir/ak" "$dir/instances" "$dir/payload.json" nowait >"$dir/$name-send.txt" ||
+        die "fleet-scale: the $name window's SendFile failed"
+    batch="$(awk '$1 == "batch" {print $2}' "$dir/$name-send.txt")"
+    sleep 5
+    r0="$(scale_reports)" t0="$EPOCHREALTIME"
+    if [[ "$mode" == describe ]]; then
+        "$SCALE_LOAD" describe "$SCALE_API2" "$dir/ak" "$dir/instances" "$batch" "$FLEET_SCALE_RATE" "$secs" >>"$SCALE_RESULTS" ||
+            die "fleet-scale: the DescribeTasks load failed"
+    else
+        sleep "$secs"
+    fi
+    r1="$(scale_reports)" t1="$EPOCHREALTIME"
+    admitted="$(grep -o 'admitted=[0-9]*' "$dir/sim.log" | tail -n 1 | cut -d= -f2)"
+    {
+        printf '%s_msgs %s\n' "$name" $((r1 - r0))
+        printf '%s_per_s %s\n' "$name" "$(awk -v a="$r0" -v b="$r1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')"
+        printf '%s_tasks %s\n' "$name" "${admitted:-0}"
+        printf '%s_offered_per_s %s\n' "$name" "$(awk -v n="${admitted:-0}" -v ms="$ms" 'BEGIN {printf "%.0f", n * 1000 / ms}')"
+    } >>"$SCALE_RESULTS"
+    scale_sim_stop
+}
+
 # run_fleet_scale_store STORE: one store's whole run; `STORE.key value` lines in SCALE_RESULTS.
 run_fleet_scale_store() {
-    local store="$1" dir="$RUN_DIR/scale-$store" hz ticks0 ticks1 r0 r1 t0 t1 admitted
+    local store="$1" dir="$RUN_DIR/scale-$store" hz ticks0 ticks1
     mkdir -p "$dir"
     SCALE_RESULTS="$dir/results.txt"
     : >"$SCALE_RESULTS"
@@ -422,32 +461,16 @@ run_fleet_scale_store() {
         >"$dir/payload.json"
 
     log "fleet-scale[$store]: instant tasks: one SendFile for $FLEET_SCALE_AGENTS phones"
-    scale_sim_start "$dir" --duration-ms 0
+    scale_sim_start "$dir" finish --duration-ms 0
     "$SCALE_LOAD" send "$SCALE_API" "$dir/ak" "$dir/instances" "$dir/payload.json" wait >>"$SCALE_RESULTS" ||
         { tail -n 20 "$dir/controller.log" >&2; die "fleet-scale: the SendFile run failed"; }
     scale_sim_stop
     : >"$dir/sim.log"
 
-    local secs="$FLEET_SCALE_WINDOW_SECS"
-    log "fleet-scale[$store]: a ${secs} s window: progress every $FLEET_SCALE_PROGRESS_MS ms from every agent, DescribeTasks at $FLEET_SCALE_RATE/s"
-    scale_sim_start "$dir" --duration-ms $(((secs + 20) * 1000)) --progress-ms "$FLEET_SCALE_PROGRESS_MS"
-    "$SCALE_LOAD" send "$SCALE_API" "$dir/ak" "$dir/instances" "$dir/payload.json" nowait >"$dir/window-send.txt" ||
-        die "fleet-scale: the window's SendFile failed"
-    local batch
-    batch="$(awk '$1 == "batch" {print $2}' "$dir/window-send.txt")"
-    sleep 5
-    r0="$(scale_reports)" t0="$EPOCHREALTIME"
-    "$SCALE_LOAD" describe "$SCALE_API2" "$dir/ak" "$dir/instances" "$batch" "$FLEET_SCALE_RATE" "$secs" >>"$SCALE_RESULTS" ||
-        die "fleet-scale: the DescribeTasks load failed"
-    r1="$(scale_reports)" t1="$EPOCHREALTIME"
+    scale_window "$dir" load "$FLEET_SCALE_PROGRESS_MS" describe
+    scale_window "$dir" burst "$FLEET_SCALE_BURST_MS" quiet
     ticks1="$(scale_cpu_ticks)"
     {
-        printf 'ingest_msgs %s\n' $((r1 - r0))
-        printf 'ingest_per_s %s\n' "$(awk -v a="$r0" -v b="$r1" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b - a) / (e - s)}')"
-        # Sessions that got their task (the simulator's last status line) x progress rate.
-        admitted="$(grep -o 'admitted=[0-9]*' "$dir/sim.log" | tail -n 1 | cut -d= -f2)"
-        printf 'window_tasks %s\n' "${admitted:-0}"
-        printf 'offered_per_s %s\n' "$(awk -v n="${admitted:-0}" -v ms="$FLEET_SCALE_PROGRESS_MS" 'BEGIN {printf "%.0f", n * 1000 / ms}')"
         printf 'ctl_cpu_s %s\n' "$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz}')"
         printf 'ctl_hwm_kib %s\n' "$(scale_kib VmHWM)"
         printf 'ctl_rss_kib %s\n' "$(scale_kib VmRSS)"
@@ -478,8 +501,8 @@ fleet_scale_report() {
         "$FLEET_SCALE_AGENTS" "$FLEET_SCALE_HISTORY"
     printf 'sqlite: one replica, embedded broker; postgres: %s\n' \
         "$([[ "$FLEET_SCALE_BROKER" == nats ]] && echo 'two replicas, 3-node NATS cluster (JetStream + MQTT)' || echo 'one replica, embedded broker')"
-    printf 'window %s s: progress every %s ms per agent; DescribeTasks at %s/s (by batch / by instance alternately, MaxResults 100); simulator scheduled %s\n\n' \
-        "$FLEET_SCALE_WINDOW_SECS" "$FLEET_SCALE_PROGRESS_MS" "$FLEET_SCALE_RATE" "$FLEET_SCALE_SIM_SCHED"
+    printf 'windows of %s s: load = progress every %s ms per agent with DescribeTasks at %s/s (by batch / by instance alternately, MaxResults 100); burst = progress every %s ms, no DescribeTasks (capacity); simulator scheduled %s\n\n' \
+        "$FLEET_SCALE_WINDOW_SECS" "$FLEET_SCALE_PROGRESS_MS" "$FLEET_SCALE_RATE" "$FLEET_SCALE_BURST_MS" "$FLEET_SCALE_SIM_SCHED"
     local fmt='%-36s' stores=() 
     read -r -a stores <<<"$FLEET_SCALE_STORES"
     printf "$fmt" measure
@@ -501,8 +524,10 @@ fleet_scale_report() {
     }
     row "SendFile answer ($FLEET_SCALE_AGENTS phones)" "<= 1000 ms" "X <= 1000" sendfile_ms ms
     row "SendFile answer to all FINISHED" "<= 10 s" "X <= 10" finished_s s
-    row "reports committed / s" ">= 20000" "X >= 20000" ingest_per_s /s
-    row "  offered by the agents / s" "" "" offered_per_s /s
+    row "reports committed/s, load window" "" "" load_per_s /s
+    row "  offered by the agents / s" "" "" load_offered_per_s /s
+    row "reports committed/s, burst window" ">= 20000" "X >= 20000" burst_per_s /s
+    row "  offered by the agents / s" "" "" burst_offered_per_s /s
     row "DescribeTasks by batch p50" "" "" describe_batch_p50_ms ms
     row "DescribeTasks by batch p99" "<= 50 ms" "X <= 50" describe_batch_p99_ms ms
     row "DescribeTasks by instance p50" "" "" describe_instance_p50_ms ms
