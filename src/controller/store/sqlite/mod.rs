@@ -6,8 +6,9 @@
 //! fsync'd) before the call returns. NORMAL would survive a controller crash but could lose
 //! the last commits on a power or OS failure, after their MQTT messages were acknowledged:
 //! an agent would not resend them.
-//! Many transitions can share one commit ([`Store::update_children`], delivery's group
-//! commit of reports).
+//! Many transitions share one commit: a call of [`Store::update_children`] is one group
+//! (delivery's group commit of a worker's reports), and the writing thread merges the groups
+//! queued behind each other into one transaction ([`Group`]).
 //!
 //! Schema: numbered migrations in `migrations/`, applied in order at open and recorded in
 //! `schema_version`; a file written by a newer build is refused, not guessed at.
@@ -49,7 +50,19 @@ pub struct SqliteStore {
     reader: ConnThread,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// The most transitions the writing thread merges into one transaction.
+const MAX_MERGED: usize = 4096;
+
+enum Job {
+    Call(Box<dyn FnOnce(&mut Connection) + Send>),
+    Changes(Group),
+}
+
+/// One [`Store::update_children`] call: its changes, in order, and where its answer goes.
+struct Group {
+    changes: Vec<(String, ChildChange)>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Option<Child>>>>,
+}
 
 /// A connection on a thread of its own, running calls in the order they come. Not tokio's
 /// blocking pool: the embedded broker's file I/O (tokio::fs, an fsync per persisted
@@ -65,10 +78,17 @@ impl ConnThread {
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                for job in queue {
+                let mut next = None;
+                while let Some(job) = next.take().or_else(|| queue.recv().ok()) {
                     // A panicking call loses only its own answer (its caller gets an error).
-                    let _ =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+                        Job::Call(call) => call(&mut conn),
+                        Job::Changes(first) => {
+                            let (groups, after) = merge(first, &queue);
+                            next = after;
+                            commit_groups(&mut conn, groups);
+                        }
+                    }));
                 }
             })
             .map_err(|e| {
@@ -78,6 +98,60 @@ impl ConnThread {
                 )
             })?;
         Ok(ConnThread { jobs })
+    }
+}
+
+/// `first` and the groups queued right behind it, up to [`MAX_MERGED`] transitions; also the
+/// job that stopped the merge (a call, which must run after them), if any.
+fn merge(first: Group, queue: &std::sync::mpsc::Receiver<Job>) -> (Vec<Group>, Option<Job>) {
+    let mut merged = first.changes.len();
+    let mut groups = vec![first];
+    while merged < MAX_MERGED {
+        match queue.try_recv() {
+            Ok(Job::Changes(group)) => {
+                merged += group.changes.len();
+                groups.push(group);
+            }
+            Ok(call) => return (groups, Some(call)),
+            Err(_) => break,
+        }
+    }
+    (groups, None)
+}
+
+/// Every group's changes in order in ONE transaction, one fsync for all; each group gets
+/// its own answers. The groups come from different delivery workers (disjoint instances,
+/// each with at most one group in flight), so merging them changes no order any agent sees.
+/// A failure (the database, the disk) fails them all, nothing committed: each is retried.
+fn commit_groups(conn: &mut Connection, groups: Vec<Group>) {
+    let mut replies = Vec::with_capacity(groups.len());
+    let applied = (|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut answers = Vec::with_capacity(groups.len());
+        for group in groups {
+            replies.push(group.reply);
+            let children = group
+                .changes
+                .into_iter()
+                .map(|(task_id, change)| apply_change(&tx, task_id, change))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            answers.push(children);
+        }
+        tx.commit()?;
+        Ok(answers)
+    })();
+    match applied {
+        Ok(answers) => {
+            for (reply, children) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(children));
+            }
+        }
+        Err(e) => {
+            let e = db_err(e);
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -164,17 +238,21 @@ where
     F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
 {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move |conn| {
+    let job = Job::Call(Box::new(move |conn| {
         let _ = reply.send(f(conn).map_err(db_err));
-    });
+    }));
     let queued = thread.jobs.send(job).is_ok();
     Box::pin(async move {
-        let stopped = || Error::new(Code::Internal, "controller state: its thread stopped");
         if !queued {
             return Err(stopped());
         }
         answer.await.map_err(|_| stopped())?
     })
+}
+
+/// A call's answer when the connection's thread is gone (it panicked on this call).
+fn stopped() -> Error {
+    Error::new(Code::Internal, "controller state: its thread stopped")
 }
 
 enum Migration {
@@ -473,14 +551,17 @@ impl Store for SqliteStore {
         &self,
         changes: Vec<(String, ChildChange)>,
     ) -> BoxFuture<'_, Result<Vec<Option<Child>>>> {
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let children = changes
-                .into_iter()
-                .map(|(task_id, change)| apply_change(&tx, task_id, change))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            tx.commit()?;
-            Ok(children)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = self
+            .conn
+            .jobs
+            .send(Job::Changes(Group { changes, reply }))
+            .is_ok();
+        Box::pin(async move {
+            if !queued {
+                return Err(stopped());
+            }
+            answer.await.map_err(|_| stopped())?
         })
     }
 
@@ -667,6 +748,87 @@ mod tests {
             &store,
         )
         .await;
+    }
+
+    /// Groups from many callers at once (the writing thread merges those queued together
+    /// into one transaction): each caller gets exactly its own children back, an empty group
+    /// and a call queued among them keep their place, and the batch's counts are true.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_groups_merged_into_one_commit_each_get_their_own_answers() {
+        use super::super::contract_tests::{new_batch, to};
+        use super::super::{Status, TaskFilter, TaskRecord};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+        let ids: Vec<(String, String)> = (0..64)
+            .map(|i| (format!("acp-{i}"), format!("t-{i}")))
+            .collect();
+        for (instance, _) in &ids {
+            assert!(store
+                .put_instance(instance.clone(), "h".into(), "b".into(), false, 1)
+                .await
+                .unwrap());
+        }
+        let pairs: Vec<(&str, &str)> = ids.iter().map(|(i, t)| (i.as_str(), t.as_str())).collect();
+        assert!(store
+            .create_batch(new_batch(&pairs))
+            .await
+            .unwrap()
+            .is_none());
+        // 32 callers, two children each: RUNNING, then the first of them FINISHED.
+        let callers: Vec<_> = (0..32)
+            .map(|k| {
+                let store = Arc::clone(&store);
+                let (a, b) = (format!("t-{}", 2 * k), format!("t-{}", 2 * k + 1));
+                tokio::spawn(async move {
+                    let got = store
+                        .update_children(vec![
+                            (a.clone(), to(Status::Running)),
+                            (b.clone(), to(Status::Running)),
+                            (a.clone(), to(Status::Finished)),
+                        ])
+                        .await
+                        .unwrap();
+                    let seen: Vec<_> = got
+                        .into_iter()
+                        .map(|c| c.map(|c| (c.task_id, c.status)))
+                        .collect();
+                    assert_eq!(
+                        seen,
+                        vec![
+                            Some((a.clone(), Status::Running)),
+                            Some((b.clone(), Status::Running)),
+                            Some((a, Status::Finished)),
+                        ]
+                    );
+                    assert!(store.update_children(Vec::new()).await.unwrap().is_empty());
+                    store.child(b).await.unwrap().unwrap().status
+                })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), Status::Running);
+        }
+        let page = store
+            .describe(TaskFilter {
+                task_ids: vec!["b-1".into()],
+                level: Some(1),
+                limit: 10,
+                ..TaskFilter::default()
+            })
+            .await
+            .unwrap();
+        let Some(TaskRecord::Batch(batch)) = page.rows.first() else {
+            panic!("no batch row: {page:?}")
+        };
+        assert_eq!(
+            (
+                batch.counts.pending,
+                batch.counts.running,
+                batch.counts.finished
+            ),
+            (0, 32, 32)
+        );
     }
 
     /// A late will of an older agent connection (`store::contract_tests`), on SQLite.
