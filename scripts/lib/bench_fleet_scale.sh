@@ -441,6 +441,11 @@ scale_window() {
         printf '%s_tasks %s\n' "$name" "${admitted:-0}"
         printf '%s_offered_per_s %s\n' "$name" "$(awk -v n="${admitted:-0}" -v ms="$ms" 'BEGIN {printf "%.0f", n * 1000 / ms}')"
     } >>"$SCALE_RESULTS"
+    # Its tasks still run: cancelled while the simulator is there to end them, or the next
+    # simulator's sessions would be sent them again after their Hello.
+    "$SCALE_CTL" cancel --endpoint "$SCALE_API" --access-key-file "$dir/ak" "$batch" >/dev/null ||
+        warn "fleet-scale: cancelling the $name window's batch failed"
+    sleep 5
     scale_sim_stop
 }
 
