@@ -9,6 +9,8 @@
 
 mod cli_support;
 mod common;
+#[path = "common/nats.rs"]
+mod nats;
 
 use cli_support::{skip::skip, Daemon, Target};
 use common::http_server::{Resource, TestServer};
@@ -377,5 +379,89 @@ fn mqtts_broker_whose_certificate_names_another_host_is_refused() {
     assert!(
         log.contains(r#"certificate not valid for name "localhost""#),
         "{log}"
+    );
+}
+
+/// The broker refuses the agent's order subscription: nats-server answers SUBSCRIBE with
+/// 0x80 when it cannot create the subscription's JetStream consumer in time (seen in a
+/// reconnect storm of 5,000 agents) or when the user may not subscribe. The agent says so
+/// and asks again, backing off, rather than waiting for ever for orders that cannot come;
+/// once its permission is back (users reloaded), the next try gets it and an order runs.
+/// (mosquitto's acl_file grants every SUBSCRIBE and filters at delivery, so NATS it is.)
+#[test]
+fn a_refused_order_subscription_is_asked_again_until_the_broker_grants_it() {
+    if nats::binary().is_none() {
+        skip("nats-server is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let (id, agent_pw) = ("acp-sub", "pw-acp-sub-secret");
+    let granted = nats::fleet_users(("controller", CONTROLLER_PW), &[(id, agent_pw)]);
+    let own_order = format!(
+        "subscribe: {{allow: [{:?}]}}",
+        nats::subject(&topic(id, Kind::Order))
+    );
+    let refused = granted.replace(&own_order, "subscribe: {deny: [\">\"]}");
+    assert_ne!(refused, granted);
+    let cluster = nats::NatsCluster::start(3, &refused).expect("nats-server");
+    let url = cluster.mqtt_url(0);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let filters: Vec<String> = [Kind::Report, Kind::Hello, Kind::Presence]
+        .into_iter()
+        .map(every)
+        .collect();
+    let controller = Peer::connect(port, "controller", "controller", CONTROLLER_PW, &filters);
+    let target = Target::new();
+    let toml = format!(
+        "[fleet]\ninstance_id = \"{id}\"\npassword = \"{agent_pw}\"\nbroker = \"{url}\"\nprogress_interval_ms = 200\nkeepalive_secs = 30\n"
+    );
+    let config = target.config("/data/local/tmp/ferry.toml", &toml);
+    let daemon = target.daemon(&[&config[0], &config[1]]);
+
+    let refusal = "the broker refused the order subscription";
+    let deadline = std::time::Instant::now() + target.timeout(WAIT);
+    while daemon.log_text().matches(refusal).count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second refusal logged: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.set_users(&granted);
+
+    let server = TestServer::start_blocking();
+    server.put("/sub.bin", Resource::new(b"granted".to_vec()));
+    let source = server.url("/sub.bin");
+    // An order every 2 s until one is taken: the broker drops those sent before the agent's
+    // next try got the subscription.
+    let reported = |task_id: &str| {
+        controller
+            .messages()
+            .iter()
+            .any(|m| m.body["Task"]["TaskId"] == task_id)
+    };
+    let mut taken = None;
+    for n in 0..40 {
+        let task_id = format!("t-sub-{n}");
+        let order = json!({"Kind": "Run", "TaskId": task_id, "Payload": {
+            "TaskId": task_id, "SourceFilePath": "/sdcard/Download/sub.bin",
+            "UploadType": "DOWNLOAD_URL", "UploadUrl": source}});
+        controller.publish(&topic(id, Kind::Order), order.to_string().as_bytes());
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < until && !reported(&task_id) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if reported(&task_id) {
+            taken = Some(task_id);
+            break;
+        }
+    }
+    let task = taken.expect("no order reached the agent once its subscription was allowed");
+    controller.wait(target.timeout(WAIT), "its SUCCESS report", |m| {
+        m.body["Task"]["TaskId"] == task.as_str() && m.body["Task"]["Phase"] == "SUCCESS"
+    });
+    assert_eq!(
+        std::fs::read(target.host("/sdcard/Download/sub.bin")).unwrap(),
+        b"granted"
     );
 }

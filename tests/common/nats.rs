@@ -198,6 +198,22 @@ impl NatsCluster {
         self.wait_ready(i);
     }
 
+    /// Replaces the account's `users` entries on every node and has the running ones reload
+    /// their config (SIGHUP).
+    pub fn set_users(&self, users: &str) {
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.config).unwrap();
+            let start = text.find("users: [\n").expect("a users block") + "users: [\n".len();
+            let end = start + text[start..].rfind("] }").expect("the users block's end");
+            let text = format!("{}{users}{}", &text[..start], &text[end..]);
+            std::fs::write(&node.config, text).unwrap();
+            if let Some(child) = &node.child {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+            }
+        }
+    }
+
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }

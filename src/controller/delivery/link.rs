@@ -45,6 +45,12 @@ pub(super) fn shard(topic: &str, workers: usize) -> usize {
     }
 }
 
+/// The controller's subscriptions: every agent's reports, hellos and presences.
+fn subscriptions() -> [rumqttc::SubscribeFilter; 3] {
+    [Kind::Report, Kind::Hello, Kind::Presence]
+        .map(|kind| rumqttc::SubscribeFilter::new(topics::every(kind), QoS::AtLeastOnce))
+}
+
 /// The connection loop: polls rumqttc, hands publishes to workers, reconnects.
 pub(super) struct Link {
     pub(super) client: AsyncClient,
@@ -100,7 +106,16 @@ impl Link {
                     Ok(Event::Incoming(Packet::Publish(publish))) => self.dispatch(publish),
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
                         if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                            tracing::error!("the broker refused a subscription of the controller: check its ACL");
+                            // Refused for now (a broker under a reconnect storm) or for good
+                            // (its ACL): asked again, and said, every retry delay.
+                            tracing::error!(retry_in_ms = self.retry_delay.as_millis() as u64, "the broker refused a subscription of the controller (check its ACL); asking again");
+                            let (client, wait) = (self.client.clone(), self.retry_delay);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                if let Err(e) = client.try_subscribe_many(subscriptions()) {
+                                    tracing::error!(error = %e, "queueing the controller's subscriptions");
+                                }
+                            });
                         }
                     }
                     Ok(_) => {}
@@ -172,9 +187,7 @@ impl Link {
     }
 
     fn subscribe(&self) {
-        let filters = [Kind::Report, Kind::Hello, Kind::Presence]
-            .map(|kind| rumqttc::SubscribeFilter::new(topics::every(kind), QoS::AtLeastOnce));
-        if let Err(e) = self.client.try_subscribe_many(filters) {
+        if let Err(e) = self.client.try_subscribe_many(subscriptions()) {
             tracing::error!(error = %e, "queueing the controller's subscriptions");
         }
     }

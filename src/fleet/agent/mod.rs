@@ -5,7 +5,8 @@
 //! with the same client id (the cluster keeps the session); the backoff comes only after a
 //! whole round failed ([`link::Rotation`]).
 //!
-//! On every connection: subscribe to the instance's order topic, publish `{"Online":true}`
+//! On every connection: subscribe to the instance's order topic (again, backing off, while
+//! the broker refuses it), publish `{"Online":true}`
 //! retained on its presence topic (the last will says `false`; both name the connection, so
 //! a late will of a dropped one cannot outrank the next), a [`Hello`] with the
 //! inventory and every task held, then every task's current report. Orders go to
@@ -25,7 +26,7 @@ use crate::error::Result;
 use crate::fleet::topics::{topic, Kind};
 use host::TaskHost;
 use link::{first_broker, presence, Backoff, Link, Rotation};
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS, SubscribeReasonCode};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -76,6 +77,8 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
     ];
     let order_topic = topic(&id, Kind::Order);
     let mut backoff = Backoff::default();
+    // Waits between re-subscriptions after the broker refused the order subscription.
+    let mut resubscribe = Backoff::default();
     // The connection attempted last (its will and presence carry it).
     let mut connection = 0;
     loop {
@@ -114,6 +117,22 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
                     resync.clone(),
                 ));
             }
+            // The only subscription is the order topic's. A broker may refuse it for the
+            // moment (nats-server when creating its JetStream consumer times out under a
+            // reconnect storm): without it no order ever arrives, so it is asked again.
+            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    let wait = resubscribe.next_wait();
+                    warn!(broker = %link.broker(rotation.current()), retry_in_ms = wait.as_millis() as u64, "the broker refused the order subscription; asking again");
+                    tokio::spawn(subscribe_later(client.clone(), order_topic.clone(), wait));
+                } else {
+                    resubscribe.reset();
+                }
+            }
             Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == order_topic => {
                 let _ = order_tx.send(p.payload);
             }
@@ -144,6 +163,14 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
         worker.abort();
     }
     info!("fleet link stopped");
+}
+
+/// Subscribes to `topic` again after `wait` (its SUBACK comes back to the event loop).
+async fn subscribe_later(client: AsyncClient, topic: String, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
+        debug!("order subscription not queued: {e}");
+    }
 }
 
 /// Sleeps `wait` unless `stop` comes first (then true).
