@@ -1,7 +1,7 @@
 //! Store semantics every store keeps, written once: each store's tests run these on its own
 //! engine (the fleet-level ones run on both stores in tests/fleet_core).
 
-use super::{ChildChange, NewBatch, Seen, Status, Store, TaskFilter, TaskRecord};
+use super::{BatchRow, ChildChange, NewBatch, Seen, Status, Store, TaskFilter, TaskRecord};
 
 /// A change that moves a child to `status` (and says so), unless it is already there.
 pub fn to(status: Status) -> ChildChange {
@@ -43,6 +43,23 @@ pub async fn two_phones_one_batch(store: &dyn Store) {
     assert!(store.create_batch(batch).await.unwrap().is_none());
 }
 
+/// Batch `id` as DescribeTasks lists it (its status and counts).
+pub async fn batch_row(store: &dyn Store, id: &str) -> BatchRow {
+    let page = store
+        .describe(TaskFilter {
+            task_ids: vec![id.into()],
+            level: Some(1),
+            limit: 10,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    match page.rows.into_iter().next() {
+        Some(TaskRecord::Batch(batch)) => batch,
+        other => panic!("no batch row {id}: {other:?}"),
+    }
+}
+
 /// A group of changes applies in order (a later change sees an earlier one), unknown TaskIds
 /// answer `None`, and the batch's counts move once per transition.
 pub async fn a_group_of_changes_applies_in_order_and_keeps_the_counts(store: &dyn Store) {
@@ -81,18 +98,7 @@ pub async fn a_group_of_changes_applies_in_order_and_keeps_the_counts(store: &dy
         Status::Finished
     );
     assert!(store.update_children(Vec::new()).await.unwrap().is_empty());
-    let page = store
-        .describe(TaskFilter {
-            task_ids: vec!["b-1".into()],
-            level: Some(1),
-            limit: 10,
-            ..TaskFilter::default()
-        })
-        .await
-        .unwrap();
-    let Some(TaskRecord::Batch(batch)) = page.rows.first() else {
-        panic!("no batch row: {page:?}")
-    };
+    let batch = batch_row(store, "b-1").await;
     assert_eq!(
         (
             batch.status,

@@ -755,8 +755,8 @@ mod tests {
     /// and a call queued among them keep their place, and the batch's counts are true.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_groups_merged_into_one_commit_each_get_their_own_answers() {
-        use super::super::contract_tests::{new_batch, to};
-        use super::super::{Status, TaskFilter, TaskRecord};
+        use super::super::contract_tests::{batch_row, new_batch, to};
+        use super::super::Status;
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
@@ -809,18 +809,7 @@ mod tests {
         for caller in callers {
             assert_eq!(caller.await.unwrap(), Status::Running);
         }
-        let page = store
-            .describe(TaskFilter {
-                task_ids: vec!["b-1".into()],
-                level: Some(1),
-                limit: 10,
-                ..TaskFilter::default()
-            })
-            .await
-            .unwrap();
-        let Some(TaskRecord::Batch(batch)) = page.rows.first() else {
-            panic!("no batch row: {page:?}")
-        };
+        let batch = batch_row(&*store, "b-1").await;
         assert_eq!(
             (
                 batch.counts.pending,
