@@ -215,32 +215,59 @@ async fn greet<T: TaskHost>(
 }
 
 /// `{"Online":false}` retained (a clean disconnect does not fire the last will), then
-/// DISCONNECT; bounded by [`GOODBYE_WAIT`].
+/// DISCONNECT once the broker has it; bounded by [`GOODBYE_WAIT`].
+///
+/// The DISCONNECT waits for the SUBACK of a repeated order subscription queued right behind
+/// the presence: a broker handles one connection's packets in order, so by then it took the
+/// presence and sent its PUBACK. Closing before that PUBACK went out made mosquitto (before
+/// 2.0.22) drop the connection as broken, not disconnected, and publish the last will.
 async fn goodbye(client: &AsyncClient, events: &mut EventLoop, id: &str, connection: u64) {
-    let send = async {
-        let _ = client
-            .publish(
-                topic(id, Kind::Presence),
-                QoS::AtLeastOnce,
-                true,
-                presence(false, connection),
-            )
-            .await;
-        let _ = client.disconnect().await;
-        std::future::pending::<()>().await
-    };
-    let drive = async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
     let _ = tokio::time::timeout(GOODBYE_WAIT, async {
+        let queue = async {
+            let _ = client
+                .publish(
+                    topic(id, Kind::Presence),
+                    QoS::AtLeastOnce,
+                    true,
+                    presence(false, connection),
+                )
+                .await;
+            let _ = client
+                .subscribe(topic(id, Kind::Order), QoS::AtLeastOnce)
+                .await;
+            std::future::pending::<()>().await
+        };
+        let handled = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => return true,
+                    Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let handled = tokio::select! {
+            _ = queue => false,
+            handled = handled => handled,
+        };
+        if !handled {
+            return;
+        }
+        let disconnect = async {
+            let _ = client.disconnect().await;
+            std::future::pending::<()>().await
+        };
+        let sent = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
         tokio::select! {
-            _ = send => {}
-            _ = drive => {}
+            _ = disconnect => {}
+            _ = sent => {}
         }
     })
     .await;
