@@ -611,9 +611,47 @@ impl Fleet {
             if row["TaskStatus"] == "FINISHED" || row["TaskStatus"] == "FAILED" {
                 return row;
             }
-            assert!(Instant::now() < deadline, "the batch never ended: {row}");
+            if Instant::now() >= deadline {
+                panic!("the batch never ended: {row}\n{}", self.stuck(i, batch));
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// For a failure message: each child of `batch` not yet final (replica `i`'s view) with
+    /// the end of its phone's log.
+    fn stuck(&self, i: usize, batch: &str) -> String {
+        let mut out = String::new();
+        for child in self
+            .try_client_at(
+                i,
+                &[
+                    "describe-tasks",
+                    "--parent-task-id",
+                    batch,
+                    "--level",
+                    "2",
+                    "--max-results",
+                    "100",
+                ],
+            )
+            .map_or_else(Vec::new, |page| {
+                page["Data"].as_array().cloned().unwrap_or_default()
+            })
+        {
+            if child["TaskStatus"] == "FINISHED" || child["TaskStatus"] == "FAILED" {
+                continue;
+            }
+            let phone = child["InstanceId"].as_str().unwrap_or("?").to_string();
+            let log = self.log(&phone);
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            out.push_str(&format!(
+                "{phone} {}: {:#?}\n",
+                child["TaskStatus"],
+                tail.iter().rev().collect::<Vec<_>>()
+            ));
+        }
+        out
     }
 
     /// What `who` (`controller` or a phone's id) logged so far.
