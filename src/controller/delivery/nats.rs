@@ -127,17 +127,27 @@ impl Consumer {
                 "pulling agent messages from JetStream"
             );
             pulling.store(true, Ordering::SeqCst);
+            // Heartbeats missed in a row: the server sends one every 5 s while a pull waits,
+            // so a second miss means this pull is gone (its consumer's leader moved to
+            // another node, say) and waiting on longer would stall every agent's messages.
+            let mut missed = 0;
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break 'setup,
                     next = messages.next() => match next {
                         Some(Ok(message)) => {
                             backoff = BACKOFF_MIN;
+                            missed = 0;
                             self.dispatch(message);
+                        }
+                        Some(Err(e)) if matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat) && missed >= 1 => {
+                            tracing::warn!(error = %e, "no JetStream heartbeat for two periods; pulling anew");
+                            break;
                         }
                         Some(Err(e)) => match e.kind() {
                             pull::MessagesErrorKind::MissingHeartbeat | pull::MessagesErrorKind::Pull => {
                                 // The client reconnects and the stream pulls again.
+                                missed += usize::from(matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat));
                                 tracing::debug!(error = %e, "JetStream pull interrupted");
                             }
                             _ => {
