@@ -578,18 +578,7 @@ impl Fleet {
 
     /// [`Fleet::children`] on replica `i`.
     pub fn children_at(&self, i: usize, batch: &str) -> Vec<Value> {
-        let page = self.client_at(
-            i,
-            &[
-                "describe-tasks",
-                "--parent-task-id",
-                batch,
-                "--level",
-                "2",
-                "--max-results",
-                "100",
-            ],
-        );
+        let page = self.client_at(i, &children_args(batch));
         page["Data"].as_array().unwrap().clone()
     }
 
@@ -623,18 +612,7 @@ impl Fleet {
     fn stuck(&self, i: usize, batch: &str) -> String {
         let mut out = String::new();
         for child in self
-            .try_client_at(
-                i,
-                &[
-                    "describe-tasks",
-                    "--parent-task-id",
-                    batch,
-                    "--level",
-                    "2",
-                    "--max-results",
-                    "100",
-                ],
-            )
+            .try_client_at(i, &children_args(batch))
             .map_or_else(Vec::new, |page| {
                 page["Data"].as_array().cloned().unwrap_or_default()
             })
@@ -795,4 +773,17 @@ pub async fn wait_fetching(server: &TestServer, path: &str, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `describe-tasks` arguments listing a batch's per-phone rows (level 2, up to 100).
+fn children_args(batch: &str) -> [&str; 7] {
+    [
+        "describe-tasks",
+        "--parent-task-id",
+        batch,
+        "--level",
+        "2",
+        "--max-results",
+        "100",
+    ]
 }
