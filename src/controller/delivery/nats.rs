@@ -140,14 +140,16 @@ impl Consumer {
                             missed = 0;
                             self.dispatch(message);
                         }
-                        Some(Err(e)) if matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat) && missed >= 1 => {
-                            tracing::warn!(error = %e, "no JetStream heartbeat for two periods; pulling anew");
-                            break;
-                        }
                         Some(Err(e)) => match e.kind() {
+                            pull::MessagesErrorKind::MissingHeartbeat if missed >= 1 => {
+                                tracing::warn!(error = %e, "no JetStream heartbeat for two periods; pulling anew");
+                                break;
+                            }
                             pull::MessagesErrorKind::MissingHeartbeat | pull::MessagesErrorKind::Pull => {
                                 // The client reconnects and the stream pulls again.
-                                missed += usize::from(matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat));
+                                if e.kind() == pull::MessagesErrorKind::MissingHeartbeat {
+                                    missed += 1;
+                                }
                                 tracing::debug!(error = %e, "JetStream pull interrupted");
                             }
                             _ => {
