@@ -752,7 +752,8 @@ mod tests {
 
     /// Groups from many callers at once (the writing thread merges those queued together
     /// into one transaction): each caller gets exactly its own children back, an empty group
-    /// and a call queued among them keep their place, and the batch's counts are true.
+    /// and another write queued among them (`mark_sent`) are answered in their place, and the
+    /// batch's counts are true.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_groups_merged_into_one_commit_each_get_their_own_answers() {
         use super::super::contract_tests::{batch_row, new_batch, to};
@@ -802,7 +803,10 @@ mod tests {
                         ]
                     );
                     assert!(store.update_children(Vec::new()).await.unwrap().is_empty());
-                    store.child(b).await.unwrap().unwrap().status
+                    store.mark_sent(vec![b.clone()]).await.unwrap();
+                    let child = store.child(b).await.unwrap().unwrap();
+                    assert!(child.sent);
+                    child.status
                 })
             })
             .collect();
