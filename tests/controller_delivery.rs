@@ -14,9 +14,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs each scenario against both brokers: `SCENARIO: NAME_embedded, NAME_mosquitto;`.
+/// Runs each scenario against both brokers, and on the embedded one with its in-process
+/// ingest too: `SCENARIO: NAME_embedded, NAME_mosquitto, NAME_in_process;`.
 macro_rules! on_both_brokers {
-    ($($scenario:ident: $embedded:ident, $mosquitto:ident;)*) => {$(
+    ($($scenario:ident: $embedded:ident, $mosquitto:ident, $in_process:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $embedded() {
             $scenario(Fleet::embedded().await).await;
@@ -28,18 +29,23 @@ macro_rules! on_both_brokers {
                 $scenario(fleet).await;
             }
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_process() {
+            $scenario(Fleet::embedded_in_process().await).await;
+        }
     )*};
 }
 
 on_both_brokers! {
-    orders_reach_their_agent_only_and_reports_reach_the_inbox: orders_and_reports_embedded, orders_and_reports_mosquitto;
-    forged_messages_never_reach_the_inbox_or_another_agent: forged_embedded, forged_mosquitto;
-    a_hello_is_answered_with_the_orders_the_agent_misses: hello_embedded, hello_mosquitto;
-    a_message_the_inbox_fails_is_redelivered_and_handled_once: redelivery_embedded, redelivery_mosquitto;
-    delivery_reconnects_after_a_broker_restart: broker_restart_embedded, broker_restart_mosquitto;
-    presence_arrives_and_the_last_will_says_offline_when_an_agent_dies: presence_embedded, presence_mosquitto;
-    reports_sent_while_the_controller_is_away_arrive_when_it_returns: controller_away_embedded, controller_away_mosquitto;
-    stopping_finishes_and_acks_the_reports_being_committed: drain_embedded, drain_mosquitto;
+    orders_reach_their_agent_only_and_reports_reach_the_inbox: orders_and_reports_embedded, orders_and_reports_mosquitto, orders_and_reports_in_process;
+    forged_messages_never_reach_the_inbox_or_another_agent: forged_embedded, forged_mosquitto, forged_in_process;
+    a_hello_is_answered_with_the_orders_the_agent_misses: hello_embedded, hello_mosquitto, hello_in_process;
+    a_message_the_inbox_fails_is_redelivered_and_handled_once: redelivery_embedded, redelivery_mosquitto, redelivery_in_process;
+    delivery_reconnects_after_a_broker_restart: broker_restart_embedded, broker_restart_mosquitto, broker_restart_in_process;
+    presence_arrives_and_the_last_will_says_offline_when_an_agent_dies: presence_embedded, presence_mosquitto, presence_in_process;
+    reports_sent_while_the_controller_is_away_arrive_when_it_returns: controller_away_embedded, controller_away_mosquitto, controller_away_in_process;
+    stopping_finishes_and_acks_the_reports_being_committed: drain_embedded, drain_mosquitto, drain_in_process;
 }
 
 async fn orders_reach_their_agent_only_and_reports_reach_the_inbox(fleet: Fleet) {
@@ -273,6 +279,36 @@ async fn stopping_finishes_and_acks_the_reports_being_committed(mut fleet: Fleet
     fleet.start_delivery().await;
     x.report("acp-x", "acp-x", "t-next").await;
     fleet.wait_report("the next report", "t-next").await;
+    assert_eq!(reports_of(&fleet.inbox.calls(), "t-held"), 1);
+    fleet.stop().await;
+}
+
+/// In-process ingest keeps the MQTT path's promise to the agent: its report is acknowledged
+/// (PUBACK) only once committed, so an agent that loses its connection before then sends it
+/// again. (Through MQTT the broker acks on receipt and the controller's session holds it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_report_is_acknowledged_to_its_agent_only_once_committed() {
+    let fleet = Fleet::embedded_in_process().await;
+    let x = fleet.agent("acp-x").await;
+    fleet.inbox.hold_reports.store(true, Ordering::SeqCst);
+    x.report("acp-x", "acp-x", "t-held").await;
+    tokio::time::timeout(WAIT, fleet.inbox.held.notified())
+        .await
+        .expect("the report reaches the inbox");
+    assert_eq!(
+        x.pubacks.load(Ordering::SeqCst),
+        0,
+        "acked before its commit"
+    );
+    fleet.inbox.release.notify_one();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while x.pubacks.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no PUBACK after the commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(reports_of(&fleet.inbox.calls(), "t-held"), 1);
     fleet.stop().await;
 }

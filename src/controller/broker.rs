@@ -13,12 +13,14 @@
 //! format, [`secrets::verify`]) on every connect, so an instance added or removed while the
 //! broker runs is seen at its next connect.
 
+use super::delivery::local::{LocalIngest, Taken};
 use super::ports::Credentials;
 use super::secrets;
 use crate::error::{Code, Error, Result};
 use crate::fleet::topics::{self, Kind};
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
 use mqtt5::broker::config::{BrokerConfig, StorageBackend, StorageConfig, TlsConfig};
+use mqtt5::broker::events::{BrokerEventHandler, ClientPublishEvent, PublishAction};
 use mqtt5::broker::{BrokerShutdownHandle, MqttBroker};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
@@ -48,6 +50,9 @@ pub struct BrokerOptions {
     /// Sessions, queued QoS 1 messages and retained presence survive a restart when kept
     /// here (`STATE_DIR/broker`); `None` keeps them in memory only.
     pub storage_dir: Option<PathBuf>,
+    /// Agents' reports and hellos go to delivery in-process ([`LocalIngest`]) rather than
+    /// through the controller's MQTT session.
+    pub ingest: Option<Arc<LocalIngest>>,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +68,7 @@ impl BrokerOptions {
             listen,
             tls: None,
             storage_dir: None,
+            ingest: None,
         }
     }
 }
@@ -117,6 +123,9 @@ pub async fn start(
         .with_sys_topics_enabled(false)
         .with_max_outbound_inflight(OUTBOUND_WINDOW)
         .with_maximum_qos(1);
+    if let Some(ingest) = &options.ingest {
+        config = config.with_event_handler(Arc::new(Hook(ingest.clone())));
+    }
     if let Some(tls) = &options.tls {
         config = config.with_tls(
             TlsConfig::new(tls.cert_file.clone(), tls.key_file.clone())
@@ -158,6 +167,24 @@ pub async fn start(
         shutdown,
         task,
     })
+}
+
+/// The broker's publish hook: an agent's report or hello (the ACL has already checked its
+/// topic) goes to [`LocalIngest`], and its PUBACK waits for the commit.
+struct Hook(Arc<LocalIngest>);
+
+impl BrokerEventHandler for Hook {
+    fn on_client_publish<'a>(&'a self, event: ClientPublishEvent) -> Boxed<'a, PublishAction> {
+        Box::pin(async move {
+            if !matches!(classify(event.user_id.as_deref()), Some(User::Agent(_))) {
+                return PublishAction::Continue;
+            }
+            match self.0.take(&event.topic, event.payload).await {
+                Taken::Handled => PublishAction::Handled,
+                Taken::Route => PublishAction::Continue,
+            }
+        })
+    }
 }
 
 /// Who may connect, and where each may publish and subscribe: the fleet's ACL.

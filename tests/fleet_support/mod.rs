@@ -13,7 +13,7 @@ mod skip;
 pub mod test_ca;
 
 use ferry::controller::broker::{self, BrokerHandle, BrokerOptions};
-use ferry::controller::delivery::{Delivery, DeliveryHandle, DeliveryOptions};
+use ferry::controller::delivery::{Delivery, DeliveryHandle, DeliveryOptions, LocalIngest};
 use ferry::controller::mosquitto::mosquitto_files;
 use ferry::controller::ports::{BoxFuture, Credentials, Inbox, Outbox};
 use ferry::controller::secrets;
@@ -212,6 +212,15 @@ impl Fleet {
         .await
     }
 
+    /// The embedded broker handing agents' reports and hellos to delivery in-process, as
+    /// `ferry-controller serve` runs it.
+    pub async fn embedded_in_process() -> Fleet {
+        let ingest = LocalIngest::new();
+        let mut options = BrokerOptions::plain("127.0.0.1:0".parse().unwrap());
+        options.ingest = Some(ingest.clone());
+        Self::embedded_with(options, |delivery, _| delivery.local = Some(ingest)).await
+    }
+
     pub async fn mosquitto() -> Option<Fleet> {
         let (secrets, store) = agents();
         let (passwd, acl) = mosquitto_files(&*store, CONTROLLER.0, CONTROLLER.1)
@@ -318,6 +327,8 @@ pub struct Agent {
     pub client: AsyncClient,
     pub received: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
     pub subacks: Arc<Mutex<Vec<rumqttc::SubscribeReasonCode>>>,
+    /// PUBACKs the broker sent for this agent's QoS 1 publishes.
+    pub pubacks: Arc<std::sync::atomic::AtomicUsize>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -363,6 +374,8 @@ impl Agent {
         let (tx, received) = mpsc::unbounded_channel();
         let subacks = Arc::new(Mutex::new(Vec::new()));
         let acks = subacks.clone();
+        let pubacks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pubacked = pubacks.clone();
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -371,6 +384,9 @@ impl Agent {
                     }
                     Ok(Event::Incoming(Packet::SubAck(s))) => {
                         acks.lock().unwrap().extend(s.return_codes);
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        pubacked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -382,6 +398,7 @@ impl Agent {
             client,
             received,
             subacks,
+            pubacks,
             task,
         };
         if subscribe_own {

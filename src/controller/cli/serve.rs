@@ -11,7 +11,7 @@
 use super::admin::{controller_broker_password, open_store, store_shown, CONTROLLER_USER};
 use super::{parse_addr, StateDirArgs};
 use crate::controller::broker::{self, BrokerOptions};
-use crate::controller::delivery::{Delivery, DeliveryOptions, NatsOptions};
+use crate::controller::delivery::{Delivery, DeliveryOptions, LocalIngest, NatsOptions};
 use crate::controller::ops::Ops;
 use crate::controller::ports::{Actions, Credentials, Inbox};
 use crate::controller::service::{Fleet, FleetConfig, StoreCredentials};
@@ -97,6 +97,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => {
             let mut opts = BrokerOptions::plain(args.mqtt_listen);
             opts.storage_dir = Some(args.state.state_dir.join("broker"));
+            opts.ingest = Some(LocalIngest::new());
             (String::new(), Some(opts))
         }
     };
@@ -124,6 +125,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let credentials: Arc<dyn Credentials> = Arc::new(StoreCredentials(store.clone()));
     let (fleet, broker, delivery) = match embedded_opts {
         Some(opts) => {
+            options.local = opts.ingest.clone();
             // The embedded broker first (it checks logins against the store), then delivery.
             let broker = broker::start(
                 opts,

@@ -4,12 +4,13 @@
 use super::*;
 
 /// A message as handed to a worker: the MQTT connection generation it arrived on
-/// ([`NATS_GENERATION`] for a JetStream message), and the message.
+/// ([`RETRIED_ALONE`] for a JetStream or in-process message), and the message.
 pub(super) type Job = (u64, Message);
 
-/// The generation of JetStream messages: above any MQTT one, so never skipped as poisoned
-/// (a failed JetStream message is NAKed alone; the consumer redelivers it).
-pub(super) const NATS_GENERATION: u64 = u64::MAX;
+/// The generation of JetStream and in-process messages: above any MQTT one, so never skipped
+/// as poisoned (each failed one is retried alone: NAKed for the consumer to redeliver, or
+/// answered with its error for [`super::local`] to hand over again).
+pub(super) const RETRIED_ALONE: u64 = u64::MAX;
 
 /// An agent message: its MQTT topic, body, and what acknowledges it.
 pub(super) struct Message {
@@ -21,6 +22,8 @@ pub(super) struct Message {
 pub(super) enum Source {
     Mqtt(Publish),
     Nats(Box<async_nats::jetstream::Message>),
+    /// From the embedded broker's publish hook, which waits for this answer.
+    Local(std::sync::Mutex<Option<super::local::LocalReply>>),
 }
 
 impl Message {
@@ -69,6 +72,8 @@ pub(super) struct Link {
     pub(super) drain_timeout: Duration,
     /// Ends (`None`) once every worker ended.
     pub(super) workers_done: mpsc::Receiver<()>,
+    /// The embedded broker's way to the workers, closed when draining.
+    pub(super) local: Option<Arc<super::local::LocalIngest>>,
 }
 
 impl Link {
@@ -143,6 +148,9 @@ impl Link {
     /// meanwhile so their acknowledgements reach the broker.
     async fn drain(&mut self) {
         self.workers.clear();
+        if let Some(local) = &self.local {
+            local.detach();
+        }
         // Draining is not serving: readiness sees the link as down from here.
         let connected = self.connected.send_replace(false);
         let finished = tokio::time::timeout(self.drain_timeout, async {

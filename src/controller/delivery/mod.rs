@@ -44,10 +44,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod link;
+pub mod local;
 pub mod nats;
 mod worker;
 
 use link::{Job, Link, Message};
+pub use local::LocalIngest;
 pub use nats::NatsOptions;
 use worker::Worker;
 pub use worker::MAX_GROUP;
@@ -77,6 +79,8 @@ pub struct DeliveryOptions {
     pub counters: Arc<DeliveryCounters>,
     /// Agent messages from NATS JetStream instead of an MQTT subscription.
     pub nats: Option<NatsOptions>,
+    /// The embedded broker's hook: agents' reports and hellos reach the workers in-process.
+    pub local: Option<Arc<LocalIngest>>,
 }
 
 impl DeliveryOptions {
@@ -93,6 +97,7 @@ impl DeliveryOptions {
             drain_timeout: Duration::from_secs(10),
             counters: Arc::default(),
             nats: None,
+            local: None,
         }
     }
 }
@@ -179,6 +184,9 @@ impl Delivery {
                 (Vec::new(), Some((task, ready)))
             }
         };
+        if let Some(local) = &self.options.local {
+            local.attach(link_workers.clone(), self.options.retry_delay, stop.clone());
+        }
         let subscribe = nats.is_none();
         let link = Link {
             client: self.client,
@@ -193,6 +201,7 @@ impl Delivery {
             counters: self.options.counters.clone(),
             drain_timeout: self.options.drain_timeout,
             workers_done: done_rx,
+            local: self.options.local.clone(),
         };
         let task = tokio::spawn(link.run(stop.clone(), retry_rx));
         let (nats_task, connected) = match nats {

@@ -11,7 +11,7 @@
 //! Whichever replica starts creates or updates the stream and the consumer (idempotent); none
 //! ever deletes them.
 
-use super::link::{shard, Job, Message, Source, NATS_GENERATION};
+use super::link::{shard, Job, Message, Source, RETRIED_ALONE};
 use super::*;
 use crate::controller::nats::{subject, topic};
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -245,7 +245,7 @@ impl Consumer {
             payload: message.payload.clone(),
             source: Source::Nats(Box::new(message)),
         };
-        let _ = self.workers[shard].send((NATS_GENERATION, message));
+        let _ = self.workers[shard].send((RETRIED_ALONE, message));
     }
 }
 

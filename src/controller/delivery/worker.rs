@@ -1,7 +1,7 @@
 //! A worker: hands the messages of its instances to the Inbox in queue order (runs of
 //! reports as one group commit) and acks each only once it is durable.
 
-use super::link::{Source, NATS_GENERATION};
+use super::link::{Source, RETRIED_ALONE};
 use super::*;
 
 /// The most messages a worker takes from its queue at once: one group commit of reports.
@@ -88,6 +88,10 @@ impl Worker {
         let acked = match &publish.source {
             Source::Mqtt(p) => self.client.ack(p).await.map_err(|e| e.to_string()),
             Source::Nats(m) => m.ack().await.map_err(|e| e.to_string()),
+            Source::Local(reply) => {
+                super::local::answer(reply, Ok(()));
+                Ok(())
+            }
         };
         if let Err(e) = acked {
             tracing::warn!(error = %e, "acknowledging a message");
@@ -96,17 +100,22 @@ impl Worker {
 
     /// MQTT: leaves this message and every later one of its connection unacknowledged, and
     /// has the link reconnect so the broker redelivers them in order. NATS: NAKs it (and the
-    /// rest of its group, `later`) with a delay; the consumer redelivers each.
+    /// rest of its group, `later`) with a delay; the consumer redelivers each. In-process:
+    /// answers each with the error; the broker's hook hands it over again.
     async fn failed(&self, generation: u64, publish: &Message, later: &[Message], error: &Error) {
         tracing::warn!(topic = %publish.topic, error = %error, "not handled now; the broker will redeliver it");
         bump(&self.counters.retried);
-        if generation == NATS_GENERATION {
+        if generation == RETRIED_ALONE {
             for message in std::iter::once(publish).chain(later) {
-                if let Source::Nats(m) = &message.source {
-                    let nak = async_nats::jetstream::AckKind::Nak(Some(self.retry_delay));
-                    if let Err(e) = m.ack_with(nak).await {
-                        tracing::debug!(error = %e, "NAK (the consumer redelivers after its ack wait)");
+                match &message.source {
+                    Source::Nats(m) => {
+                        let nak = async_nats::jetstream::AckKind::Nak(Some(self.retry_delay));
+                        if let Err(e) = m.ack_with(nak).await {
+                            tracing::debug!(error = %e, "NAK (the consumer redelivers after its ack wait)");
+                        }
                     }
+                    Source::Local(reply) => super::local::answer(reply, Err(error.clone())),
+                    Source::Mqtt(_) => {}
                 }
             }
             return;

@@ -1,0 +1,140 @@
+//! Agents' reports and hellos taken from the embedded broker in-process.
+//!
+//! With the embedded broker, the controller is the only reader of its agents' reports, and
+//! routing each one through the broker to the controller's own MQTT session cost more than
+//! half of the controller at 5,000 phones (perf: mqtt5 storing every in-flight message for
+//! the controller's session and writing each with its own `send`; rumqttc parsing it back).
+//! The broker's publish hook hands them to delivery's workers instead ([`LocalIngest`]):
+//! the agent's PUBACK goes out only once the worker committed the report, the same promise
+//! as the MQTT path. Per-instance order holds: the broker handles one agent's packets one at
+//! a time and waits for the hook, so an agent's next report is taken only after the last
+//! one committed.
+//!
+//! Everything else still goes through MQTT: presence (retained, and wills come from the
+//! broker, not a client publish) and anything while delivery is not running or draining
+//! (the hook then lets the broker route the message to the controller's persistent session,
+//! which keeps it for the next run).
+
+use super::link::{Job, Message, Source, RETRIED_ALONE};
+use super::*;
+use std::sync::RwLock;
+
+/// The broker hook's way into delivery's workers; empty until [`Delivery::run`] and again
+/// once delivery drains.
+#[derive(Default)]
+pub struct LocalIngest {
+    route: RwLock<Option<Route>>,
+}
+
+struct Route {
+    workers: Vec<mpsc::UnboundedSender<Job>>,
+    retry_delay: Duration,
+    stop: CancellationToken,
+}
+
+/// What the broker should do with an agent's publish.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Committed (or refused for good, like the MQTT path acks it): answer the PUBACK.
+    Handled,
+    /// Not taken here: route it as usual (to the controller's session).
+    Route,
+}
+
+/// Attempts of one message before it goes the MQTT way (whose redelivery then retries it):
+/// the agent's connection waits meanwhile, and a store failing for long must not hold every
+/// agent's connection past its keep-alive.
+const ATTEMPTS: u32 = 3;
+
+impl LocalIngest {
+    pub fn new() -> Arc<LocalIngest> {
+        Arc::default()
+    }
+
+    /// Hands `payload`, published by an agent on `topic`, to its instance's worker and waits
+    /// until it is committed. Reports and hellos only; other kinds are routed.
+    pub async fn take(&self, topic: &str, payload: bytes::Bytes) -> Taken {
+        if !matches!(topics::parse(topic), Some((_, Kind::Report | Kind::Hello))) {
+            return Taken::Route;
+        }
+        for attempt in 1..=ATTEMPTS {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let Some((retry_delay, stop)) = self.hand_over(topic, payload.clone(), reply) else {
+                return Taken::Route;
+            };
+            match answer.await {
+                Ok(Ok(())) => return Taken::Handled,
+                // Dropped unanswered: delivery is stopping.
+                Err(_) => return Taken::Route,
+                // Failed in a way that may pass (the worker said so and counted it).
+                Ok(Err(_)) if attempt < ATTEMPTS => {
+                    tokio::select! {
+                        () = stop.cancelled() => return Taken::Route,
+                        () = tokio::time::sleep(retry_delay) => {}
+                    }
+                }
+                Ok(Err(_)) => {}
+            }
+        }
+        Taken::Route
+    }
+
+    /// Queues the message on its worker; `None` when delivery does not run.
+    fn hand_over(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+        reply: tokio::sync::oneshot::Sender<Result<()>>,
+    ) -> Option<(Duration, CancellationToken)> {
+        let route = self.route.read().unwrap_or_else(|e| e.into_inner());
+        let route = route.as_ref()?;
+        let message = Message {
+            topic: topic.to_string(),
+            payload,
+            source: Source::Local(std::sync::Mutex::new(Some(reply))),
+        };
+        let worker = &route.workers[link::shard(topic, route.workers.len())];
+        worker.send((RETRIED_ALONE, message)).ok()?;
+        Some((route.retry_delay, route.stop.clone()))
+    }
+
+    /// From [`Delivery::run`]: messages go to these workers from now on.
+    pub(super) fn attach(
+        &self,
+        workers: Vec<mpsc::UnboundedSender<Job>>,
+        retry_delay: Duration,
+        stop: CancellationToken,
+    ) {
+        if workers.is_empty() {
+            return;
+        }
+        *self.route.write().unwrap_or_else(|e| e.into_inner()) = Some(Route {
+            workers,
+            retry_delay,
+            stop,
+        });
+    }
+
+    /// Draining: nothing more is handed out (the workers' queues can close).
+    pub(super) fn detach(&self) {
+        self.route.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// How a worker answers an in-process message: once, with its outcome.
+pub(super) fn answer(source: &std::sync::Mutex<Option<LocalReply>>, outcome: Result<()>) {
+    if let Some(reply) = source.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = reply.send(outcome);
+    }
+}
+
+impl std::fmt::Debug for LocalIngest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attached = self.route.read().map(|r| r.is_some()).unwrap_or(false);
+        f.debug_struct("LocalIngest")
+            .field("attached", &attached)
+            .finish()
+    }
+}
+
+pub(super) type LocalReply = tokio::sync::oneshot::Sender<Result<()>>;
