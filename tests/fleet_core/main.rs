@@ -63,6 +63,7 @@ on_both_stores! {
         a_report_for_another_instances_task_or_an_unknown_task_is_refused,
         hello_is_answered_with_exactly_the_orders_the_agent_misses,
         a_child_no_agent_takes_within_the_expiry_fails_with_its_own_code,
+        an_order_an_online_agent_has_not_taken_is_sent_again,
         cancelling_a_batch_fails_untaken_children_now_and_orders_the_others_to_stop,
         describe_tasks_filters_and_pages_250_children,
         no_answer_carries_the_payloads_secrets,
@@ -375,6 +376,45 @@ async fn hello_is_answered_with_exactly_the_orders_the_agent_misses(store: Backe
     );
     let two = list.iter().find(|i| i.instance_id == "acp-2").unwrap();
     assert!(!two.online && two.last_seen.is_none() && two.agent_version.is_none());
+}
+
+/// An order the broker lost (QoS 0 on NATS) is sent again while its agent is online and has
+/// not taken it; a taken one, or one for an offline agent (its Hello brings it), is not.
+async fn an_order_an_online_agent_has_not_taken_is_sent_again(store: Backend) {
+    let config = ferry::controller::service::FleetConfig {
+        resend: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let ids = ["acp-1", "acp-2", "acp-3", "acp-4"];
+    let h = Harness::with_config(&store, &ids, config).await;
+    let online = Presence {
+        online: true,
+        connection: None,
+    };
+    for id in ["acp-1", "acp-2", "acp-3"] {
+        h.fleet.presence(id, online).await.unwrap();
+    }
+    let answer = h.send(&ids, None).await.unwrap();
+    let task = |i: usize| answer.data[i].task_id.clone();
+    h.outbox.wait_for(4).await;
+    assert!(h.fleet.resend_due().await.unwrap().is_empty(), "not yet");
+    // acp-2 took its task; acp-4 is offline.
+    h.report("acp-2", view(&task(1), Phase::Running, 1, Some(10)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.fleet.resend_due().await.unwrap(), vec![task(0), task(2)]);
+    let resent: Vec<(String, Order)> = h.outbox.orders().split_off(4);
+    assert_eq!(resent.len(), 2);
+    assert_eq!(resent[0].0, "acp-1");
+    assert!(
+        matches!(&resent[0].1, Order::Run { task_id, payload } if *task_id == task(0) && payload.task_id.as_deref() == Some(task(0).as_str()))
+    );
+    // Sent again at every check while untaken; once taken, no more.
+    h.report("acp-3", view(&task(2), Phase::Running, 1, Some(10)))
+        .await
+        .unwrap();
+    assert_eq!(h.fleet.resend_due().await.unwrap(), vec![task(0)]);
 }
 
 async fn a_child_no_agent_takes_within_the_expiry_fails_with_its_own_code(store: Backend) {

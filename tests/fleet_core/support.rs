@@ -116,11 +116,19 @@ impl Harness {
     }
 
     pub async fn with_expiry(backend: &Backend, instances: &[&str], expiry: Duration) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
         let config = FleetConfig {
             expiry,
             ..FleetConfig::default()
         };
+        Harness::with_config(backend, instances, config).await
+    }
+
+    pub async fn with_config(
+        backend: &Backend,
+        instances: &[&str],
+        config: FleetConfig,
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
         let (fleet, credentials, outbox) = open(&dir, backend, &config).await;
         for id in instances {
             fleet.add_instance(id, false).await.unwrap();

@@ -285,11 +285,15 @@ impl Fleet {
             (Some(m), _, _) => cmd.args(["--broker", &m.url()]),
             // On NATS the controller reads agent messages from JetStream (`--nats`): an MQTT
             // subscription's session lives on the cluster and can stall while a node dies.
+            // Agents take orders at QoS 0 there (README): what a dying node drops is sent
+            // again after --resend-secs.
             (None, Some(n), _) => cmd.args([
                 "--broker",
                 &n.mqtt_urls().join(","),
                 "--nats",
                 &n.nats_urls().join(","),
+                "--resend-secs",
+                "3",
             ]),
             (None, None, Broker::External) => &mut cmd,
             (None, None, _) => cmd.args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt)]),
@@ -723,7 +727,8 @@ fn url_port(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-/// Rewrites an agent's `[fleet]` TOML to list `urls` as `brokers`.
+/// Rewrites an agent's `[fleet]` TOML to list `urls` as `brokers`, taking orders at QoS 0
+/// as README says to on NATS.
 fn set_brokers(path: &Path, urls: &[String]) {
     let list = urls
         .iter()
@@ -735,7 +740,8 @@ fn set_brokers(path: &Path, urls: &[String]) {
         .lines()
         .map(
             |l| match l.starts_with("broker = ") || l.starts_with("brokers = ") {
-                true => format!("brokers = [{list}]\n"),
+                true => format!("brokers = [{list}]\norder_qos = 0\n"),
+                false if l.starts_with("order_qos = ") => String::new(),
                 false => format!("{l}\n"),
             },
         )

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// A phone's task no agent took this long after SendFile fails (Fleet.InstanceOffline)
     #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
     pub expiry_secs: u64,
+    /// A phone's task still not taken this long after SendFile, while the phone is shown
+    /// online, gets its order again (an order the broker lost; agents on NATS subscribe at
+    /// QoS 0)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub resend_secs: u64,
     /// Serve `/healthz`, `/readyz` and `/metrics` here (unauthenticated: an internal
     /// address only); off by default
     #[arg(long, value_name = "IP:PORT", value_parser = parse_addr)]
@@ -76,10 +81,10 @@ pub struct ServeArgs {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     crate::logging::init(crate::config::LogFormat::Human, &args.log_level, None);
-    if args.expiry_secs == 0 {
+    if args.expiry_secs == 0 || args.resend_secs == 0 {
         return Err(Error::new(
             Code::InvalidConfig,
-            "--expiry-secs must be at least 1",
+            "--expiry-secs and --resend-secs must be at least 1",
         ));
     }
     let store: Arc<dyn Store> = open_store(&args.state).await?;
@@ -120,6 +125,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let delivery_counters = options.counters.clone();
     let config = FleetConfig {
         expiry: Duration::from_secs(args.expiry_secs),
+        resend: Duration::from_secs(args.resend_secs),
         ..FleetConfig::default()
     };
     let credentials: Arc<dyn Credentials> = Arc::new(StoreCredentials(store.clone()));
@@ -179,6 +185,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let (fleet, stop) = (fleet.clone(), shutdown.clone());
         tokio::spawn(async move { fleet.run_expiry(stop.cancelled_owned()).await })
     };
+    let resend = {
+        let (fleet, stop) = (fleet.clone(), shutdown.clone());
+        tokio::spawn(async move { fleet.run_resend(stop.cancelled_owned()).await })
+    };
     let api_addr = api
         .local_addr()
         .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
@@ -197,6 +207,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     shutdown.cancel();
     let _ = server.await;
     let _ = expiry.await;
+    let _ = resend.await;
     tracing::info!("draining: delivery finishes the messages it holds");
     delivering.stop().await;
     if let Some(broker) = broker {

@@ -295,6 +295,84 @@ impl Fleet {
         Ok(expired)
     }
 
+    /// Sends the Run order again of every child still PENDING [`FleetConfig::resend`] after
+    /// SendFile whose instance is shown online (it would have reported on a delivered order);
+    /// returns their TaskIds. An agent ignores a Run of a task it holds, so a resend that
+    /// crossed the agent's first report changes nothing. Offline instances are left to their
+    /// Hello, which brings every missing order when they connect.
+    ///
+    /// [`FleetConfig::resend`]: super::FleetConfig::resend
+    pub async fn resend_due(&self) -> Result<Vec<String>> {
+        let cutoff = unix_millis_now().saturating_sub(self.config.resend.as_millis() as u64);
+        let pending = self.store.pending_before(cutoff).await?;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let online: std::collections::HashSet<String> = self
+            .store
+            .instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.online)
+            .map(|i| i.instance_id)
+            .collect();
+        let mut payloads: HashMap<String, Option<TaskPayload>> = HashMap::new();
+        let mut resent = Vec::new();
+        for child in pending {
+            if child.cancel_requested || !online.contains(&child.instance_id) {
+                continue;
+            }
+            if !payloads.contains_key(&child.batch_id) {
+                let payload = match self.store.batch_payload(child.batch_id.clone()).await? {
+                    Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+                        Error::new(
+                            Code::Internal,
+                            format!("stored payload of batch {}: {e}", child.batch_id),
+                        )
+                    })?),
+                    None => None,
+                };
+                payloads.insert(child.batch_id.clone(), payload);
+            }
+            let Some(payload) = &payloads[&child.batch_id] else {
+                continue;
+            };
+            let order = run_order(payload, &child.task_id);
+            match self.outbox.send(&child.instance_id, order).await {
+                Ok(()) => resent.push(child.task_id),
+                Err(e) => {
+                    tracing::warn!(instance = %child.instance_id, task_id = %child.task_id, error = %e, "Run order not sent again; next check retries");
+                }
+            }
+        }
+        if !resent.is_empty() {
+            tracing::info!(
+                orders = resent.len(),
+                "sent again the Run orders of tasks their online agents have not taken"
+            );
+            self.store.mark_sent(resent.clone()).await?;
+        }
+        Ok(resent)
+    }
+
+    /// Sends untaken orders again every [`Fleet::resend_due`] interval until `shutdown`.
+    pub async fn run_resend(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let every = self.config.resend.max(Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.resend_due().await {
+                        tracing::warn!(error = %e, "sending untaken orders again");
+                    }
+                }
+            }
+        }
+    }
+
     /// How often [`Fleet::run_expiry`] checks: a tenth of the expiry, at least a second.
     pub fn expiry_interval(&self) -> Duration {
         (self.config.expiry / 10).max(Duration::from_secs(1))

@@ -35,12 +35,17 @@ pub struct FleetConfig {
     pub expiry: Duration,
     /// The roots a payload's target must lie in: the agent's defaults on Android.
     pub allowed_roots: Vec<String>,
+    /// A child still PENDING this long after SendFile, on an instance shown online, gets its
+    /// Run order again ([`Fleet::resend_due`]): an order the broker lost (agents subscribing
+    /// at QoS 0 on NATS, a broker that lost its sessions) costs this long, not the expiry.
+    pub resend: Duration,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
             expiry: Duration::from_secs(24 * 3600),
+            resend: Duration::from_secs(30),
             allowed_roots: crate::config::ANDROID_ROOTS
                 .iter()
                 .map(|r| r.to_string())

@@ -328,6 +328,7 @@ mod tests {
             ca_file: None,
             keepalive_secs: 30,
             progress_interval_ms: 2000,
+            order_qos: 1,
         };
         let link = Link::new(&Config::default(), fleet).unwrap();
         let o = link.options_for(0, "127.0.0.1".parse().unwrap(), 1_700_000_000_123);
@@ -401,6 +402,7 @@ mod tests {
             ca_file: None,
             keepalive_secs: 30,
             progress_interval_ms: 2000,
+            order_qos: 1,
         };
         let link = Link::new(&Config::default(), fleet).unwrap();
         assert_eq!(link.count(), 2);

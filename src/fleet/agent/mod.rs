@@ -49,6 +49,7 @@ pub fn spawn<T: TaskHost>(
 
 async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
     let id = link.fleet.instance_id.clone();
+    let order_qos = order_qos(link.fleet.order_qos);
     let interval = Duration::from_millis(link.fleet.progress_interval_ms);
     let device = inventory::Device::probe(&manager.config()).await;
     let mut rotation = Rotation::new(link.count(), first_broker(&id, link.count()));
@@ -113,6 +114,7 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
                     client.clone(),
                     device.clone(),
                     id.clone(),
+                    order_qos,
                     connection,
                     resync.clone(),
                 ));
@@ -128,7 +130,12 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
                 {
                     let wait = resubscribe.next_wait();
                     warn!(broker = %link.broker(rotation.current()), retry_in_ms = wait.as_millis() as u64, "the broker refused the order subscription; asking again");
-                    tokio::spawn(subscribe_later(client.clone(), order_topic.clone(), wait));
+                    tokio::spawn(subscribe_later(
+                        client.clone(),
+                        order_topic.clone(),
+                        order_qos,
+                        wait,
+                    ));
                 } else {
                     resubscribe.reset();
                 }
@@ -157,7 +164,7 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
         }
     }
     if events.network.is_some() {
-        goodbye(&client, &mut events, &id, connection).await;
+        goodbye(&client, &mut events, &id, order_qos, connection).await;
     }
     for worker in workers {
         worker.abort();
@@ -165,10 +172,19 @@ async fn run<T: TaskHost>(manager: T, link: Link, stop: CancellationToken) {
     info!("fleet link stopped");
 }
 
+/// `fleet.order_qos` (checked to be 0 or 1 when the config loaded).
+fn order_qos(level: u8) -> QoS {
+    if level == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
 /// Subscribes to `topic` again after `wait` (its SUBACK comes back to the event loop).
-async fn subscribe_later(client: AsyncClient, topic: String, wait: Duration) {
+async fn subscribe_later(client: AsyncClient, topic: String, qos: QoS, wait: Duration) {
     tokio::time::sleep(wait).await;
-    if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
+    if let Err(e) = client.subscribe(topic, qos).await {
         debug!("order subscription not queued: {e}");
     }
 }
@@ -187,13 +203,12 @@ async fn greet<T: TaskHost>(
     client: AsyncClient,
     device: inventory::Device,
     id: String,
+    order_qos: QoS,
     connection: u64,
     resync: Arc<Notify>,
 ) {
     let sent = async {
-        client
-            .subscribe(topic(&id, Kind::Order), QoS::AtLeastOnce)
-            .await?;
+        client.subscribe(topic(&id, Kind::Order), order_qos).await?;
         client
             .publish(
                 topic(&id, Kind::Presence),
@@ -221,7 +236,13 @@ async fn greet<T: TaskHost>(
 /// the presence: a broker handles one connection's packets in order, so by then it took the
 /// presence and sent its PUBACK. Closing before that PUBACK went out made mosquitto (before
 /// 2.0.22) drop the connection as broken, not disconnected, and publish the last will.
-async fn goodbye(client: &AsyncClient, events: &mut EventLoop, id: &str, connection: u64) {
+async fn goodbye(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    id: &str,
+    order_qos: QoS,
+    connection: u64,
+) {
     let _ = tokio::time::timeout(GOODBYE_WAIT, async {
         let queue = async {
             let _ = client
@@ -232,9 +253,7 @@ async fn goodbye(client: &AsyncClient, events: &mut EventLoop, id: &str, connect
                     presence(false, connection),
                 )
                 .await;
-            let _ = client
-                .subscribe(topic(id, Kind::Order), QoS::AtLeastOnce)
-                .await;
+            let _ = client.subscribe(topic(id, Kind::Order), order_qos).await;
             std::future::pending::<()>().await
         };
         let handled = async {

@@ -52,6 +52,10 @@ pub struct Args {
     /// MQTT keepalive of every session, in seconds
     #[arg(long, value_name = "S", default_value_t = 60)]
     pub keepalive_secs: u64,
+    /// QoS of every session's order subscription, as an agent's `fleet.order_qos` (0 on
+    /// NATS: no JetStream consumer per session)
+    #[arg(long, value_name = "0|1", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub order_qos: u8,
     /// Runtime worker threads (default: one per core)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -177,6 +181,7 @@ async fn sessions(
             ca_file: None,
             keepalive_secs: args.keepalive_secs,
             progress_interval_ms: args.progress_ms,
+            order_qos: args.order_qos,
         };
         let tasks = SimTasks::new(config.clone(), behaviour.clone(), counters.clone());
         handles.push(crate::fleet::agent::spawn(tasks, fleet, stop.clone())?);
