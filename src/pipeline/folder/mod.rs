@@ -66,6 +66,7 @@ pub(super) async fn send<O: Observer>(
         .as_mut()
         .map(|r| std::mem::take(&mut r.folder_done))
         .unwrap_or_default();
+    let resumed_key = resumed_object(&entries, &done_before, resume.as_ref());
     let total = entries.iter().map(|e| e.size).sum();
     let folder_observer = FolderObserver {
         outer: observer,
@@ -100,7 +101,11 @@ pub(super) async fn send<O: Observer>(
             staging_dir: base_dir.clone(),
             final_dir,
             final_name: entry.name.clone(),
-            resume: resume.take(),
+            resume: if resumed_key == Some(entry.key.as_str()) {
+                resume.take()
+            } else {
+                None
+            },
             md5: None,
         };
         let file = ctx.land(landing, &folder_observer).await.map_err(|e| {
@@ -126,6 +131,22 @@ pub(super) async fn send<O: Observer>(
         files.push(file);
     }
     Ok(files)
+}
+
+/// The key whose partial data an earlier run left: objects land one by one in key order, so it
+/// is the first entry not recorded as landed. Only that object may resume from it: an object
+/// landed before but fetched again (its ETag not listed, or changed) starts from zero, and a
+/// range of another object's length asked of it would fail the task.
+fn resumed_object<'a>(
+    entries: &'a [FolderEntry],
+    done: &[DoneObject],
+    resume: Option<&ResumeState>,
+) -> Option<&'a str> {
+    resume?;
+    let entry = entries
+        .iter()
+        .find(|e| !done.iter().any(|d| d.key == e.key))?;
+    Some(entry.key.as_str())
 }
 
 /// Opens (creating) the sub-folder an entry lands in.
@@ -247,5 +268,36 @@ mod tests {
             let done = [done_at(wrong)];
             assert_eq!(still_done(&done, &entry, &dir).unwrap(), None, "{wrong}");
         }
+    }
+
+    /// The partial data of a killed run goes to the object that was being fetched, never to an
+    /// earlier one that is fetched again (its ETag not listed, as s3s-fs's listings have none).
+    #[test]
+    fn partial_data_resumes_only_the_object_it_belongs_to() {
+        let entry = |key: &str| FolderEntry {
+            key: key.into(),
+            dirs: Vec::new(),
+            name: key.into(),
+            size: 1,
+            etag: None,
+        };
+        let done = |key: &str| DoneObject {
+            key: key.into(),
+            etag: "e".into(),
+            file: FileResult {
+                path: String::new(),
+                size: 1,
+                sha256: String::new(),
+                content_encoding: None,
+            },
+        };
+        let entries = [entry("a"), entry("b"), entry("c")];
+        let partial = ResumeState::default();
+        let landed = [done("a"), done("b")];
+        assert_eq!(resumed_object(&entries, &landed, Some(&partial)), Some("c"));
+        assert_eq!(resumed_object(&entries, &[], Some(&partial)), Some("a"));
+        assert_eq!(resumed_object(&entries, &landed, None), None);
+        let all = [done("a"), done("b"), done("c")];
+        assert_eq!(resumed_object(&entries, &all, Some(&partial)), None);
     }
 }
