@@ -1,7 +1,7 @@
 //! One conformance suite run against every kind of source (STYLE 13): the same guarantees for
 //! `DOWNLOAD_URL` (the fault-injecting HTTP server of `tests/common/http_server.rs`) and `OSS`
-//! (s3s-fs, `tests/common/s3_server.rs`), through the real daemon on an Android-like
-//! [`Target`]:
+//! against two S3 implementations (s3s-fs, `tests/common/s3_server.rs`; moto with its auth on,
+//! `tests/common/moto.rs`), through the real daemon on an Android-like [`Target`]:
 //!
 //! - a whole object arrives byte for byte, with `Result.Files[]` = Path, Size, Sha256;
 //! - an empty object makes an empty file;
@@ -9,21 +9,28 @@
 //! - `kill -9` mid-transfer, restart: the task resumes from its partial data (fewer bytes
 //!   asked for than the object has) and lands byte-exact;
 //! - the object replaced while the daemon was down: restart from zero, the new version lands;
-//! - the object replaced mid-transfer: one whole version lands, never a splice.
+//! - the object replaced mid-transfer: one whole version lands, never a splice;
+//! - OSS only: a folder send killed (`kill -9`) after some objects landed completes on
+//!   restart, skipping the landed objects and resuming the interrupted one when the listing
+//!   carries ETags (moto; s3s-fs's listings carry none, so there they are fetched again).
 //!
 //! Transfers are slowed with the daemon's own `bandwidth_limit_kib` (no proxy). Each test is
-//! generated once per kind (`http::NAME`, `oss::NAME`); `FERRY_TEST_CHROOT=1` runs them on the
-//! aarch64 build in the chroot.
+//! generated once per kind (`http::NAME`, `oss::NAME`, `moto::NAME`); `FERRY_TEST_CHROOT=1` runs
+//! them on the aarch64 build in the chroot. Cases that only a server checking session tokens
+//! can run (moto) are at the end.
 
 mod cli_support;
 mod common;
+#[path = "common/moto.rs"]
+mod moto_server;
 #[path = "common/s3_server.rs"]
 mod s3_server;
 
 use cli_support::results::{assert_success, pattern, result_files, sha256_hex, staging_files};
 use cli_support::{Daemon, Target};
 use common::http_server::{Resource, TestServer};
-use s3_server::{S3Server, ACCESS_KEY_ID, ACCESS_KEY_SECRET, BUCKET, SECURITY_TOKEN};
+use moto_server::MotoServer;
+use s3_server::{S3Server, SeenRequest, ACCESS_KEY_ID, ACCESS_KEY_SECRET, BUCKET, SECURITY_TOKEN};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -37,17 +44,20 @@ const SLOW_LIMIT: &str = "bandwidth_limit_kib = 512\n";
 enum Kind {
     Http,
     Oss,
+    Moto,
 }
 
 /// A server of one kind, holding objects by name (`a.bin`, `tree/sub/b.bin`).
 enum Source {
     Http(TestServer),
     Oss(S3Server),
+    Moto(MotoServer),
 }
 
 impl Source {
-    /// The server, and the phone set up to reach it by name.
-    fn start(kind: Kind) -> (Source, Target) {
+    /// The server, and the phone set up to reach it by name; `None` when the kind's server
+    /// is not installed (moto: a skip, a failure under `CI=true`).
+    fn start(kind: Kind) -> Option<(Source, Target)> {
         let t = Target::new();
         let source = match kind {
             Kind::Http => Source::Http(TestServer::start_blocking()),
@@ -56,8 +66,13 @@ impl Source {
                 t.add_hosts(&s3.hostnames(&[BUCKET]));
                 Source::Oss(s3)
             }
+            Kind::Moto => {
+                let moto = MotoServer::start()?;
+                t.add_hosts(&moto.hostnames(&[BUCKET]));
+                Source::Moto(moto)
+            }
         };
-        (source, t)
+        Some((source, t))
     }
 
     fn put(&self, name: &str, data: &[u8]) {
@@ -65,6 +80,9 @@ impl Source {
             Source::Http(http) => http.put(&format!("/files/{name}"), Resource::new(data.to_vec())),
             Source::Oss(s3) => {
                 s3.put_object(BUCKET, &format!("send/{name}"), data);
+            }
+            Source::Moto(moto) => {
+                moto.put_object(BUCKET, &format!("send/{name}"), data);
             }
         }
     }
@@ -77,6 +95,9 @@ impl Source {
             }
             Source::Oss(s3) => {
                 s3.replace_object(BUCKET, &format!("send/{name}"), data);
+            }
+            Source::Moto(moto) => {
+                moto.replace_object(BUCKET, &format!("send/{name}"), data);
             }
         }
     }
@@ -91,7 +112,54 @@ impl Source {
                 "SourceFilePath": format!("{folder}/{base}"),
                 "UploadUrl": http.url(&format!("/files/{name}")),
             }),
-            Source::Oss(s3) => oss_payload(id, s3, &format!("send/{name}"), folder),
+            Source::Oss(_) | Source::Moto(_) => {
+                self.oss_payload(id, &format!("send/{name}"), folder)
+            }
+        }
+    }
+
+    /// An `OSS` payload of `oss://BUCKET/key` into device folder `folder`, with the
+    /// credentials the server accepts (moto: the phone role's STS session).
+    fn oss_payload(&self, id: &str, key: &str, folder: &str) -> Value {
+        let (endpoint, id_key, secret, token) = match self {
+            Source::Oss(s3) => (
+                s3.endpoint(),
+                ACCESS_KEY_ID,
+                ACCESS_KEY_SECRET,
+                SECURITY_TOKEN,
+            ),
+            Source::Moto(moto) => {
+                let keys = moto.phone();
+                let token = keys.token.as_deref().unwrap();
+                (
+                    moto.endpoint(),
+                    keys.id.as_str(),
+                    keys.secret.as_str(),
+                    token,
+                )
+            }
+            Source::Http(_) => panic!("an OSS payload for the HTTP server"),
+        };
+        json!({
+            "TaskId": id,
+            "UploadType": "OSS",
+            "SourceFilePath": folder,
+            "UploadUrl": format!("oss://{BUCKET}/{key}"),
+            "UploadEndpoint": endpoint,
+            "Credentials": {
+                "AccessKeyId": id_key,
+                "AccessKeySecret": secret,
+                "SecurityToken": token,
+            },
+        })
+    }
+
+    /// Every request the OSS server has seen (s3s-fs's log, moto's recorder).
+    fn s3_requests(&self) -> Vec<SeenRequest> {
+        match self {
+            Source::Oss(s3) => s3.requests(),
+            Source::Moto(moto) => moto.requests(),
+            Source::Http(_) => panic!("S3 requests of the HTTP server"),
         }
     }
 
@@ -104,8 +172,8 @@ impl Source {
                 .filter(|r| r.method == "GET")
                 .map(|r| r.header("range").map(str::to_string))
                 .collect(),
-            Source::Oss(s3) => {
-                let requests = s3.requests();
+            Source::Oss(_) | Source::Moto(_) => {
+                let requests = self.s3_requests();
                 let gets = S3Server::object_gets(&requests, BUCKET, &format!("send/{name}"));
                 gets.iter()
                     .map(|r| r.header("range").map(str::to_string))
@@ -113,21 +181,6 @@ impl Source {
             }
         }
     }
-}
-
-fn oss_payload(id: &str, s3: &S3Server, key: &str, folder: &str) -> Value {
-    json!({
-        "TaskId": id,
-        "UploadType": "OSS",
-        "SourceFilePath": folder,
-        "UploadUrl": format!("oss://{BUCKET}/{key}"),
-        "UploadEndpoint": s3.endpoint(),
-        "Credentials": {
-            "AccessKeyId": ACCESS_KEY_ID,
-            "AccessKeySecret": ACCESS_KEY_SECRET,
-            "SecurityToken": SECURITY_TOKEN,
-        },
-    })
 }
 
 /// Bytes a list of GETs asked for, `len` being the object's size.
@@ -174,7 +227,9 @@ fn kill_9(mut d: Daemon) {
 }
 
 fn whole_object(kind: Kind) {
-    let (source, t) = Source::start(kind);
+    let Some((source, t)) = Source::start(kind) else {
+        return;
+    };
     let data = pattern((1 << 20) + 123, 1);
     source.put("a.bin", &data);
     let d = t.daemon(&[]);
@@ -198,7 +253,9 @@ fn whole_object(kind: Kind) {
 }
 
 fn empty_object(kind: Kind) {
-    let (source, t) = Source::start(kind);
+    let Some((source, t)) = Source::start(kind) else {
+        return;
+    };
     source.put("empty.bin", b"");
     let d = t.daemon(&[]);
     let view = d.run_task(
@@ -214,7 +271,9 @@ fn empty_object(kind: Kind) {
 }
 
 fn nested_folders(kind: Kind) {
-    let (source, t) = Source::start(kind);
+    let Some((source, t)) = Source::start(kind) else {
+        return;
+    };
     let d = t.daemon(&[]);
     match &source {
         Source::Http(_) => {
@@ -237,7 +296,7 @@ fn nested_folders(kind: Kind) {
                 data
             );
         }
-        Source::Oss(s3) => {
+        Source::Oss(_) | Source::Moto(_) => {
             let tree: Vec<(&str, Vec<u8>)> = vec![
                 ("a.bin", pattern(10_000, 3)),
                 ("sub/b.bin", pattern(20_000, 4)),
@@ -251,7 +310,7 @@ fn nested_folders(kind: Kind) {
             source.put("tree-sibling/no.bin", b"no");
             source.put("treeish.bin", b"no");
             let view = d.run_task(
-                &oss_payload("t-tree", s3, "send/tree/", "/sdcard/Download/t"),
+                &source.oss_payload("t-tree", "send/tree/", "/sdcard/Download/t"),
                 TASK_TIMEOUT,
             );
             assert_success(&view);
@@ -283,12 +342,14 @@ fn resume_after_kill_9(kind: Kind) {
 /// The same with the object fetched as parallel parts (1 MiB parts, checkpoints every
 /// 256 KiB): the journal's per-part progress is what the restart resumes from.
 fn parallel_resume_after_kill_9(kind: Kind) {
-    let source = resume_after_kill_9_with(
+    let Some(source) = resume_after_kill_9_with(
         kind,
         &format!(
             "{SLOW_LIMIT}checkpoint_bytes = 262144\n[transfer]\nparallel_min_size_mib = 2\npart_size_mib = 1\n"
         ),
-    );
+    ) else {
+        return;
+    };
     let ranges = source.ranges("big.bin");
     let part_starts = ranges
         .iter()
@@ -301,8 +362,8 @@ fn parallel_resume_after_kill_9(kind: Kind) {
     );
 }
 
-fn resume_after_kill_9_with(kind: Kind, toml: &str) -> Source {
-    let (source, t) = Source::start(kind);
+fn resume_after_kill_9_with(kind: Kind, toml: &str) -> Option<Source> {
+    let (source, t) = Source::start(kind)?;
     let data = pattern(SLOW_SIZE, 6);
     source.put("big.bin", &data);
     let d = daemon(&t, toml);
@@ -343,11 +404,13 @@ fn resume_after_kill_9_with(kind: Kind, toml: &str) -> Source {
         asked < data.len() as u64,
         "restarted from zero instead of resuming: asked {asked} bytes with {after:?}"
     );
-    source
+    Some(source)
 }
 
 fn validator_change_while_stopped_restarts_from_zero(kind: Kind) {
-    let (source, t) = Source::start(kind);
+    let Some((source, t)) = Source::start(kind) else {
+        return;
+    };
     let v1 = pattern(SLOW_SIZE, 7);
     let v2 = pattern(SLOW_SIZE, 8); // same size: only the validators tell them apart
     source.put("big.bin", &v1);
@@ -376,7 +439,9 @@ fn validator_change_while_stopped_restarts_from_zero(kind: Kind) {
 }
 
 fn replaced_mid_transfer_lands_one_whole_version(kind: Kind) {
-    let (source, t) = Source::start(kind);
+    let Some((source, t)) = Source::start(kind) else {
+        return;
+    };
     let v1 = pattern(SLOW_SIZE, 9);
     let v2 = pattern(SLOW_SIZE, 10);
     source.put("big.bin", &v1);
@@ -396,24 +461,220 @@ fn replaced_mid_transfer_lands_one_whole_version(kind: Kind) {
     assert_eq!(result_files(&view)[0].2, sha256_hex(&landed));
 }
 
-/// Generates `http::NAME` and `oss::NAME` for each conformance case.
+/// Whether the server's listings carry each object's ETag: s3s-fs 0.14.1's do not (it sends
+/// key, size and date only); moto's do, as S3's and OSS's do.
+fn listing_has_etags(source: &Source) -> bool {
+    matches!(source, Source::Moto(_))
+}
+
+/// A folder send killed (`kill -9`) after two of its three objects landed: the restart lands
+/// all three, fetches the two landed ones again only when the listing carries no ETag to
+/// recognise them by (counted from the server's own request log), and otherwise resumes the
+/// third from its partial data.
+fn folder_resume_after_kill_9_skips_landed_objects(kind: Kind) {
+    let Some((source, t)) = Source::start(kind) else {
+        return;
+    };
+    let small = [
+        ("a.bin", pattern(50_000, 11)),
+        ("b.bin", pattern(60_000, 12)),
+    ];
+    let big = pattern(SLOW_SIZE, 13);
+    for (name, data) in &small {
+        source.put(&format!("dir/{name}"), data);
+    }
+    // Keys are landed in order: a.bin, b.bin, then c.bin.
+    source.put("dir/c.bin", &big);
+    let d = daemon(&t, SLOW_LIMIT);
+    let payload = source.oss_payload("t-folder", "send/dir/", "/sdcard/Download/f");
+    let (status, view) = d.submit(&payload);
+    assert_eq!(status, 201, "{view}");
+    wait_progress(&d, "t-folder", 110_000 + (1 << 20));
+    kill_9(d);
+    for (name, data) in &small {
+        let landed = std::fs::read(t.host(format!("/sdcard/Download/f/{name}")));
+        assert_eq!(
+            landed.ok().as_ref(),
+            Some(data),
+            "{name} not landed before the kill"
+        );
+    }
+    assert!(!t.host("/sdcard/Download/f/c.bin").exists());
+    let before = source.s3_requests().len();
+
+    let d = daemon(&t, "");
+    let view = d.wait_phase(
+        "t-folder",
+        &["SUCCESS", "FAILED", "CANCELLED"],
+        TASK_TIMEOUT,
+    );
+    assert_success(&view);
+    let mut expected: Vec<_> = small
+        .iter()
+        .map(|(name, data)| {
+            let path = format!("/sdcard/Download/f/{name}");
+            (path, data.len() as u64, sha256_hex(data))
+        })
+        .collect();
+    expected.push((
+        "/sdcard/Download/f/c.bin".into(),
+        big.len() as u64,
+        sha256_hex(&big),
+    ));
+    assert_eq!(result_files(&view), expected);
+    assert_eq!(
+        std::fs::read(t.host("/sdcard/Download/f/c.bin")).unwrap(),
+        big
+    );
+    assert!(staging_files(&t.host("/sdcard/Download/f")).is_empty());
+
+    let after = source.s3_requests()[before..].to_vec();
+    for (name, _) in &small {
+        let gets = S3Server::object_gets(&after, BUCKET, &format!("send/dir/{name}"));
+        if listing_has_etags(&source) {
+            assert!(
+                gets.is_empty(),
+                "{name} was landed before the kill and its ETag listed, yet fetched again: {gets:?}"
+            );
+        } else {
+            assert!(
+                !gets.is_empty(),
+                "{name}: no ETag in the listing, so it cannot have been recognised as landed"
+            );
+        }
+    }
+    let ranges: Vec<_> = S3Server::object_gets(&after, BUCKET, "send/dir/c.bin")
+        .iter()
+        .map(|r| r.header("range").map(str::to_string))
+        .collect();
+    let asked = bytes_asked(&ranges, big.len() as u64);
+    assert!(!ranges.is_empty(), "c.bin not fetched after the restart");
+    // Fetched again, a.bin and b.bin go through the task's one staging file, where c.bin's
+    // partial data was: without listed ETags c.bin starts over (it used to be handed c.bin's
+    // partial state as if it were its own, and the task failed with Integrity.SizeMismatch).
+    if listing_has_etags(&source) {
+        assert!(
+            asked < big.len() as u64,
+            "c.bin restarted from zero instead of resuming: asked {asked} bytes with {ranges:?}"
+        );
+    }
+}
+
+/// What only a server that checks session tokens can show (moto; s3s-fs ignores them): a
+/// wrong token, a missing one, and a wrong secret are each refused with their stable code, a
+/// message saying what to do, and the server's request id; no secret shows anywhere.
+fn bad_credentials_are_refused_with_their_codes() {
+    let Some((source, t)) = Source::start(Kind::Moto) else {
+        return;
+    };
+    source.put("a.bin", b"payload");
+    source.put("dir/a.bin", b"payload");
+    let d = t.daemon(&[]);
+    let bogus_token = "ferry-bogus-session-token-0123456789";
+    let wrong_secret = "ferry-wrong-secret-0123456789abcdef";
+    let with = |id: &str, key: &str, field: &str, value: Option<&str>| {
+        let mut p = source.oss_payload(id, key, "/sdcard/Download");
+        match value {
+            Some(v) => p["Credentials"][field] = json!(v),
+            None => {
+                p["Credentials"].as_object_mut().unwrap().remove(field);
+            }
+        }
+        p
+    };
+    let token = "SecurityToken";
+    let cases = [
+        (
+            with("t-token", "send/a.bin", token, Some(bogus_token)),
+            "Source.CredentialsExpired",
+            "fresh STS credentials",
+        ),
+        (
+            with("t-token-dir", "send/dir/", token, Some(bogus_token)),
+            "Source.CredentialsExpired",
+            "fresh STS credentials",
+        ),
+        // An STS key without its token is an unknown key to S3.
+        (
+            with("t-no-token", "send/a.bin", token, None),
+            "Source.InvalidAccessKeyId",
+            "AccessKeyId is unknown",
+        ),
+        (
+            with(
+                "t-secret",
+                "send/a.bin",
+                "AccessKeySecret",
+                Some(wrong_secret),
+            ),
+            "Source.SignatureDoesNotMatch",
+            "AccessKeySecret does not belong",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (payload, code, hint) in &cases {
+        let view = d.run_task(payload, TASK_TIMEOUT);
+        let msg = view["ErrorMsg"].as_str().unwrap_or_default();
+        let named = payload["UploadUrl"].as_str().unwrap();
+        if view["Phase"] != "FAILED"
+            || view["ErrorCode"] != *code
+            || !msg.contains(hint)
+            || !msg.contains(named)
+            || !msg.contains("(request id ")
+        {
+            wrong.push(format!(
+                "{}: expected {code} naming {named} with {hint:?} and a request id, got {} {}: {msg}",
+                payload["TaskId"], view["Phase"], view["ErrorCode"]
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(!t.host("/sdcard/Download/a.bin").exists());
+    let Source::Moto(moto) = &source else {
+        unreachable!()
+    };
+    let log = d.log_text();
+    let listed = d.get("/v1/tasks").1.to_string();
+    for secret in [
+        bogus_token,
+        wrong_secret,
+        moto.phone().secret.as_str(),
+        moto.phone().token.as_deref().unwrap(),
+    ] {
+        assert!(!log.contains(secret), "a secret in the daemon's log");
+        assert!(!listed.contains(secret), "a secret in the task list");
+    }
+}
+
+/// Generates `http::NAME`, `oss::NAME` (s3s-fs) and `moto::NAME` for each case of `every`,
+/// the last two for each case of `s3`, and `moto::NAME` for each case of `moto` (no argument).
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
+    (every: [$($name:ident),* $(,)?], s3: [$($s3:ident),* $(,)?], moto: [$($m:ident),* $(,)?] $(,)?) => {
         mod http {
             $(#[test] fn $name() { super::$name(super::Kind::Http) })*
         }
         mod oss {
             $(#[test] fn $name() { super::$name(super::Kind::Oss) })*
+            $(#[test] fn $s3() { super::$s3(super::Kind::Oss) })*
+        }
+        mod moto {
+            $(#[test] fn $name() { super::$name(super::Kind::Moto) })*
+            $(#[test] fn $s3() { super::$s3(super::Kind::Moto) })*
+            $(#[test] fn $m() { super::$m() })*
         }
     };
 }
 
 conformance!(
-    whole_object,
-    empty_object,
-    nested_folders,
-    resume_after_kill_9,
-    parallel_resume_after_kill_9,
-    validator_change_while_stopped_restarts_from_zero,
-    replaced_mid_transfer_lands_one_whole_version,
+    every: [
+        whole_object,
+        empty_object,
+        nested_folders,
+        resume_after_kill_9,
+        parallel_resume_after_kill_9,
+        validator_change_while_stopped_restarts_from_zero,
+        replaced_mid_transfer_lands_one_whole_version,
+    ],
+    s3: [folder_resume_after_kill_9_skips_landed_objects],
+    moto: [bad_credentials_are_refused_with_their_codes],
 );
