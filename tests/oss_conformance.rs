@@ -562,11 +562,14 @@ fn folder_resume_after_kill_9_skips_landed_objects(kind: Kind) {
 
 /// What only a server that checks session tokens can show (moto; s3s-fs ignores them): a
 /// wrong token, a missing one, and a wrong secret are each refused with their stable code, a
-/// message saying what to do, and the server's request id; no secret shows anywhere.
+/// message saying what to do, and the server's request id (moto's `x-amzn-requestid`); so are
+/// a missing key and a missing bucket. No secret shows anywhere.
 fn bad_credentials_are_refused_with_their_codes() {
     let Some((source, t)) = Source::start(Kind::Moto) else {
         return;
     };
+    let missing_bucket = "cloudphone-saved-bucket-missing";
+    t.add_hosts(&format!("127.0.0.1 {missing_bucket}.oss.test\n"));
     source.put("a.bin", b"payload");
     source.put("dir/a.bin", b"payload");
     let d = t.daemon(&[]);
@@ -609,6 +612,20 @@ fn bad_credentials_are_refused_with_their_codes() {
             ),
             "Source.SignatureDoesNotMatch",
             "AccessKeySecret does not belong",
+        ),
+        (
+            source.oss_payload("t-nokey", "send/missing.bin", "/sdcard/Download"),
+            "Source.NotFound",
+            "check the object path",
+        ),
+        (
+            {
+                let mut p = source.oss_payload("t-nobucket", "send/a.bin", "/sdcard/Download");
+                p["UploadUrl"] = json!(format!("oss://{missing_bucket}/send/a.bin"));
+                p
+            },
+            "Source.NoSuchBucket",
+            "check the bucket name",
         ),
     ];
     let mut wrong = Vec::new();
