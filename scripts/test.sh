@@ -120,8 +120,8 @@ fi
 # The end-to-end tests on the aarch64 binary.  The test programs are built for the host
 # (they are already, by the step above); only the binary under test is the Android build.
 android_e2e() {
-    # oss_*: against s3s-fs on the host's 127.0.0.1 (oss_s3_server_selftest does not run
-    # ferry, so it is not repeated here).
+    # oss_*: against s3s-fs (and oss_conformance's moto:: against moto) on the host's
+    # 127.0.0.1 (oss_s3_server_selftest does not run ferry, so it is not repeated here).
     # fleet_agent: the phone build's MQTT client against mosquitto on the host's 127.0.0.1.
     local tests=(--test cli_api --test daemon_kill --test oss_transfer --test oss_stand_in
         --test oss_conformance --test fleet_agent)
