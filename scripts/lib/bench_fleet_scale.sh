@@ -342,6 +342,8 @@ scale_sim_start() {
     [[ "$FLEET_SCALE_SIM_SCHED" == idle ]] && run=(chrt --idle 0)
     local url brokers=()
     for url in "${SCALE_BROKER_URLS[@]}"; do brokers+=(--broker "$url"); done
+    # On NATS, orders at QoS 0 as README says (no JetStream consumer per session).
+    ((${#SCALE_BROKER_URLS[@]} > 1)) && brokers+=(--order-qos 0)
     "${run[@]}" "$SCALE_SIM" --instances "$dir/instances.toml" "${brokers[@]}" --connect-rate 1000 \
         --keepalive-secs 60 --status-secs 2 "$@" >>"$dir/sim.log" 2>&1 &
     SCALE_SIM_PID=$!
