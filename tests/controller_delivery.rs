@@ -313,6 +313,58 @@ async fn an_in_process_report_is_acknowledged_to_its_agent_only_once_committed()
     fleet.stop().await;
 }
 
+/// In-process presence keeps no retained message (mqtt5 matches every SUBSCRIBE against
+/// every retained one), and clears the will an agent's earlier connection left retained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_presence_is_recorded_and_clears_what_is_retained() {
+    let fleet = Fleet::embedded_in_process().await;
+    let url = fleet.url();
+    let (user, password) = controller_user();
+    let retained = |probe: &'static str| {
+        let (url, user, password) = (url.clone(), user.clone(), password.clone());
+        async move {
+            let probe = Agent::connect(&url, probe, &user, &password, false).await;
+            probe.subscribe("ferry/v1/i/+/presence").await;
+            probe
+        }
+    };
+    let online = Presence {
+        online: true,
+        connection: Some(1),
+    };
+    let x = fleet.agent("acp-x").await;
+    x.publish(&topics::topic("acp-x", Kind::Presence), online, true)
+        .await;
+    let seen = Call::Presence("acp-x".into(), true);
+    fleet.inbox.wait_for("online", |c| c.contains(&seen)).await;
+    retained("probe-1").await.assert_quiet().await;
+    // A will is the broker's own publish: retained, and through MQTT to the controller.
+    x.kill();
+    let offline = Call::Presence("acp-x".into(), false);
+    fleet
+        .inbox
+        .wait_for("the last will", |c| c.last() == Some(&offline))
+        .await;
+    let mut probe = retained("probe-2").await;
+    let (topic, body) = probe.next().await;
+    assert_eq!(topic, "ferry/v1/i/acp-x/presence");
+    assert!(!serde_json::from_slice::<Presence>(&body).unwrap().online);
+    // Back online: the will is cleared, not replaced.
+    let back = fleet.agent("acp-x").await;
+    let again = Presence {
+        online: true,
+        connection: Some(2),
+    };
+    back.publish(&topics::topic("acp-x", Kind::Presence), again, true)
+        .await;
+    fleet
+        .inbox
+        .wait_for("online again", |c| c.last() == Some(&seen))
+        .await;
+    retained("probe-3").await.assert_quiet().await;
+    fleet.stop().await;
+}
+
 /// An order for an agent that is offline waits in its persistent session, across a broker
 /// restart: the agent gets it when it comes back.
 async fn orders_for_an_offline_agent_wait_across_a_broker_restart(mut fleet: Fleet) {

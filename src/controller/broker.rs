@@ -23,6 +23,7 @@ use mqtt5::broker::config::{BrokerConfig, StorageBackend, StorageConfig, TlsConf
 use mqtt5::broker::events::{BrokerEventHandler, ClientPublishEvent, PublishAction};
 use mqtt5::broker::{BrokerShutdownHandle, MqttBroker};
 use mqtt5::packet::connect::ConnectPacket;
+use mqtt5::packet::publish::PublishPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,8 +51,8 @@ pub struct BrokerOptions {
     /// Sessions, queued QoS 1 messages and retained presence survive a restart when kept
     /// here (`STATE_DIR/broker`); `None` keeps them in memory only.
     pub storage_dir: Option<PathBuf>,
-    /// Agents' reports and hellos go to delivery in-process ([`LocalIngest`]) rather than
-    /// through the controller's MQTT session.
+    /// Agents' reports, hellos and presence go to delivery in-process ([`LocalIngest`])
+    /// rather than through the controller's MQTT session.
     pub ingest: Option<Arc<LocalIngest>>,
 }
 
@@ -169,8 +170,8 @@ pub async fn start(
     })
 }
 
-/// The broker's publish hook: an agent's report or hello (the ACL has already checked its
-/// topic) goes to [`LocalIngest`], and its PUBACK waits for the commit.
+/// The broker's publish hook: an agent's report, hello or presence (the ACL has already
+/// checked its topic) goes to [`LocalIngest`], and its PUBACK waits for the commit.
 struct Hook(Arc<LocalIngest>);
 
 impl BrokerEventHandler for Hook {
@@ -181,6 +182,15 @@ impl BrokerEventHandler for Hook {
             }
             match self.0.take(&event.topic, event.payload).await {
                 Taken::Handled => PublishAction::Handled,
+                // An empty retained publish clears the topic's retained message; routed to
+                // the controller's session, it says nothing (an empty presence is skipped).
+                Taken::HandledClear => {
+                    let mut clear =
+                        PublishPacket::new_v311(&*event.topic, bytes::Bytes::new(), event.qos);
+                    clear.retain = true;
+                    clear.packet_id = event.packet_id;
+                    PublishAction::Transform(clear)
+                }
                 Taken::Route => PublishAction::Continue,
             }
         })

@@ -79,7 +79,8 @@ pub struct DeliveryOptions {
     pub counters: Arc<DeliveryCounters>,
     /// Agent messages from NATS JetStream instead of an MQTT subscription.
     pub nats: Option<NatsOptions>,
-    /// The embedded broker's hook: agents' reports and hellos reach the workers in-process.
+    /// The embedded broker's hook: agents' reports, hellos and presence reach the workers
+    /// in-process.
     pub local: Option<Arc<LocalIngest>>,
 }
 
