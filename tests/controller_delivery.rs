@@ -283,13 +283,24 @@ async fn stopping_finishes_and_acks_the_reports_being_committed(mut fleet: Fleet
     fleet.stop().await;
 }
 
-/// In-process ingest keeps the MQTT path's promise to the agent: its report is acknowledged
-/// (PUBACK) only once committed, so an agent that loses its connection before then sends it
-/// again. (Through MQTT the broker acks on receipt and the controller's session holds it.)
+/// In-process ingest keeps the MQTT path's promise to the agent: a final report is
+/// acknowledged (PUBACK) only once committed, so an agent that loses its connection before
+/// then sends it again. (Through MQTT the broker acks on receipt and the controller's session
+/// holds it.) A progress report (RUNNING) is acked at once and committed in order behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_process_report_is_acknowledged_to_its_agent_only_once_committed() {
     let fleet = Fleet::embedded_in_process().await;
     let x = fleet.agent("acp-x").await;
+    let wait_pubacks = |n: usize| {
+        let pubacks = x.pubacks.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while pubacks.load(Ordering::SeqCst) < n {
+                assert!(tokio::time::Instant::now() < deadline, "no PUBACK {n}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     fleet.inbox.hold_reports.store(true, Ordering::SeqCst);
     x.report("acp-x", "acp-x", "t-held").await;
     tokio::time::timeout(WAIT, fleet.inbox.held.notified())
@@ -301,15 +312,18 @@ async fn an_in_process_report_is_acknowledged_to_its_agent_only_once_committed()
         "acked before its commit"
     );
     fleet.inbox.release.notify_one();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while x.pubacks.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no PUBACK after the commit"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_pubacks(1).await;
     assert_eq!(reports_of(&fleet.inbox.calls(), "t-held"), 1);
+    // A progress report is acked while its commit is still held.
+    fleet.inbox.hold_reports.store(true, Ordering::SeqCst);
+    x.report_phase("acp-x", "acp-x", "t-progress", "RUNNING")
+        .await;
+    tokio::time::timeout(WAIT, fleet.inbox.held.notified())
+        .await
+        .expect("the progress report reaches the inbox");
+    wait_pubacks(2).await;
+    fleet.inbox.release.notify_one();
+    fleet.wait_report("the progress report", "t-progress").await;
     fleet.stop().await;
 }
 

@@ -435,10 +435,22 @@ impl Agent {
             .unwrap();
     }
 
+    /// A task's final report (SUCCESS): one that must reach the controller.
     pub async fn report(&self, topic_instance: &str, claimed: &str, task_id: &str) {
+        self.report_phase(topic_instance, claimed, task_id, "SUCCESS")
+            .await;
+    }
+
+    pub async fn report_phase(
+        &self,
+        topic_instance: &str,
+        claimed: &str,
+        task_id: &str,
+        phase: &str,
+    ) {
         let report = Report {
             instance_id: claimed.to_string(),
-            task: task_view(task_id),
+            task: task_view(task_id, phase),
         };
         self.publish(&topics::topic(topic_instance, Kind::Report), report, false)
             .await;
@@ -467,12 +479,18 @@ impl Agent {
     }
 }
 
-pub fn task_view(task_id: &str) -> TaskView {
+/// A task's view in `phase` (`SUCCESS` or `RUNNING`).
+pub fn task_view(task_id: &str, phase: &str) -> TaskView {
+    let status = if phase == "SUCCESS" {
+        "Finished"
+    } else {
+        "Processing"
+    };
     serde_json::from_value(serde_json::json!({
         "TaskId": task_id,
         "ClientToken": null,
-        "TaskStatus": "Processing",
-        "Phase": "RUNNING",
+        "TaskStatus": status,
+        "Phase": phase,
         "Progress": 0,
         "BytesDone": 0,
         "BytesTotal": null,

@@ -23,7 +23,7 @@ pub(super) enum Source {
     Mqtt(Publish),
     Nats(Box<async_nats::jetstream::Message>),
     /// From the embedded broker's publish hook, which waits for this answer.
-    Local(std::sync::Mutex<Option<super::local::LocalReply>>),
+    Local(super::local::LocalMessage),
 }
 
 impl Message {

@@ -18,6 +18,16 @@
 //! the record of presence; what stays retained is only the will of an agent that has not come
 //! back (the broker publishes wills itself, through MQTT to the controller's session).
 //!
+//! **Progress is not waited for.** Waiting for every commit before the PUBACK held each agent
+//! to one message per commit cycle: at 5,000 phones reporting every 100 ms the controller
+//! committed 2,263 reports/s, a quarter of what it did with the broker acking on receipt. A
+//! report of a task still RUNNING is superseded by the task's next report (and, after a
+//! reconnect, by the resync of every task's state), so it is acked at once and committed in
+//! order behind the agent's earlier messages; a failed commit of one is dropped. Phase
+//! changes into PENDING or INSTALLING, final states, hellos and presence still wait for their
+//! commit. [`IN_FLIGHT`] bounds what is queued so: past it, the next agent waits (flow
+//! control, not memory).
+//!
 //! While delivery is not running or draining, everything goes through MQTT as before (the
 //! hook lets the broker route it to the controller's persistent session, which keeps it for
 //! the next run).
@@ -28,9 +38,29 @@ use std::sync::RwLock;
 
 /// The broker hook's way into delivery's workers; empty until [`Delivery::run`] and again
 /// once delivery drains.
-#[derive(Default)]
 pub struct LocalIngest {
     route: RwLock<Option<Route>>,
+    /// Progress reports handed over and not yet handled.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Progress reports queued for the workers at most (~1 KiB each).
+pub const IN_FLIGHT: usize = 16_384;
+
+impl Default for LocalIngest {
+    fn default() -> Self {
+        LocalIngest {
+            route: RwLock::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+        }
+    }
+}
+
+/// An in-process message's way back: the waiting hook's answer (none for progress), and the
+/// progress report's place in [`IN_FLIGHT`], given back when the message is dropped.
+pub(super) struct LocalMessage {
+    reply: std::sync::Mutex<Option<LocalReply>>,
+    _in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 struct Route {
@@ -65,13 +95,20 @@ impl LocalIngest {
     /// until it is committed. Reports, hellos and presence; anything else is routed.
     pub async fn take(&self, topic: &str, payload: bytes::Bytes) -> Taken {
         let done = match topics::parse(topic) {
+            Some((_, Kind::Report)) if is_progress(&payload) => {
+                return self.pass(topic, payload).await
+            }
             Some((_, Kind::Report | Kind::Hello)) => Taken::Handled,
             Some((_, Kind::Presence)) => Taken::HandledClear,
             _ => return Taken::Route,
         };
         for attempt in 1..=ATTEMPTS {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let Some((retry_delay, stop)) = self.hand_over(topic, payload.clone(), reply) else {
+            let waiting = LocalMessage {
+                reply: std::sync::Mutex::new(Some(reply)),
+                _in_flight: None,
+            };
+            let Some((retry_delay, stop)) = self.hand_over(topic, payload.clone(), waiting) else {
                 return Taken::Route;
             };
             match answer.await {
@@ -91,19 +128,35 @@ impl LocalIngest {
         Taken::Route
     }
 
+    /// A progress report: queued behind the agent's earlier messages, acked without waiting
+    /// for its commit once it has a place in [`IN_FLIGHT`].
+    async fn pass(&self, topic: &str, payload: bytes::Bytes) -> Taken {
+        let Ok(place) = self.in_flight.clone().acquire_owned().await else {
+            return Taken::Route;
+        };
+        let message = LocalMessage {
+            reply: std::sync::Mutex::new(None),
+            _in_flight: Some(place),
+        };
+        match self.hand_over(topic, payload, message) {
+            Some(_) => Taken::Handled,
+            None => Taken::Route,
+        }
+    }
+
     /// Queues the message on its worker; `None` when delivery does not run.
     fn hand_over(
         &self,
         topic: &str,
         payload: bytes::Bytes,
-        reply: tokio::sync::oneshot::Sender<Result<()>>,
+        local: LocalMessage,
     ) -> Option<(Duration, CancellationToken)> {
         let route = self.route.read().unwrap_or_else(|e| e.into_inner());
         let route = route.as_ref()?;
         let message = Message {
             topic: topic.to_string(),
             payload,
-            source: Source::Local(std::sync::Mutex::new(Some(reply))),
+            source: Source::Local(local),
         };
         let worker = &route.workers[link::shard(topic, route.workers.len())];
         worker.send((RETRIED_ALONE, message)).ok()?;
@@ -133,11 +186,33 @@ impl LocalIngest {
     }
 }
 
-/// How a worker answers an in-process message: once, with its outcome.
-pub(super) fn answer(source: &std::sync::Mutex<Option<LocalReply>>, outcome: Result<()>) {
-    if let Some(reply) = source.lock().unwrap_or_else(|e| e.into_inner()).take() {
+/// How a worker answers an in-process message: once, with its outcome (a progress report
+/// has nobody waiting).
+pub(super) fn answer(message: &LocalMessage, outcome: Result<()>) {
+    if let Some(reply) = message
+        .reply
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
         let _ = reply.send(outcome);
     }
+}
+
+/// Whether a report's task is RUNNING: progress, superseded by its next report.
+fn is_progress(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(rename = "Task")]
+        task: PeekTask,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekTask {
+        #[serde(rename = "Phase")]
+        phase: crate::task::record::Phase,
+    }
+    serde_json::from_slice::<Peek>(payload)
+        .is_ok_and(|peek| peek.task.phase == crate::task::record::Phase::Running)
 }
 
 impl std::fmt::Debug for LocalIngest {
