@@ -407,6 +407,13 @@ scale_cpu_ticks() {
     printf '%s\n' "$n"
 }
 
+# scale_nats_ticks: CPU ticks of the NATS nodes so far (0 without a cluster).
+scale_nats_ticks() {
+    local pid n=0
+    for pid in "${SCALE_NATS_PIDS[@]}"; do n=$((n + $(cpu_ticks "$pid"))); done
+    printf '%s\n' "$n"
+}
+
 # scale_kib FIELD: a /proc status field summed over the replicas.
 scale_kib() {
     local pid n=0
@@ -453,7 +460,7 @@ scale_window() {
 
 # run_fleet_scale_store STORE: one store's whole run; `STORE.key value` lines in SCALE_RESULTS.
 run_fleet_scale_store() {
-    local store="$1" dir="$RUN_DIR/scale-$store" hz ticks0 ticks1
+    local store="$1" dir="$RUN_DIR/scale-$store" hz ticks0 ticks1 nats0 nats1 wall0
     mkdir -p "$dir"
     SCALE_RESULTS="$dir/results.txt"
     : >"$SCALE_RESULTS"
@@ -464,6 +471,8 @@ run_fleet_scale_store() {
     scale_backend_start "$store" "$dir"
     hz="$(getconf CLK_TCK)"
     ticks0="$(scale_cpu_ticks)"
+    nats0="$(scale_nats_ticks)"
+    wall0="$(date +%s)"
     printf '{"UploadType": "DOWNLOAD_URL", "SourceFilePath": "/sdcard/Download/scale.bin", "UploadUrl": "https://cdn.example.com/scale.bin"}\n' \
         >"$dir/payload.json"
 
@@ -477,7 +486,10 @@ run_fleet_scale_store() {
     scale_window "$dir" load "$FLEET_SCALE_PROGRESS_MS" describe
     scale_window "$dir" burst "$FLEET_SCALE_BURST_MS" quiet
     ticks1="$(scale_cpu_ticks)"
+    nats1="$(scale_nats_ticks)"
     {
+        printf 'wall_s %s\n' $(($(date +%s) - wall0))
+        printf 'nats_cpu_s %s\n' "$(awk -v a="$nats0" -v b="$nats1" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz}')"
         printf 'ctl_cpu_s %s\n' "$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz}')"
         printf 'ctl_hwm_kib %s\n' "$(scale_kib VmHWM)"
         printf 'ctl_rss_kib %s\n' "$(scale_kib VmRSS)"
@@ -541,7 +553,9 @@ fleet_scale_report() {
     row "DescribeTasks by instance p99" "<= 50 ms" "X <= 50" describe_instance_p99_ms ms
     row "  requests / errors" "" "" describe_n ""
     row "  errors" "" "" describe_errors ""
+    row "the part's wall time" "" "" wall_s s
     row "controller CPU over the part" "" "" ctl_cpu_s s
+    row "NATS nodes' CPU over the part" "" "" nats_cpu_s s
     row "controller VmHWM" "" "" ctl_hwm_kib KiB
     row "controller VmRSS at the end" "" "" ctl_rss_kib KiB
     row "history preload" "" "" preload_s s
