@@ -4,7 +4,7 @@
 //! partial data, a finished task's result or error), so no field's meaning depends on another.
 //! The manager only calls these transitions; it never edits a state by hand.
 
-use super::record::{Phase, ResumeState, TaskResult};
+use super::record::{DoneObject, Phase, ResumeState, TaskResult};
 use crate::error::{Code, Error, TaskCode};
 use serde::{Deserialize, Serialize};
 
@@ -225,11 +225,34 @@ impl TaskState {
         }
     }
 
-    /// What a RUNNING task needs to resume; other states ignore late checkpoints.
-    pub fn checkpoint(&mut self, state: ResumeState) {
+    /// What a RUNNING task needs to resume; other states ignore late checkpoints. The
+    /// engine's state says nothing of a folder's landed objects: those already in the record
+    /// stay (the objects landed since are in the landed log, see [`super::landed_log`]).
+    pub fn checkpoint(&mut self, mut state: ResumeState) {
         if let TaskState::Running { resume, .. } = self {
+            if state.folder_done.is_empty() {
+                state.folder_done = resume.take().map(|r| r.folder_done).unwrap_or_default();
+            }
             *resume = Some(state);
         }
+    }
+
+    /// Folder objects landed since the record last held them (from the landed log): merged
+    /// into what a re-run skips. SUCCESS keeps no resume state and ignores them.
+    pub fn remember_landed(&mut self, landed: Vec<DoneObject>) {
+        if landed.is_empty() {
+            return;
+        }
+        let resume = match self {
+            TaskState::Pending { resume, .. }
+            | TaskState::Running { resume, .. }
+            | TaskState::Installing { resume, .. }
+            | TaskState::Failed { resume, .. }
+            | TaskState::Cancelled { resume, .. } => resume,
+            TaskState::Success { .. } => return,
+        };
+        let resume = resume.get_or_insert_with(ResumeState::default);
+        super::landed_log::merge(&mut resume.folder_done, landed);
     }
 
     /// RUNNING → INSTALLING: the files are in place.
@@ -381,7 +404,7 @@ impl TaskState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::record::{DoneObject, FileResult, InstallResult};
+    use crate::task::record::{FileResult, InstallResult};
 
     fn file(size: u64) -> FileResult {
         FileResult {

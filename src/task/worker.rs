@@ -2,10 +2,11 @@
 //! checkpoints and the start of AutoInstall into state changes, then the outcome saved
 //! (retrying while the journal refuses it) before it is shown.
 
+use super::landed_log::{FolderOrigin, LandedLog};
 use super::manager::{off_thread, Inner};
-use super::record::{ResumeState, TaskResult, TaskView};
+use super::record::{DoneObject, ResumeState, TaskResult, TaskView};
 use super::state::Settlement;
-use crate::error::Result;
+use crate::error::{Code, Error, Result};
 use crate::pipeline::{self, Run};
 use crate::task::payload::ValidTask;
 use crate::transfer::engine;
@@ -39,24 +40,28 @@ impl Inner {
         }
         tracing::info!(task = %id, "transfer started");
         let services = self.services();
-        let outcome = match &plan {
+        let (outcome, landed) = match &plan {
             Ok(task) => {
                 let observer = TaskObserver {
                     inner: self.clone(),
                     id: id.clone(),
                     last: AtomicU64::new(done_before),
                     announced: Mutex::new((u8::MAX, Instant::now())),
+                    landed: Mutex::new(Vec::new()),
+                    log: Arc::new(Mutex::new(None)),
                 };
                 let run = Run {
                     task_id: &id,
                     resume,
                     cancel: cancel.clone(),
                 };
-                pipeline::run(&services, task, run, &observer).await
+                let outcome = pipeline::run(&services, task, run, &observer).await;
+                let landed = std::mem::take(&mut *super::manager::lock(&observer.landed));
+                (outcome, landed)
             }
-            Err(e) => Err(e.clone()),
+            Err(e) => (Err(e.clone()), Vec::new()),
         };
-        self.commit_outcome(&id, plan.ok(), outcome).await;
+        self.commit_outcome(&id, plan.ok(), outcome, landed).await;
         self.prune().await;
         self.wake.notify_one();
     }
@@ -109,19 +114,27 @@ impl Inner {
     /// SUCCESS shown but lost would run the task, and its AutoInstall, again after a restart).
     /// Meanwhile the task stays RUNNING (or INSTALLING) with a note saying why. A daemon
     /// stopping gives up: the journal still says RUNNING and the next start resumes the task.
+    /// `landed` are the folder objects this run landed (also in its landed log).
     async fn commit_outcome(
         self: &Arc<Self>,
         id: &str,
         plan: Option<Arc<ValidTask>>,
         outcome: Result<TaskResult>,
+        landed: Vec<DoneObject>,
     ) {
         let outcome = Arc::new(outcome);
+        let landed = Arc::new(landed);
         let mut delay = JOURNAL_RETRY_FIRST;
         loop {
-            let (inner, owned, plan, outcome) =
-                (self.clone(), id.to_string(), plan.clone(), outcome.clone());
+            let (inner, owned, plan, outcome, landed) = (
+                self.clone(),
+                id.to_string(),
+                plan.clone(),
+                outcome.clone(),
+                landed.clone(),
+            );
             let saved = off_thread("finishing the task", move || {
-                inner.finish(&owned, plan.as_deref(), &outcome)
+                inner.finish(&owned, plan.as_deref(), &outcome, &landed)
             })
             .await;
             let Err(e) = saved else { return };
@@ -138,12 +151,14 @@ impl Inner {
     /// is held from before the save until the record in memory is replaced (and the partial
     /// data removed, when the outcome calls for it), so a re-submit of this TaskId waits for
     /// that and never races the cleanup or the write. When the save fails nothing is shown
-    /// but a note.
+    /// but a note. The saved record holds the folder objects of `landed`, so the run's
+    /// landed log is removed after it (a crash in between: the next load merges it again).
     fn finish(
         &self,
         id: &str,
         plan: Option<&ValidTask>,
         outcome: &Result<TaskResult>,
+        landed: &[DoneObject],
     ) -> Result<()> {
         let journal = self.journal();
         let (mut record, by_user, held_slot) = {
@@ -158,6 +173,7 @@ impl Inner {
         };
         // An earlier attempt's note says the outcome is unsaved: not part of the outcome.
         record.notes.retain(|n| !n.starts_with(UNSAVED_NOTE));
+        record.update(|s, _| s.remember_landed(landed.to_vec()));
         let Settlement { discard, failure } =
             record.update(|s, now| s.settle(outcome.clone(), by_user, now))?;
         if discard {
@@ -172,6 +188,9 @@ impl Inner {
                 notes.push(format!("{UNSAVED_NOTE} to the journal ({e}); it shows as running until the save succeeds (retrying)"));
             }
             return Err(e);
+        }
+        if let Err(e) = journal.remove_log(id) {
+            tracing::warn!(task = %id, error = %e, "cannot remove the landed log; the next start merges it again");
         }
         let view = record.view();
         {
@@ -212,6 +231,10 @@ struct TaskObserver {
     last: AtomicU64,
     /// The percent last announced to subscribers, and when.
     announced: Mutex<(u8, Instant)>,
+    /// Folder objects landed in this run, in order: merged into the record when it ends.
+    landed: Mutex<Vec<DoneObject>>,
+    /// This run's landed log, started at its first landed object.
+    log: Arc<Mutex<Option<LandedLog>>>,
 }
 
 impl TaskObserver {
@@ -256,6 +279,40 @@ impl engine::Observer for TaskObserver {
 
     fn retrying(&self, _err: &SourceError, _delay: Duration) {
         self.inner.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One line in the task's landed log (a constant number of bytes, whatever the size of
+    /// the folder). A log that cannot be written only costs a fetch again after a crash:
+    /// the run's list in memory still reaches the record when the run ends.
+    fn landed(&self, origin: &FolderOrigin, done: DoneObject) -> impl Future<Output = ()> + Send {
+        super::manager::lock(&self.landed).push(done.clone());
+        let (inner, id, log, origin) = (
+            self.inner.clone(),
+            self.id.clone(),
+            self.log.clone(),
+            origin.clone(),
+        );
+        async move {
+            let task = id.clone();
+            let appended = off_thread("remembering a landed object", move || {
+                let mut log = super::manager::lock(&log);
+                if log.as_ref().map(LandedLog::origin) != Some(&origin) {
+                    let sync_bytes = inner.services().config.checkpoint_bytes;
+                    *log = Some(inner.journal().start_log(&id, origin, sync_bytes)?);
+                }
+                let log = log.as_mut().expect("started above");
+                log.append(&done).map_err(|e| {
+                    Error::new(
+                        Code::StorageIo,
+                        format!("appending to the landed log of {id}: {e}"),
+                    )
+                })
+            })
+            .await;
+            if let Err(e) = appended {
+                tracing::warn!(task = %task, error = %e, "cannot remember a landed object durably; after a crash it is fetched again");
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Sending an OSS folder: list it (bounded in time), check every key ([`keys`]), then land
 //! the objects one by one, skipping those an earlier run of the task already landed, with
-//! progress over the whole folder and the landed objects in every checkpoint.
+//! progress over the whole folder. Each landed object is reported once
+//! ([`Observer::landed`]: one line of the task's landed log), never by rewriting a record
+//! that lists them all.
 
 mod keys;
 
@@ -15,9 +17,10 @@ use crate::transfer::engine::Observer;
 use crate::transfer::source::oss::OssClient;
 use crate::transfer::source::SourceError;
 use keys::FolderEntry;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::task::landed_log::FolderOrigin;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sends every object under a prefix; see [`keys`] for why keys are all checked first.
@@ -66,13 +69,20 @@ pub(super) async fn send<O: Observer>(
         .as_mut()
         .map(|r| std::mem::take(&mut r.folder_done))
         .unwrap_or_default();
+    let done_before: HashMap<&str, &DoneObject> =
+        done_before.iter().map(|d| (d.key.as_str(), d)).collect();
     let resumed_key = resumed_object(&entries, &done_before, resume.as_ref());
     let total = entries.iter().map(|e| e.size).sum();
     let folder_observer = FolderObserver {
         outer: observer,
         base: AtomicU64::new(0),
         total,
-        done: Mutex::new(Vec::new()),
+        large: AtomicBool::new(false),
+        checkpoint_bytes: config.checkpoint_bytes,
+    };
+    let origin = FolderOrigin {
+        prefix: object.key.clone(),
+        base: base.to_string(),
     };
     let mut files = Vec::with_capacity(entries.len());
     // Entries are sorted by key, so the objects of one sub-folder come together.
@@ -93,9 +103,10 @@ pub(super) async fn send<O: Observer>(
                 sha256: done.file.sha256.clone(),
                 content_encoding: done.file.content_encoding.clone(),
             });
-            folder_observer.finished(done.clone());
+            folder_observer.finished(done.file.size);
             continue;
         }
+        folder_observer.starting(entry.size);
         let landing = Landing {
             source: Arc::new(client.object(&object.bucket, &entry.key)),
             staging_dir: base_dir.clone(),
@@ -121,13 +132,13 @@ pub(super) async fn send<O: Observer>(
                 ),
             )
         })?;
-        folder_observer.finished(DoneObject {
+        folder_observer.finished(file.size);
+        let done = DoneObject {
             key: entry.key.clone(),
             etag: entry.etag.clone().unwrap_or_default(),
             file: file.to_result(),
-        });
-        // Remember the landed object even if no checkpoint comes before the next one ends.
-        folder_observer.checkpoint(ResumeState::default()).await;
+        };
+        observer.landed(&origin, done).await;
         files.push(file);
     }
     Ok(files)
@@ -139,13 +150,13 @@ pub(super) async fn send<O: Observer>(
 /// range of another object's length asked of it would fail the task.
 fn resumed_object<'a>(
     entries: &'a [FolderEntry],
-    done: &[DoneObject],
+    done: &HashMap<&str, &DoneObject>,
     resume: Option<&ResumeState>,
 ) -> Option<&'a str> {
     resume?;
     let entry = entries
         .iter()
-        .find(|e| !done.iter().any(|d| d.key == e.key))?;
+        .find(|e| !done.contains_key(e.key.as_str()))?;
     Some(entry.key.as_str())
 }
 
@@ -167,14 +178,14 @@ async fn entry_dir(
 /// stored path is not trusted: it must be the very path this entry lands at (the folder's
 /// path, its sub-folders, its name), else the object is fetched again.
 fn still_done<'a>(
-    done: &'a [DoneObject],
+    done: &HashMap<&str, &'a DoneObject>,
     entry: &FolderEntry,
     final_dir: &Dir,
 ) -> Result<Option<&'a DoneObject>> {
     let Some(etag) = entry.etag.as_deref() else {
         return Ok(None);
     };
-    let Some(done) = done.iter().find(|d| d.key == entry.key && d.etag == etag) else {
+    let Some(done) = done.get(entry.key.as_str()).filter(|d| d.etag == etag) else {
         return Ok(None);
     };
     if done.file.path != final_dir.device_path().join(&entry.name).to_string() {
@@ -191,19 +202,26 @@ fn still_done<'a>(
     )
 }
 
-/// Progress over the whole folder, and the landed objects in every checkpoint.
+/// Progress over the whole folder, and the checkpoints of its large objects.
 struct FolderObserver<'a, O: Observer> {
     outer: &'a O,
     /// Bytes of the objects already landed.
     base: AtomicU64,
     total: u64,
-    done: Mutex<Vec<DoneObject>>,
+    /// Whether the object in flight is large enough for its partial data to be recorded.
+    large: AtomicBool,
+    checkpoint_bytes: u64,
 }
 
 impl<O: Observer> FolderObserver<'_, O> {
-    fn finished(&self, done: DoneObject) {
-        let now = self.base.fetch_add(done.file.size, Ordering::Relaxed) + done.file.size;
-        self.done.lock().expect("folder progress lock").push(done);
+    /// An object of `size` bytes starts.
+    fn starting(&self, size: u64) {
+        self.large
+            .store(size >= self.checkpoint_bytes, Ordering::Relaxed);
+    }
+
+    fn finished(&self, size: u64) {
+        let now = self.base.fetch_add(size, Ordering::Relaxed) + size;
         self.outer.progress(now, Some(self.total));
     }
 }
@@ -214,9 +232,14 @@ impl<O: Observer> Observer for FolderObserver<'_, O> {
         self.outer.progress(base + done, Some(self.total));
     }
 
-    fn checkpoint(&self, mut state: ResumeState) -> impl Future<Output = ()> + Send {
-        state.folder_done = self.done.lock().expect("folder progress lock").clone();
-        self.outer.checkpoint(state)
+    /// Only an object of at least `checkpoint_bytes` records its partial data (each record
+    /// is a whole journal write): a smaller one cut short is fetched again from zero, no
+    /// more than a single file loses between its checkpoints. Its landing is remembered
+    /// through [`Observer::landed`].
+    async fn checkpoint(&self, state: ResumeState) {
+        if self.large.load(Ordering::Relaxed) {
+            self.outer.checkpoint(state).await
+        }
     }
 
     fn retrying(&self, err: &SourceError, delay: Duration) {
@@ -258,15 +281,17 @@ mod tests {
                 content_encoding: None,
             },
         };
-        let right = [done_at("/sdcard/Download/p/sub/a.apk")];
-        assert_eq!(still_done(&right, &entry, &dir).unwrap(), Some(&right[0]));
+        let right = done_at("/sdcard/Download/p/sub/a.apk");
+        let index = HashMap::from([(right.key.as_str(), &right)]);
+        assert_eq!(still_done(&index, &entry, &dir).unwrap(), Some(&right));
         for wrong in [
             "/sdcard/Download/other.apk",
             "/sdcard/Download/p/a.apk",
             "/data/data/x/a.apk",
         ] {
-            let done = [done_at(wrong)];
-            assert_eq!(still_done(&done, &entry, &dir).unwrap(), None, "{wrong}");
+            let done = done_at(wrong);
+            let index = HashMap::from([(done.key.as_str(), &done)]);
+            assert_eq!(still_done(&index, &entry, &dir).unwrap(), None, "{wrong}");
         }
     }
 
@@ -293,11 +318,15 @@ mod tests {
         };
         let entries = [entry("a"), entry("b"), entry("c")];
         let partial = ResumeState::default();
-        let landed = [done("a"), done("b")];
+        let (a, b, c) = (done("a"), done("b"), done("c"));
+        fn index<'a>(done: &[&'a DoneObject]) -> HashMap<&'a str, &'a DoneObject> {
+            done.iter().map(|d| (d.key.as_str(), *d)).collect()
+        }
+        let landed = index(&[&a, &b]);
         assert_eq!(resumed_object(&entries, &landed, Some(&partial)), Some("c"));
-        assert_eq!(resumed_object(&entries, &[], Some(&partial)), Some("a"));
+        assert_eq!(resumed_object(&entries, &index(&[]), Some(&partial)), Some("a"));
         assert_eq!(resumed_object(&entries, &landed, None), None);
-        let all = [done("a"), done("b"), done("c")];
+        let all = index(&[&a, &b, &c]);
         assert_eq!(resumed_object(&entries, &all, Some(&partial)), None);
     }
 }

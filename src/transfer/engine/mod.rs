@@ -19,7 +19,8 @@ mod single;
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
 use crate::paths::Dir;
-use crate::task::record::ResumeState;
+use crate::task::landed_log::FolderOrigin;
+use crate::task::record::{DoneObject, ResumeState};
 use crate::transfer::sink::{self, Written};
 use crate::transfer::source::limit::Bandwidth;
 use crate::transfer::source::retry::Backoff;
@@ -40,6 +41,11 @@ pub trait Observer: Send + Sync {
     /// Persist this state so a restart can resume; awaited before the engine goes on.
     fn checkpoint(&self, state: ResumeState) -> impl Future<Output = ()> + Send;
     fn retrying(&self, _err: &SourceError, _delay: std::time::Duration) {}
+    /// An object of a folder send is in place (its file fsync'd, renamed, its folder
+    /// fsync'd): remember it so a re-run skips it. Awaited before the folder goes on.
+    fn landed(&self, _origin: &FolderOrigin, _done: DoneObject) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// One object to fetch into `dir/final_name` via the hidden `staging` file.
