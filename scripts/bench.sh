@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh
 #
-# Parts (BENCH_PARTS, default "plain throttled oss"; each tool runs RUNS times, interleaved,
+# Parts (BENCH_PARTS, default "plain throttled oss oss-folder"; each tool runs RUNS times, interleaved,
 # medians reported):
 #   plain      one BENCH_SIZE_MIB file (1 GiB) from nginx at full speed:
 #              ferry fetch vs curl vs wget
@@ -15,6 +15,10 @@
 #   oss        the same OBJECT_MIB object on s3s-fs (a real S3 server, SigV4) at full speed:
 #              ferry fetch with an OSS payload vs s5cmd cp vs rclone copyto, each with its
 #              default concurrency
+#   oss-folder FOLDER_OBJECTS (3,000) objects of FOLDER_OBJECT_BYTES (4 KiB) on s3s-fs as one
+#              folder task through `ferry daemon`: the daemon's disk write volume
+#              (/proc/PID/io write_bytes) against the data size, its wall time and CPU (see
+#              scripts/lib/bench_oss_folder.sh)
 #   fleet      FLEET_PHONES (500) real `ferry daemon` processes, each its own device root,
 #              against `ferry-controller serve` with its embedded broker; a 4 MiB file from
 #              nginx: one SendFile for all of them vs the same transfers submitted straight to
@@ -37,11 +41,12 @@
 #              scripts/lib/bench_fleet_scale.sh.
 #
 # Environment knobs:
-#   BENCH_PARTS     which parts, space separated (default "plain throttled oss")
+#   BENCH_PARTS     which parts, space separated (default "plain throttled oss oss-folder")
 #   BENCH_SIZE_MIB  plain part's file size in MiB (default 1024)
 #   OBJECT_MIB      throttled and oss parts' object size in MiB (default 256)
 #   THROTTLE_RATE   nginx limit_rate of the throttled part (default 16m)
 #   RUNS            timed runs per tool (default 5 for plain, 3 for the others)
+#   FOLDER_OBJECTS, FOLDER_OBJECT_BYTES  oss-folder: objects (3000) and their size (4096)
 #   SKIP_FERRY=1    benchmark only the other tools (e.g. before ferry supports a part)
 #   BENCH_DIR       where the source files and outputs live (default /var/tmp/ferry-bench;
 #                   must have room for the sources plus one output)
@@ -69,7 +74,8 @@
 #
 # Targets (from the design): plain: ferry's wall time no worse than curl's; throttled:
 # ferry at least as fast as aria2c and at least 6x curl; every part: ferry's peak RSS
-# <= 16 MiB whatever the file size (it streams with bounded buffers and hashes on the fly).
+# <= 16 MiB whatever the file size (it streams with bounded buffers and hashes on the fly);
+# oss-folder (issue 14): the daemon writes at most the data size + 1 MiB.
 # fleet (issue 11): SendFile for 500 phones answers <= 200 ms; all FINISHED <= 1.5x the floor;
 # DescribeTasks p99 <= 50 ms; controller RSS <= 64 MiB; idle agent <= 8 MiB and no wake-ups
 # beyond the MQTT keepalive.  fleet-scale (issue 12): SendFile(5,000) <= 1 s; all FINISHED
@@ -91,8 +97,10 @@ export LC_ALL=C
 . "$(dirname "${BASH_SOURCE[0]}")/lib/bench_fleet.sh"
 # shellcheck source=scripts/lib/bench_fleet_scale.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/bench_fleet_scale.sh"
+# shellcheck source=scripts/lib/bench_oss_folder.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/bench_oss_folder.sh"
 
-BENCH_PARTS="${BENCH_PARTS:-plain throttled oss}"
+BENCH_PARTS="${BENCH_PARTS:-plain throttled oss oss-folder}"
 BENCH_SIZE_MIB="${BENCH_SIZE_MIB:-1024}"
 OBJECT_MIB="${OBJECT_MIB:-256}"
 THROTTLE_RATE="${THROTTLE_RATE:-16m}"
@@ -106,7 +114,7 @@ BENCH_DIR="${BENCH_DIR:-/var/tmp/ferry-bench}"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
 [[ "$THROTTLE_RATE" =~ ^[1-9][0-9]*[kKmM]?$ ]] || die "THROTTLE_RATE must be an nginx size such as 16m"
 for part in $BENCH_PARTS; do
-    [[ "$part" =~ ^(plain|throttled|oss|fleet|fleet-scale)$ ]] || die "unknown part $part in BENCH_PARTS"
+    [[ "$part" =~ ^(plain|throttled|oss|oss-folder|fleet|fleet-scale)$ ]] || die "unknown part $part in BENCH_PARTS"
 done
 want() { [[ " $BENCH_PARTS " == *" $1 "* ]]; }
 
@@ -141,13 +149,21 @@ if want oss; then
     ensure_s3s_fs
     ensure_bench_venv
 fi
+if want oss-folder; then
+    [[ "$FOLDER_OBJECTS" =~ ^[1-9][0-9]*$ ]] || die "FOLDER_OBJECTS must be a positive integer"
+    [[ "$FOLDER_OBJECT_BYTES" =~ ^[1-9][0-9]*$ ]] || die "FOLDER_OBJECT_BYTES must be a positive integer"
+    [[ "$SKIP_FERRY" != 1 ]] || die "part oss-folder needs ferry (SKIP_FERRY=1)"
+    ensure_apt python3 curl
+    ensure_rust
+    ensure_s3s_fs
+fi
 TIME_BIN=/usr/bin/time
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 
 # --- the ferry binary ---------------------------------------------------------
 FERRY=""
 # Part fleet runs its own agent build (fleet_agent_build); the others run this one.
-if [[ "$SKIP_FERRY" != 1 ]] && { want plain || want throttled || want oss; }; then
+if [[ "$SKIP_FERRY" != 1 ]] && { want plain || want throttled || want oss || want oss-folder; }; then
     if [[ -z "${FERRY_BIN:-}" ]]; then
         ensure_rust
         # Part fleet needs ferry-controller, built from the same library with every feature;
@@ -224,6 +240,7 @@ cleanup() {
         kill -TERM "$NGINX_PID" 2>/dev/null || true
         wait "$NGINX_PID" 2>/dev/null || true
     fi
+    stop_folder_daemon
     stop_s3s_fs
     stop_fleet
     stop_fleet_scale
@@ -322,15 +339,20 @@ S3_SK="ferry-bench-secret-0123456789abcdefghij"
 S3_BUCKET="cloudphone-saved-bucket-bench"
 S3_KEY="bench/$OBJ_NAME"
 SYS="$RUN_DIR/sys"
-if want oss; then
+if want oss || want oss-folder; then
     mkdir -p "$RUN_DIR/s3"
-    s3s_fs_put "$RUN_DIR/s3" "$S3_BUCKET" "$S3_KEY" "$WWW/$OBJ_NAME" "$(cat "$WWW/$OBJ_NAME.md5")"
+    if want oss; then
+        s3s_fs_put "$RUN_DIR/s3" "$S3_BUCKET" "$S3_KEY" "$WWW/$OBJ_NAME" "$(cat "$WWW/$OBJ_NAME.md5")"
+    fi
+    if want oss-folder; then folder_objects_put "$RUN_DIR/s3" "$S3_BUCKET"; fi
     start_s3s_fs "$RUN_DIR/s3" "$RUN_DIR/s3s-fs.log" "$S3_AK" "$S3_SK" oss.test
     # ferry reaches the bucket virtual-hosted style by name, through the hosts file of a
     # system root of its own (--system-root): no /etc/hosts edit, no DNS server.  The other
     # tools cannot be given a resolver and use path style on 127.0.0.1:PORT.
     mkdir -p "$SYS/system/etc"
     printf '127.0.0.1 localhost\n127.0.0.1 oss.test %s.oss.test\n' "$S3_BUCKET" >"$SYS/system/etc/hosts"
+fi
+if want oss; then
     cat >"$RUN_DIR/oss.json" <<JSON
 {"TaskId": "bench-oss", "UploadType": "OSS", "SourceFilePath": "/sdcard/Download",
  "UploadUrl": "oss://$S3_BUCKET/$S3_KEY", "UploadEndpoint": "http://oss.test:$S3S_FS_PORT",
@@ -503,6 +525,7 @@ run_part() {
 if want plain; then run_part plain "$PLAIN_RUNS" "${PLAIN_TOOLS[@]}"; fi
 if want throttled; then run_part throttled "$RUNS" "${THROTTLED_TOOLS[@]}"; fi
 if want oss; then run_part oss "$RUNS" "${OSS_TOOLS[@]}"; fi
+if want oss-folder; then run_oss_folder; fi
 if want fleet; then run_fleet; fi
 if want fleet-scale; then run_fleet_scale; fi
 
@@ -585,6 +608,7 @@ REPORT="$FERRY_ROOT/bench-out/bench-$(date +%Y%m%d-%H%M%S).txt"
             rss_line oss
         fi
     fi
+    if want oss-folder; then oss_folder_report; fi
     if want fleet; then fleet_report; fi
     if want fleet-scale; then fleet_scale_report; fi
     if want plain || want throttled || want oss || want fleet; then
