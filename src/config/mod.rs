@@ -9,7 +9,7 @@ mod oss;
 pub use android::{DnsConfig, LogcatConfig, MediaScanConfig, MediaScanMode, RunAs, TlsConfig};
 pub use fleet::{BrokerAddr, FleetConfig};
 pub use install::{InstallConfig, STREAM_INSTALL_UIDS};
-pub use oss::OssConfig;
+pub use oss::{OssConfig, MAX_FOLDER_CONCURRENCY};
 
 use crate::error::{Code, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -379,6 +379,12 @@ impl Config {
         }
         if !(1..=1000).contains(&self.oss.list_page_size) {
             return bad("oss.list_page_size must be between 1 and 1000".into());
+        }
+        if !(1..=oss::MAX_FOLDER_CONCURRENCY).contains(&self.oss.folder_concurrency) {
+            return bad(format!(
+                "oss.folder_concurrency must be between 1 and {}",
+                oss::MAX_FOLDER_CONCURRENCY
+            ));
         }
         if self.oss.access_key_id.is_some() != self.oss.access_key_secret.is_some() {
             return bad("oss.access_key_id and oss.access_key_secret go together".into());

@@ -23,7 +23,15 @@ pub struct OssConfig {
     pub list_page_size: i32,
     /// Most objects one folder send may hold, so a mistaken prefix cannot fill the phone.
     pub max_folder_objects: usize,
+    /// Small objects of a folder fetched at once (1 to [`MAX_FOLDER_CONCURRENCY`], never more
+    /// than `transfer.connections`): one round trip each otherwise. An object that goes as
+    /// parallel parts or checkpoints (at least `transfer.parallel_min_size_mib` or
+    /// `checkpoint_bytes`) is fetched alone, with its own connections.
+    pub folder_concurrency: usize,
 }
+
+/// The most `folder_concurrency` may be: each object in flight has a staging file of its own.
+pub const MAX_FOLDER_CONCURRENCY: usize = 64;
 
 impl Default for OssConfig {
     fn default() -> Self {
@@ -36,6 +44,7 @@ impl Default for OssConfig {
             bridged_fallback: false,
             list_page_size: 1000,
             max_folder_objects: 10_000,
+            folder_concurrency: 8,
         }
     }
 }
@@ -52,6 +61,7 @@ impl std::fmt::Debug for OssConfig {
             .field("bridged_fallback", &self.bridged_fallback)
             .field("list_page_size", &self.list_page_size)
             .field("max_folder_objects", &self.max_folder_objects)
+            .field("folder_concurrency", &self.folder_concurrency)
             .finish()
     }
 }

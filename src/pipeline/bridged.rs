@@ -44,6 +44,7 @@ pub(super) async fn send<O: Observer>(
         final_name: name.clone(),
         resume: ctx.resume.clone(),
         md5: ctx.task.md5,
+        slot: 0,
     };
     let config = &ctx.services.config;
     let fallback = config.oss.bridged_fallback;

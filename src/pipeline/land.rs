@@ -1,7 +1,7 @@
 //! One file through the engine into the sink: from its source to its final name in its
 //! folder, and what the run knows about it afterwards ([`Landed`]).
 
-use super::target::{adopt_legacy_staging, staging_name};
+use super::target::{adopt_legacy_staging, staging_name_in_slot};
 use super::Ctx;
 use crate::error::Result;
 use crate::paths::{DevicePath, Dir};
@@ -51,6 +51,9 @@ pub(super) struct Landing {
     pub final_name: String,
     pub resume: Option<ResumeState>,
     pub md5: Option<[u8; 16]>,
+    /// Which staging name it uses ([`staging_name_in_slot`]): 0 but for the objects of a
+    /// folder fetched at once.
+    pub slot: usize,
 }
 
 impl Ctx<'_> {
@@ -65,7 +68,7 @@ impl Ctx<'_> {
             dir: landing.staging_dir,
             final_name: landing.final_name.clone(),
             final_dir,
-            staging: staging_name(self.task_id),
+            staging: staging_name_in_slot(self.task_id, landing.slot),
             resume: landing.resume,
             md5: landing.md5,
             bandwidth: self.services.bandwidth.clone(),

@@ -115,6 +115,7 @@ async fn transfer<O: Observer>(
         final_name,
         resume: ctx.resume.clone(),
         md5: task.md5,
+        slot: 0,
     };
     match &task.plan {
         Plan::Download { url, target } => {
@@ -173,7 +174,13 @@ async fn transfer<O: Observer>(
 pub fn discard_partial(config: &Config, task: &ValidTask, task_id: &str) -> Result<()> {
     let roots = Roots::new(config.device_root.clone(), &config.allowed_roots)?;
     match roots.open_dir(&target::staging_folder(&task.plan), false) {
-        Ok(dir) => sink::discard(&dir, &staging_name(task_id)),
+        Ok(dir) => {
+            // A folder send may have had objects in flight at once, each its own staging file.
+            for slot in 1..=crate::config::MAX_FOLDER_CONCURRENCY {
+                dir.remove(&target::staging_name_in_slot(task_id, slot))?;
+            }
+            sink::discard(&dir, &staging_name(task_id))
+        }
         // No folder, no staging file.
         Err(_) => Ok(()),
     }

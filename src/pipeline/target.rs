@@ -23,6 +23,16 @@ pub fn staging_name(task_id: &str) -> String {
     )
 }
 
+/// The staging name of the `slot`th object a folder send has in flight at once: slot 0 is
+/// the task's own [`staging_name`] (the only one a checkpoint ever names), others add `-N`.
+pub fn staging_name_in_slot(task_id: &str, slot: usize) -> String {
+    let name = staging_name(task_id);
+    match slot {
+        0 => name,
+        n => format!("{}-{n}.part", name.trim_end_matches(".part")),
+    }
+}
+
 /// The staging name of builds before case-unique names.
 fn legacy_staging_name(task_id: &str) -> String {
     format!("{}{task_id}.part", crate::paths::RESERVED_PREFIX)
@@ -114,5 +124,21 @@ mod tests {
         }
         let longest = staging_name(&"x".repeat(64));
         assert!(longest.len() < 100, "{longest}");
+    }
+
+    /// Objects of a folder in flight at once each have a staging file; slot 0 is the task's.
+    #[test]
+    fn slot_staging_names_are_distinct_staging_names() {
+        assert_eq!(staging_name_in_slot("t1", 0), staging_name("t1"));
+        let names: std::collections::HashSet<String> = (0..=crate::config::MAX_FOLDER_CONCURRENCY)
+            .map(|slot| staging_name_in_slot("T1", slot))
+            .collect();
+        assert_eq!(names.len(), crate::config::MAX_FOLDER_CONCURRENCY + 1);
+        for name in &names {
+            assert!(crate::paths::is_reserved(name), "{name}");
+            assert_eq!(crate::paths::check_file_name(name), Ok(()));
+            assert!(name.ends_with(".part"), "{name}");
+        }
+        assert!(!names.contains(&staging_name("t1")));
     }
 }

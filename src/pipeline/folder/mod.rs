@@ -1,26 +1,29 @@
 //! Sending an OSS folder: list it (bounded in time), check every key ([`keys`]), then land
-//! the objects one by one, skipping those an earlier run of the task already landed, with
-//! progress over the whole folder. Each landed object is reported once
+//! the objects, skipping those an earlier run of the task already landed: small ones up to
+//! `oss.folder_concurrency` at once (each with a staging file of its own), a large one alone,
+//! with progress over the whole folder and the result in key order. Each landed object is reported once
 //! ([`Observer::landed`]: one line of the task's landed log), never by rewriting a record
 //! that lists them all.
 
 mod keys;
 
 use super::land::{Landed, Landing};
-use super::target::open_folder;
+use super::target::{open_folder, staging_name_in_slot};
 use super::Ctx;
 use crate::error::{Code, Error, Result};
 use crate::paths::{DevicePath, Dir, Entry};
+use crate::task::landed_log::FolderOrigin;
 use crate::task::payload::OssObject;
 use crate::task::record::{DoneObject, ResumeState};
 use crate::transfer::engine::Observer;
 use crate::transfer::source::oss::OssClient;
 use crate::transfer::source::SourceError;
 use keys::FolderEntry;
-use crate::task::landed_log::FolderOrigin;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 /// Sends every object under a prefix; see [`keys`] for why keys are all checked first.
@@ -75,19 +78,34 @@ pub(super) async fn send<O: Observer>(
     let total = entries.iter().map(|e| e.size).sum();
     let folder_observer = FolderObserver {
         outer: observer,
-        base: AtomicU64::new(0),
+        bytes: Mutex::new(0),
         total,
-        large: AtomicBool::new(false),
-        checkpoint_bytes: config.checkpoint_bytes,
     };
     let origin = FolderOrigin {
         prefix: object.key.clone(),
         base: base.to_string(),
     };
-    let mut files = Vec::with_capacity(entries.len());
+    // Objects that go as parallel parts or record checkpoints go alone (their connections
+    // are `transfer.connections`); smaller ones up to `at_once` together, one connection each.
+    let at_once = config
+        .oss
+        .folder_concurrency
+        .min(config.transfer.connections)
+        .max(1);
+    let alone_from = config
+        .checkpoint_bytes
+        .min(config.transfer.parallel_min_size_mib << 20);
+    let mut files: Vec<Option<Landed>> = vec![None; entries.len()];
+    let mut running = InFlight::default();
+    // Slot 0, the staging name checkpoints record, is for objects that go alone, so that no
+    // small object truncates the recorded partial data of a large one that comes later.
+    let mut free_slots: Vec<usize> = (1..=at_once).rev().collect();
+    let mut alone_in_flight = false;
+    // The failure of the first object (in key order) that failed.
+    let mut failed: Option<(usize, Error)> = None;
     // Entries are sorted by key, so the objects of one sub-folder come together.
     let mut current: (Vec<String>, Arc<Dir>) = (Vec::new(), base_dir.clone());
-    for entry in &entries {
+    for (index, entry) in entries.iter().enumerate() {
         if entry.dirs != current.0 {
             current = (
                 entry.dirs.clone(),
@@ -96,52 +114,160 @@ pub(super) async fn send<O: Observer>(
         }
         let final_dir = current.1.clone();
         if let Some(done) = still_done(&done_before, entry, &final_dir)? {
-            files.push(Landed {
+            files[index] = Some(Landed {
                 dir: final_dir,
                 name: entry.name.clone(),
                 size: done.file.size,
                 sha256: done.file.sha256.clone(),
                 content_encoding: done.file.content_encoding.clone(),
             });
-            folder_observer.finished(done.file.size);
+            folder_observer.moved(0, done.file.size);
             continue;
         }
-        folder_observer.starting(entry.size);
+        let alone = entry.size >= alone_from;
+        while !running.is_empty() && (alone || alone_in_flight || free_slots.is_empty()) {
+            let (slot, outcome) = running.next().await;
+            if slot != 0 {
+                free_slots.push(slot);
+            }
+            settle(&mut files, &mut failed, outcome);
+        }
+        alone_in_flight = alone;
+        // A failure (or a stop) starts nothing more; what is in flight finishes below.
+        if failed.is_some() || ctx.cancel.is_cancelled() {
+            break;
+        }
+        let slot = match alone {
+            true => 0,
+            false => free_slots.pop().expect("a slot is free"),
+        };
         let landing = Landing {
             source: Arc::new(client.object(&object.bucket, &entry.key)),
             staging_dir: base_dir.clone(),
             final_dir,
             final_name: entry.name.clone(),
-            resume: if resumed_key == Some(entry.key.as_str()) {
+            // Partial data is only ever recorded for an object that goes alone, in slot 0, and
+            // only ever handed to the object it belongs to.
+            resume: if alone && resumed_key == Some(entry.key.as_str()) {
                 resume.take()
             } else {
                 None
             },
             md5: None,
+            slot,
         };
-        let file = ctx.land(landing, &folder_observer).await.map_err(|e| {
-            let landed = files.len();
-            Error::new(
-                e.code,
-                format!(
-                    "{} (object {} of {}: {}); {landed} files of the folder are in place and a re-submit of this TaskId skips them",
-                    e.message,
-                    landed + 1,
-                    entries.len(),
-                    entry.key
-                ),
-            )
-        })?;
-        folder_observer.finished(file.size);
-        let done = DoneObject {
-            key: entry.key.clone(),
-            etag: entry.etag.clone().unwrap_or_default(),
-            file: file.to_result(),
-        };
-        observer.landed(&origin, done).await;
-        files.push(file);
+        let (folder_observer, origin) = (&folder_observer, &origin);
+        running.push(Box::pin(async move {
+            let object = ObjectObserver {
+                folder: folder_observer,
+                last: Mutex::new(0),
+                alone,
+            };
+            let outcome = ctx.land(landing, &object).await;
+            match &outcome {
+                Ok(file) => {
+                    object.progress(file.size, None);
+                    let done = DoneObject {
+                        key: entry.key.clone(),
+                        etag: entry.etag.clone().unwrap_or_default(),
+                        file: file.to_result(),
+                    };
+                    folder_observer.outer.landed(origin, done).await;
+                }
+                Err(_) => object.progress(0, None),
+            }
+            (slot, (index, outcome))
+        }));
     }
-    Ok(files)
+    while !running.is_empty() {
+        let (_, outcome) = running.next().await;
+        settle(&mut files, &mut failed, outcome);
+    }
+    if let Some((index, e)) = failed {
+        let landed = files.iter().flatten().count();
+        return Err(Error::new(
+            e.code,
+            format!(
+                "{} (object {} of {}: {}); {landed} files of the folder are in place and a re-submit of this TaskId skips them",
+                e.message,
+                index + 1,
+                entries.len(),
+                entries[index].key
+            ),
+        ));
+    }
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::new(Code::Cancelled, "the task was stopped"));
+    }
+    remove_slot_leftovers(&base_dir, ctx.task_id).await;
+    Ok(files
+        .into_iter()
+        .map(|f| f.expect("every object landed"))
+        .collect())
+}
+
+/// Removes the staging files of slots an interrupted earlier run left (a run with more
+/// objects at once, stopped by the daemon): this run has landed every object.
+async fn remove_slot_leftovers(dir: &Arc<Dir>, task_id: &str) {
+    let (dir, task_id) = (dir.clone(), task_id.to_string());
+    let removed = tokio::task::spawn_blocking(move || {
+        (1..=crate::config::MAX_FOLDER_CONCURRENCY)
+            .try_for_each(|slot| dir.remove(&staging_name_in_slot(&task_id, slot)))
+    })
+    .await;
+    if let Ok(Err(e)) = removed {
+        tracing::warn!(error = %e, "cannot remove a leftover staging file");
+    }
+}
+
+/// Puts a finished object's file in its place, or keeps its failure if it is the first in
+/// key order.
+fn settle(
+    files: &mut [Option<Landed>],
+    failed: &mut Option<(usize, Error)>,
+    (index, outcome): (usize, Result<Landed>),
+) {
+    match outcome {
+        Ok(file) => files[index] = Some(file),
+        Err(e) if failed.as_ref().is_none_or(|(first, _)| index < *first) => {
+            *failed = Some((index, e))
+        }
+        Err(_) => {}
+    }
+}
+
+/// One object's landing in flight: its staging slot, then its index and outcome.
+type InFlightLanding<'a> =
+    Pin<Box<dyn Future<Output = (usize, (usize, Result<Landed>))> + Send + 'a>>;
+
+/// The objects of a folder in flight at once (a handful): each poll polls them all.
+#[derive(Default)]
+struct InFlight<'a> {
+    futures: Vec<InFlightLanding<'a>>,
+}
+
+impl<'a> InFlight<'a> {
+    fn is_empty(&self) -> bool {
+        self.futures.is_empty()
+    }
+
+    fn push(&mut self, future: InFlightLanding<'a>) {
+        self.futures.push(future);
+    }
+
+    /// The next one to finish (there must be one in flight).
+    async fn next(&mut self) -> (usize, (usize, Result<Landed>)) {
+        std::future::poll_fn(|cx| {
+            for i in 0..self.futures.len() {
+                if let Poll::Ready(out) = self.futures[i].as_mut().poll(cx) {
+                    drop(self.futures.swap_remove(i));
+                    return Poll::Ready(out);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// The key whose partial data an earlier run left: objects land one by one in key order, so it
@@ -202,48 +328,51 @@ fn still_done<'a>(
     )
 }
 
-/// Progress over the whole folder, and the checkpoints of its large objects.
+/// Progress over the whole folder: the landed objects and those in flight.
 struct FolderObserver<'a, O: Observer> {
     outer: &'a O,
-    /// Bytes of the objects already landed.
-    base: AtomicU64,
+    /// Bytes landed or in flight; the lock keeps the reports in order.
+    bytes: Mutex<u64>,
     total: u64,
-    /// Whether the object in flight is large enough for its partial data to be recorded.
-    large: AtomicBool,
-    checkpoint_bytes: u64,
 }
 
 impl<O: Observer> FolderObserver<'_, O> {
-    /// An object of `size` bytes starts.
-    fn starting(&self, size: u64) {
-        self.large
-            .store(size >= self.checkpoint_bytes, Ordering::Relaxed);
-    }
-
-    fn finished(&self, size: u64) {
-        let now = self.base.fetch_add(size, Ordering::Relaxed) + size;
-        self.outer.progress(now, Some(self.total));
+    /// An object's bytes went from `from` to `to`.
+    fn moved(&self, from: u64, to: u64) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        *bytes = (*bytes + to).saturating_sub(from);
+        self.outer.progress(*bytes, Some(self.total));
     }
 }
 
-impl<O: Observer> Observer for FolderObserver<'_, O> {
+/// One object of the folder in flight.
+struct ObjectObserver<'f, 'a, O: Observer> {
+    folder: &'f FolderObserver<'a, O>,
+    /// Its bytes as last reported.
+    last: Mutex<u64>,
+    /// Whether it goes alone, large enough for its partial data to be recorded.
+    alone: bool,
+}
+
+impl<O: Observer> Observer for ObjectObserver<'_, '_, O> {
     fn progress(&self, done: u64, _total: Option<u64>) {
-        let base = self.base.load(Ordering::Relaxed);
-        self.outer.progress(base + done, Some(self.total));
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        self.folder.moved(*last, done);
+        *last = done;
     }
 
-    /// Only an object of at least `checkpoint_bytes` records its partial data (each record
-    /// is a whole journal write): a smaller one cut short is fetched again from zero, no
-    /// more than a single file loses between its checkpoints. Its landing is remembered
-    /// through [`Observer::landed`].
+    /// Only an object that goes alone (at least `checkpoint_bytes`, or parallel parts)
+    /// records its partial data (each record is a whole journal write): a smaller one cut
+    /// short is fetched again from zero, no more than a single file loses between its
+    /// checkpoints. Its landing is remembered through [`Observer::landed`].
     async fn checkpoint(&self, state: ResumeState) {
-        if self.large.load(Ordering::Relaxed) {
-            self.outer.checkpoint(state).await
+        if self.alone {
+            self.folder.outer.checkpoint(state).await
         }
     }
 
     fn retrying(&self, err: &SourceError, delay: Duration) {
-        self.outer.retrying(err, delay)
+        self.folder.outer.retrying(err, delay)
     }
 }
 
