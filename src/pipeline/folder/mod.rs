@@ -106,14 +106,25 @@ pub(super) async fn send<O: Observer>(
     // Entries are sorted by key, so the objects of one sub-folder come together.
     let mut current: (Vec<String>, Arc<Dir>) = (Vec::new(), base_dir.clone());
     for (index, entry) in entries.iter().enumerate() {
+        // A folder that cannot be opened fails like an object: those in flight finish first.
         if entry.dirs != current.0 {
-            current = (
-                entry.dirs.clone(),
-                entry_dir(ctx, &base, &base_dir, entry).await?,
-            );
+            match entry_dir(ctx, &base, &base_dir, entry).await {
+                Ok(dir) => current = (entry.dirs.clone(), dir),
+                Err(e) => {
+                    settle(&mut files, &mut failed, (index, Err(e)));
+                    break;
+                }
+            }
         }
         let final_dir = current.1.clone();
-        if let Some(done) = still_done(&done_before, entry, &final_dir)? {
+        let done = match still_done(&done_before, entry, &final_dir) {
+            Ok(done) => done,
+            Err(e) => {
+                settle(&mut files, &mut failed, (index, Err(e)));
+                break;
+            }
+        };
+        if let Some(done) = done {
             files[index] = Some(Landed {
                 dir: final_dir,
                 name: entry.name.clone(),
