@@ -11,8 +11,9 @@
 //! - the object replaced while the daemon was down: restart from zero, the new version lands;
 //! - the object replaced mid-transfer: one whole version lands, never a splice;
 //! - OSS only: a folder send killed (`kill -9`) after some objects landed completes on
-//!   restart, skipping the landed objects and resuming the interrupted one when the listing
-//!   carries ETags (moto; s3s-fs's listings carry none, so there they are fetched again).
+//!   restart, resuming the interrupted one from its partial data and skipping the landed
+//!   objects when the listing carries ETags (moto; s3s-fs's listings carry none, so there they
+//!   are fetched again, never with the interrupted one's partial data).
 //!
 //! Transfers are slowed with the daemon's own `bandwidth_limit_kib` (no proxy). Each test is
 //! generated once per kind (`http::NAME`, `oss::NAME`, `moto::NAME`); `FERRY_TEST_CHROOT=1` runs

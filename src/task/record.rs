@@ -148,6 +148,11 @@ pub struct ResumeState {
     /// Folder sends: objects already in place, skipped on resume while their ETag holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folder_done: Vec<DoneObject>,
+    /// Folder sends: the key of the object the partial data belongs to, so that a restart
+    /// hands it to that object only (never to another one fetched first, such as a landed
+    /// object fetched again). None in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_key: Option<String>,
 }
 
 impl ResumeState {

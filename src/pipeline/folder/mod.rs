@@ -6,6 +6,7 @@
 //! that lists them all.
 
 mod keys;
+mod resume;
 
 use super::land::{Landed, Landing};
 use super::target::{open_folder, staging_name_in_slot};
@@ -19,6 +20,7 @@ use crate::transfer::engine::Observer;
 use crate::transfer::source::oss::OssClient;
 use crate::transfer::source::SourceError;
 use keys::FolderEntry;
+use resume::resumed_object;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -158,7 +160,7 @@ pub(super) async fn send<O: Observer>(
             final_dir,
             final_name: entry.name.clone(),
             // Partial data is only ever recorded for an object that goes alone, in slot 0, and
-            // only ever handed to the object it belongs to.
+            // only ever handed to the object it names (see [`resume`]).
             resume: if alone && resumed_key == Some(entry.key.as_str()) {
                 resume.take()
             } else {
@@ -171,6 +173,7 @@ pub(super) async fn send<O: Observer>(
         running.push(Box::pin(async move {
             let object = ObjectObserver {
                 folder: folder_observer,
+                key: &entry.key,
                 last: Mutex::new(0),
                 alone,
             };
@@ -281,22 +284,6 @@ impl<'a> InFlight<'a> {
     }
 }
 
-/// The key whose partial data an earlier run left: objects land one by one in key order, so it
-/// is the first entry not recorded as landed. Only that object may resume from it: an object
-/// landed before but fetched again (its ETag not listed, or changed) starts from zero, and a
-/// range of another object's length asked of it would fail the task.
-fn resumed_object<'a>(
-    entries: &'a [FolderEntry],
-    done: &HashMap<&str, &DoneObject>,
-    resume: Option<&ResumeState>,
-) -> Option<&'a str> {
-    resume?;
-    let entry = entries
-        .iter()
-        .find(|e| !done.contains_key(e.key.as_str()))?;
-    Some(entry.key.as_str())
-}
-
 /// Opens (creating) the sub-folder an entry lands in.
 async fn entry_dir(
     ctx: &Ctx<'_>,
@@ -359,6 +346,8 @@ impl<O: Observer> FolderObserver<'_, O> {
 /// One object of the folder in flight.
 struct ObjectObserver<'f, 'a, O: Observer> {
     folder: &'f FolderObserver<'a, O>,
+    /// Its key, named in its partial data so that a restart resumes this object only.
+    key: &'f str,
     /// Its bytes as last reported.
     last: Mutex<u64>,
     /// Whether it goes alone, large enough for its partial data to be recorded.
@@ -375,9 +364,11 @@ impl<O: Observer> Observer for ObjectObserver<'_, '_, O> {
     /// Only an object that goes alone (at least `checkpoint_bytes`, or parallel parts)
     /// records its partial data (each record is a whole journal write): a smaller one cut
     /// short is fetched again from zero, no more than a single file loses between its
-    /// checkpoints. Its landing is remembered through [`Observer::landed`].
-    async fn checkpoint(&self, state: ResumeState) {
+    /// checkpoints. Its landing is remembered through [`Observer::landed`]. The state names
+    /// the object's key: after a restart no other object resumes from it ([`resume`]).
+    async fn checkpoint(&self, mut state: ResumeState) {
         if self.alone {
+            state.folder_key = Some(self.key.to_string());
             self.folder.outer.checkpoint(state).await
         }
     }
@@ -433,40 +424,5 @@ mod tests {
             let index = HashMap::from([(done.key.as_str(), &done)]);
             assert_eq!(still_done(&index, &entry, &dir).unwrap(), None, "{wrong}");
         }
-    }
-
-    /// The partial data of a killed run goes to the object that was being fetched, never to an
-    /// earlier one that is fetched again (its ETag not listed, as s3s-fs's listings have none).
-    #[test]
-    fn partial_data_resumes_only_the_object_it_belongs_to() {
-        let entry = |key: &str| FolderEntry {
-            key: key.into(),
-            dirs: Vec::new(),
-            name: key.into(),
-            size: 1,
-            etag: None,
-        };
-        let done = |key: &str| DoneObject {
-            key: key.into(),
-            etag: "e".into(),
-            file: FileResult {
-                path: String::new(),
-                size: 1,
-                sha256: String::new(),
-                content_encoding: None,
-            },
-        };
-        let entries = [entry("a"), entry("b"), entry("c")];
-        let partial = ResumeState::default();
-        let (a, b, c) = (done("a"), done("b"), done("c"));
-        fn index<'a>(done: &[&'a DoneObject]) -> HashMap<&'a str, &'a DoneObject> {
-            done.iter().map(|d| (d.key.as_str(), *d)).collect()
-        }
-        let landed = index(&[&a, &b]);
-        assert_eq!(resumed_object(&entries, &landed, Some(&partial)), Some("c"));
-        assert_eq!(resumed_object(&entries, &index(&[]), Some(&partial)), Some("a"));
-        assert_eq!(resumed_object(&entries, &landed, None), None);
-        let all = index(&[&a, &b, &c]);
-        assert_eq!(resumed_object(&entries, &all, Some(&partial)), None);
     }
 }

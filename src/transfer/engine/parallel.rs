@@ -244,7 +244,7 @@ pub(super) async fn run<O: Observer>(
         boot_id: String::new(),
         part_size: layout.part_size,
         parts: kept.clone(),
-        folder_done: Vec::new(),
+        ..ResumeState::default()
     };
     ctx.observer.checkpoint(state.clone()).await;
     let queue: VecDeque<usize> = (0..layout.count())
