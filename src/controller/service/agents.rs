@@ -208,22 +208,13 @@ impl Fleet {
                 }
             }
         }
-        let mut payloads: HashMap<String, TaskPayload> = HashMap::new();
+        let mut payloads = HashMap::new();
         let mut resent = Vec::new();
         for child in runs {
-            if !payloads.contains_key(&child.batch_id) {
-                let Some(json) = self.store.batch_payload(child.batch_id.clone()).await? else {
-                    continue;
-                };
-                let payload = serde_json::from_str(&json).map_err(|e| {
-                    Error::new(
-                        Code::Internal,
-                        format!("stored payload of batch {}: {e}", child.batch_id),
-                    )
-                })?;
-                payloads.insert(child.batch_id.clone(), payload);
-            }
-            orders.push(run_order(&payloads[&child.batch_id], &child.task_id));
+            let Some(payload) = self.payload(&mut payloads, &child.batch_id).await? else {
+                continue;
+            };
+            orders.push(run_order(payload, &child.task_id));
             resent.push(child.task_id);
         }
         if !resent.is_empty() {
@@ -316,25 +307,13 @@ impl Fleet {
             .filter(|i| i.online)
             .map(|i| i.instance_id)
             .collect();
-        let mut payloads: HashMap<String, Option<TaskPayload>> = HashMap::new();
+        let mut payloads = HashMap::new();
         let mut resent = Vec::new();
         for child in pending {
             if child.cancel_requested || !online.contains(&child.instance_id) {
                 continue;
             }
-            if !payloads.contains_key(&child.batch_id) {
-                let payload = match self.store.batch_payload(child.batch_id.clone()).await? {
-                    Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
-                        Error::new(
-                            Code::Internal,
-                            format!("stored payload of batch {}: {e}", child.batch_id),
-                        )
-                    })?),
-                    None => None,
-                };
-                payloads.insert(child.batch_id.clone(), payload);
-            }
-            let Some(payload) = &payloads[&child.batch_id] else {
+            let Some(payload) = self.payload(&mut payloads, &child.batch_id).await? else {
                 continue;
             };
             let order = run_order(payload, &child.task_id);
@@ -355,22 +334,35 @@ impl Fleet {
         Ok(resent)
     }
 
-    /// Sends untaken orders again every [`Fleet::resend_due`] interval until `shutdown`.
-    pub async fn run_resend(&self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let every = self.config.resend.max(Duration::from_secs(1));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {
-                    if let Err(e) = self.resend_due().await {
-                        tracing::warn!(error = %e, "sending untaken orders again");
-                    }
-                }
-            }
+    /// A batch's agent payload, read once per call of its user (`cache`); `None` when the
+    /// batch is gone.
+    async fn payload<'c>(
+        &self,
+        cache: &'c mut HashMap<String, Option<TaskPayload>>,
+        batch_id: &str,
+    ) -> Result<Option<&'c TaskPayload>> {
+        if !cache.contains_key(batch_id) {
+            let payload = match self.store.batch_payload(batch_id.to_string()).await? {
+                Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+                    Error::new(
+                        Code::Internal,
+                        format!("stored payload of batch {batch_id}: {e}"),
+                    )
+                })?),
+                None => None,
+            };
+            cache.insert(batch_id.to_string(), payload);
         }
+        Ok(cache[batch_id].as_ref())
+    }
+
+    /// Sends untaken orders again every [`FleetConfig::resend`] until `shutdown`.
+    ///
+    /// [`FleetConfig::resend`]: super::FleetConfig::resend
+    pub async fn run_resend(&self, shutdown: impl Future<Output = ()>) {
+        let every = self.config.resend.max(Duration::from_secs(1));
+        let what = "sending untaken orders again";
+        periodically(every, every, shutdown, what, || self.resend_due()).await
     }
 
     /// How often [`Fleet::run_expiry`] checks: a tenth of the expiry, at least a second.
@@ -380,16 +372,30 @@ impl Fleet {
 
     /// Checks for expired children every [`Fleet::expiry_interval`] until `shutdown`.
     pub async fn run_expiry(&self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(self.expiry_interval());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {
-                    if let Err(e) = self.expire_due().await {
-                        tracing::warn!(error = %e, "checking for expired tasks");
-                    }
+        let every = self.expiry_interval();
+        let what = "checking for expired tasks";
+        periodically(Duration::ZERO, every, shutdown, what, || self.expire_due()).await
+    }
+}
+
+/// Runs `check` after `first`, then every `every`, until `shutdown`; a failure is logged
+/// (`what` failed) and the next round tries again.
+async fn periodically<T, F: Future<Output = Result<T>>>(
+    first: Duration,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {
+                if let Err(e) = check().await {
+                    tracing::warn!(error = %e, "{what}");
                 }
             }
         }
