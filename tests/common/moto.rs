@@ -28,7 +28,7 @@
 #[path = "sigv4.rs"]
 mod sigv4;
 
-use super::s3_server::{md5_hex, SeenRequest, BUCKET, DOMAIN};
+use super::s3_server::{endpoint, hostnames, md5_hex, SeenRequest, BUCKET};
 pub use sigv4::Keys;
 use sigv4::{encode, encode_path, sign, SignInput};
 use std::fs::File;
@@ -205,17 +205,12 @@ impl MotoServer {
 
     /// The `UploadEndpoint` of a payload: `http://oss.test:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://{DOMAIN}:{}", self.port)
+        endpoint(self.port)
     }
 
     /// A hosts-file line mapping the endpoint and each bucket's virtual host to 127.0.0.1.
     pub fn hostnames(&self, buckets: &[&str]) -> String {
-        let mut line = format!("127.0.0.1 {DOMAIN}");
-        for bucket in buckets {
-            line.push_str(&format!(" {bucket}.{DOMAIN}"));
-        }
-        line.push('\n');
-        line
+        hostnames(buckets)
     }
 
     /// The phone's STS session credentials (read-only role).

@@ -44,6 +44,21 @@ pub const ACCESS_KEY_SECRET: &str = "ferry/test+Secret0123456789abcdefghijklmn";
 pub const SECURITY_TOKEN: &str = "ferry-test-sts-token-CAIS0123456789";
 /// Base domain of virtual-hosted-style requests.
 pub const DOMAIN: &str = "oss.test";
+
+/// The `UploadEndpoint` of a server on `port`: `http://oss.test:PORT`.
+pub fn endpoint(port: u16) -> String {
+    format!("http://{DOMAIN}:{port}")
+}
+
+/// A hosts-file line mapping the endpoint and each bucket's virtual host to 127.0.0.1.
+pub fn hostnames(buckets: &[&str]) -> String {
+    let mut line = format!("127.0.0.1 {DOMAIN}");
+    for bucket in buckets {
+        line.push_str(&format!(" {bucket}.{DOMAIN}"));
+    }
+    line.push('\n');
+    line
+}
 /// The bucket most tests use (the API requires the `cloudphone-saved-bucket-` prefix).
 pub const BUCKET: &str = "cloudphone-saved-bucket-test";
 
@@ -197,7 +212,7 @@ impl S3Server {
 
     /// The `UploadEndpoint` of a payload: `http://oss.test:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://{DOMAIN}:{}", self.port)
+        endpoint(self.port)
     }
 
     /// The path-style endpoint `http://127.0.0.1:PORT`, for tools with no custom resolver.
@@ -207,12 +222,7 @@ impl S3Server {
 
     /// A hosts-file line mapping the endpoint and each bucket's virtual host to 127.0.0.1.
     pub fn hostnames(&self, buckets: &[&str]) -> String {
-        let mut line = format!("127.0.0.1 {DOMAIN}");
-        for bucket in buckets {
-            line.push_str(&format!(" {bucket}.{DOMAIN}"));
-        }
-        line.push('\n');
-        line
+        hostnames(buckets)
     }
 
     /// The folder s3s-fs serves.
